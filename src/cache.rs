@@ -1,0 +1,182 @@
+//! The segment cache and single-flight origin fetches, shared by all workers.
+//!
+//! `get` answers from an LRU cache with a byte budget; on a miss it joins the fetch already
+//! under way for that key (on any worker) or starts one. The fetch runs as its own task, so
+//! a requester that goes away never strands the others waiting on it. However many viewers
+//! ask, each key is read from the origin once while it stays cached.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use event_listener::Event;
+use lru::LruCache;
+
+use crate::origin::{Object, Origin, OriginError};
+
+/// Counters for metrics.
+#[derive(Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub evictions: AtomicU64,
+    pub origin_gets: AtomicU64,
+    pub origin_errors: AtomicU64,
+    pub bytes: AtomicU64,
+    pub entries: AtomicU64,
+}
+
+struct Flight {
+    result: OnceLock<Result<Object, OriginError>>,
+    done: Event,
+}
+
+struct Lru {
+    map: LruCache<Arc<str>, Object>,
+    bytes: usize,
+}
+
+/// Cache plus single-flight.
+pub struct Cache {
+    origin: Arc<dyn Origin>,
+    budget: usize,
+    max_object: u64,
+    lru: Mutex<Lru>,
+    flights: Mutex<HashMap<Arc<str>, Arc<Flight>>>,
+    pub stats: CacheStats,
+}
+
+impl Cache {
+    /// A cache of `budget` bytes in front of `origin`.
+    pub fn new(origin: Arc<dyn Origin>, budget: usize, max_object: u64) -> Cache {
+        Cache {
+            origin,
+            budget,
+            max_object,
+            lru: Mutex::new(Lru {
+                map: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            flights: Mutex::new(HashMap::new()),
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The origin behind the cache.
+    pub fn origin(&self) -> &Arc<dyn Origin> {
+        &self.origin
+    }
+
+    /// A cached object, marking it recently used.
+    pub fn lookup(&self, key: &str) -> Option<Object> {
+        let mut lru = self.lru.lock().ok()?;
+        lru.map.get(key).cloned()
+    }
+
+    /// Drop `key` from the cache (a live stream saw it disappear).
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut lru) = self.lru.lock() {
+            if let Some(obj) = lru.map.pop(key) {
+                lru.bytes -= obj.mem_size();
+                self.publish_size(&lru);
+            }
+        }
+    }
+
+    fn publish_size(&self, lru: &Lru) {
+        self.stats.bytes.store(lru.bytes as u64, Ordering::Relaxed);
+        self.stats
+            .entries
+            .store(lru.map.len() as u64, Ordering::Relaxed);
+    }
+
+    fn insert(&self, obj: &Object) {
+        let size = obj.mem_size();
+        // An object over an eighth of the budget would evict too much to be worth keeping.
+        if size > self.budget / 8 {
+            return;
+        }
+        let Ok(mut lru) = self.lru.lock() else { return };
+        if let Some(old) = lru.map.put(obj.key.clone(), obj.clone()) {
+            lru.bytes -= old.mem_size();
+        }
+        lru.bytes += size;
+        while lru.bytes > self.budget {
+            match lru.map.pop_lru() {
+                Some((_, old)) => {
+                    lru.bytes -= old.mem_size();
+                    self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                None => break,
+            }
+        }
+        self.publish_size(&lru);
+    }
+
+    /// The object `key` (validated), from the cache or the origin (once per key however
+    /// many ask at the same time). Must be called on a worker runtime.
+    pub async fn get(self: &Arc<Self>, key: &str) -> Result<Object, OriginError> {
+        if let Some(obj) = self.lookup(key) {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(obj);
+        }
+        let (flight, leader) = {
+            let mut flights = self
+                .flights
+                .lock()
+                .map_err(|_| OriginError::Unavailable("cache lock poisoned".into()))?;
+            match flights.get(key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let f = Arc::new(Flight {
+                        result: OnceLock::new(),
+                        done: Event::new(),
+                    });
+                    flights.insert(Arc::from(key), f.clone());
+                    (f, true)
+                }
+            }
+        };
+        if leader {
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            let this = self.clone();
+            let key: Arc<str> = Arc::from(key);
+            let f = flight.clone();
+            monoio::spawn(async move {
+                // Another flight may have filled the cache between our lookup and now.
+                let result = match this.lookup(&key) {
+                    Some(obj) => Ok(obj),
+                    None => {
+                        this.stats.origin_gets.fetch_add(1, Ordering::Relaxed);
+                        let r = this.origin.get(&key, this.max_object).await;
+                        match &r {
+                            Ok(obj) => this.insert(obj),
+                            Err(_) => {
+                                this.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        r
+                    }
+                };
+                let _ = f.result.set(result);
+                if let Ok(mut flights) = this.flights.lock() {
+                    flights.remove(&key);
+                }
+                f.done.notify(usize::MAX);
+            });
+        } else {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+        loop {
+            if let Some(r) = flight.result.get() {
+                return r.clone();
+            }
+            let listener = flight.done.listen();
+            if let Some(r) = flight.result.get() {
+                return r.clone();
+            }
+            listener.await;
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The command line (clap): `serve`, `ticket issue|revoke|list`, `demo` and `watch`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::DriverChoice;
+
+/// mediarelay: relays media segments from object storage to many WebSocket clients.
+#[derive(Parser, Debug)]
+#[command(name = "mediarelay", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+    /// Issue, revoke and list tickets.
+    #[command(subcommand)]
+    Ticket(TicketCommand),
+    /// Run the relay on its defaults with a synthetic live stream and a client watching it.
+    Demo(DemoArgs),
+    /// Connect to a relay, subscribe to a stream and print each segment as it arrives.
+    Watch(WatchArgs),
+}
+
+/// `serve` flags; each overrides the config file and `MEDIARELAY_*` variables.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (see scripts/mediarelay.example.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Public listener [default: 0.0.0.0:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Admin listener (metrics) [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Storage: a directory, or gs://BUCKET[/PREFIX] [default: ./media].
+    #[arg(long, value_name = "DIR|URL")]
+    pub storage: Option<String>,
+    /// Ticket store: a JSON file, or firestore://PROJECT/COLLECTION [default: ./tickets.json].
+    #[arg(long, value_name = "FILE|URL")]
+    pub tickets: Option<String>,
+    /// Worker threads [default: number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
+    /// io driver [default: auto].
+    #[arg(long, value_enum)]
+    pub driver: Option<DriverChoice>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TicketCommand {
+    /// Issue a ticket; prints the ticket (and nothing else) on stdout.
+    Issue {
+        #[arg(long, value_name = "FILE|URL")]
+        tickets: String,
+        /// The user the ticket is for.
+        #[arg(long)]
+        uid: String,
+        /// Stream patterns: paths (live/cam1), prefixes (vod/*) or *.
+        #[arg(long, value_delimiter = ',', required = true)]
+        streams: Vec<String>,
+        /// Lifetime (30s, 15m, 1h, 7d).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Most concurrent connections with this ticket on one relay.
+        #[arg(long, value_name = "N")]
+        max_connections: Option<u32>,
+    },
+    /// Revoke a ticket, given the ticket or its id (SHA-256 hex).
+    Revoke {
+        #[arg(long, value_name = "FILE|URL")]
+        tickets: String,
+        /// The ticket string.
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        ticket: Option<String>,
+        /// The ticket's id.
+        #[arg(long, value_name = "SHA256HEX")]
+        id: Option<String>,
+    },
+    /// List tickets (ids, never the tickets themselves).
+    List {
+        #[arg(long, value_name = "FILE|URL")]
+        tickets: String,
+    },
+}
+
+/// `demo` flags.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Public listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Admin listener.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// Storage directory the demo stream is written to.
+    #[arg(long, default_value = "./media")]
+    pub storage: PathBuf,
+    /// Ticket file.
+    #[arg(long, default_value = "./tickets.json")]
+    pub tickets: PathBuf,
+    /// Stream name.
+    #[arg(long, default_value = "live/demo")]
+    pub stream: String,
+    /// Time between segments.
+    #[arg(long, default_value = "1s")]
+    pub interval: String,
+    /// Segment size.
+    #[arg(long, default_value = "64KiB")]
+    pub size: String,
+    /// Stop after this many segments (0: run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+}
+
+/// `watch` flags.
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Relay WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Ticket (or set MEDIARELAY_TICKET).
+    #[arg(long, env = "MEDIARELAY_TICKET", hide_env_values = true)]
+    pub ticket: String,
+    /// Stream to subscribe to.
+    #[arg(long, default_value = "live/demo")]
+    pub stream: String,
+    /// Where to start: live, start or a sequence number.
+    #[arg(long, default_value = "live")]
+    pub from: String,
+    /// Stop after this many segments (0: until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+}

@@ -1,0 +1,452 @@
+//! Settings: one struct per subsystem, every default in one place, and the layering
+//! file < `MEDIARELAY_*` environment < command-line flags.
+//!
+//! Errors name the setting that is wrong (`storage.poll_interval: ...`) so `serve` can print
+//! one line and exit with status 2.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{de, Deserialize, Deserializer};
+
+/// A configuration error, already phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Which io driver each worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverChoice {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// epoll.
+    Epoll,
+}
+
+/// `[server]`: listeners and the worker threads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public listener (WebSocket, health).
+    pub listen: SocketAddr,
+    /// Admin listener (metrics, health).
+    pub admin: SocketAddr,
+    /// Worker threads; 0 means one per CPU.
+    pub workers: usize,
+    /// io driver.
+    pub driver: DriverChoice,
+    /// Time a client has to send a complete request head.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Longest a graceful drain may take.
+    #[serde(deserialize_with = "duration")]
+    pub drain_timeout: Duration,
+    /// listen(2) backlog of each listener.
+    pub backlog: u32,
+}
+
+/// `[storage]`: the origin, discovery and the segment cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// A directory, or a URL (`gs://BUCKET[/PREFIX]`).
+    pub url: String,
+    /// How often each live stream is listed for new segments.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Byte budget of the segment cache.
+    #[serde(deserialize_with = "bytesize")]
+    pub cache_size: u64,
+    /// Largest object the relay will fetch and send.
+    #[serde(deserialize_with = "bytesize")]
+    pub max_object_size: u64,
+    /// How long a live stream without subscribers keeps being polled.
+    #[serde(deserialize_with = "duration")]
+    pub stream_linger: Duration,
+}
+
+/// `[tickets]`: the ticket store and the auth-failure limiter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TicketsConfig {
+    /// A JSON file, or a URL (`firestore://PROJECT/COLLECTION`).
+    pub url: String,
+    /// How often the ticket file is checked for changes.
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
+    /// Failed ticket checks allowed from one IP per `auth_failure_window` before 429.
+    pub auth_failure_limit: u32,
+    /// Window of the failure limiter.
+    #[serde(deserialize_with = "duration")]
+    pub auth_failure_window: Duration,
+}
+
+/// `[connection]`: per-connection limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Bound of each connection's send queue.
+    #[serde(deserialize_with = "bytesize")]
+    pub send_queue: u64,
+    /// How long a connection may stay over its send-queue limit before 4408.
+    #[serde(deserialize_with = "duration")]
+    pub stall_timeout: Duration,
+    /// Largest client message (text frame or reassembled message).
+    #[serde(deserialize_with = "bytesize")]
+    pub max_message: u64,
+    /// Streams one connection may follow.
+    pub max_subscriptions: usize,
+    /// `get`s one connection may have waiting before `rate_limited`.
+    pub max_pending_gets: usize,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub tickets: TicketsConfig,
+    pub connection: ConnectionConfig,
+    pub log: LogConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().expect("literal address"),
+            admin: "127.0.0.1:9090".parse().expect("literal address"),
+            workers: 0,
+            driver: DriverChoice::Auto,
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            backlog: 4096,
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: "./media".into(),
+            poll_interval: Duration::from_millis(200),
+            cache_size: 512 << 20,
+            max_object_size: 64 << 20,
+            stream_linger: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for TicketsConfig {
+    fn default() -> Self {
+        Self {
+            url: "./tickets.json".into(),
+            reload_interval: Duration::from_millis(250),
+            auth_failure_limit: 20,
+            auth_failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            send_queue: 8 << 20,
+            stall_timeout: Duration::from_secs(10),
+            max_message: 4096,
+            max_subscriptions: 16,
+            max_pending_gets: 64,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Environment variables and the setting each one sets (`section.key`).
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("MEDIARELAY_LISTEN", "server.listen"),
+    ("MEDIARELAY_ADMIN", "server.admin"),
+    ("MEDIARELAY_WORKERS", "server.workers"),
+    ("MEDIARELAY_DRIVER", "server.driver"),
+    ("MEDIARELAY_HANDSHAKE_TIMEOUT", "server.handshake_timeout"),
+    ("MEDIARELAY_DRAIN_TIMEOUT", "server.drain_timeout"),
+    ("MEDIARELAY_STORAGE", "storage.url"),
+    ("MEDIARELAY_POLL_INTERVAL", "storage.poll_interval"),
+    ("MEDIARELAY_CACHE_SIZE", "storage.cache_size"),
+    ("MEDIARELAY_MAX_OBJECT_SIZE", "storage.max_object_size"),
+    ("MEDIARELAY_TICKETS", "tickets.url"),
+    ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
+    ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
+    ("MEDIARELAY_MAX_MESSAGE", "connection.max_message"),
+    ("MEDIARELAY_MAX_SUBSCRIPTIONS", "connection.max_subscriptions"),
+    ("MEDIARELAY_LOG_LEVEL", "log.level"),
+    ("MEDIARELAY_LOG_FORMAT", "log.format"),
+];
+
+/// Settings whose TOML type is an integer (environment values are strings otherwise).
+const INTEGER_SETTINGS: &[&str] = &[
+    "server.workers",
+    "server.backlog",
+    "connection.max_subscriptions",
+    "connection.max_pending_gets",
+    "tickets.auth_failure_limit",
+];
+
+impl Config {
+    /// Build the configuration: `file` (if any), then `env` (name, value) pairs, then
+    /// `overrides` (setting, value) from flags; later layers win.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("config file {}: {e}", path.display()))
+                })?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError(format!(
+                        "config file {}: {}",
+                        path.display(),
+                        one_line(&e.to_string())
+                    ))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, value) in env {
+            if let Some((_, setting)) = ENV_VARS.iter().find(|(n, _)| *n == name) {
+                set(&mut table, setting, &value)?;
+            }
+        }
+        for (setting, value) in overrides {
+            set(&mut table, setting, value)?;
+        }
+        let config: Config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: &str, why: &str| Err(ConfigError(format!("{s}: {why}")));
+        if self.connection.max_message < 125 || self.connection.max_message > 1 << 20 {
+            return bad("connection.max_message", "must be between 125 B and 1 MiB");
+        }
+        if self.connection.send_queue < 64 << 10 {
+            return bad("connection.send_queue", "must be at least 64 KiB");
+        }
+        if self.storage.poll_interval < Duration::from_millis(10) {
+            return bad("storage.poll_interval", "must be at least 10ms");
+        }
+        if self.storage.max_object_size == 0 || self.storage.max_object_size > 4 << 30 {
+            return bad("storage.max_object_size", "must be between 1 B and 4 GiB");
+        }
+        if self.server.workers > 1024 {
+            return bad("server.workers", "at most 1024");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "must be `text` or `json`");
+        }
+        Ok(())
+    }
+
+    /// Worker count with 0 resolved to the number of CPUs.
+    pub fn worker_count(&self) -> usize {
+        if self.server.workers > 0 {
+            self.server.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// The storage root when storage is a local directory.
+    pub fn storage_dir(&self) -> Option<PathBuf> {
+        let url = &self.storage.url;
+        if url.contains("://") {
+            url.strip_prefix("file://").map(PathBuf::from)
+        } else {
+            Some(PathBuf::from(url))
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Put `value` at `setting` (`section.key`) in `table`, typed as the setting expects.
+fn set(table: &mut toml::Table, setting: &str, value: &str) -> Result<(), ConfigError> {
+    let (section, key) = setting
+        .split_once('.')
+        .ok_or_else(|| ConfigError(format!("{setting}: not a setting")))?;
+    let value = if INTEGER_SETTINGS.contains(&setting) {
+        let n: i64 = value
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("{setting}: `{value}` is not a whole number")))?;
+        toml::Value::Integer(n)
+    } else {
+        toml::Value::String(value.to_string())
+    };
+    let sect = table
+        .entry(section)
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    match sect {
+        toml::Value::Table(t) => {
+            t.insert(key.to_string(), value);
+            Ok(())
+        }
+        _ => Err(ConfigError(format!("{section}: must be a table"))),
+    }
+}
+
+/// Parse `30s`, `15m`, `1h`, `7d`, `250ms` (and combinations such as `1h30m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
+}
+
+/// Parse `512MiB`, `8 MiB`, `64KiB`, `4096`, `1GB` (decimal units are powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (try `8MiB`)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("`{s}` has an unknown unit (B, KiB, MiB, GiB, kB, MB, GB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(de::Error::custom)
+}
+
+fn bytesize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        N(u64),
+        S(String),
+    }
+    match Size::deserialize(d)? {
+        Size::N(n) => Ok(n),
+        Size::S(s) => parse_bytes(&s).map_err(de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.server.admin.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.storage.url, "./media");
+        assert_eq!(c.tickets.url, "./tickets.json");
+        assert_eq!(c.storage.poll_interval, Duration::from_millis(200));
+        assert_eq!(c.storage.cache_size, 512 << 20);
+        assert_eq!(c.connection.send_queue, 8 << 20);
+        assert_eq!(c.connection.max_message, 4096);
+        assert_eq!(c.connection.max_subscriptions, 16);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[server]\nlisten = \"127.0.0.1:1\"\nworkers = 3\n[storage]\npoll_interval = \"1s\"\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("MEDIARELAY_LISTEN".to_string(), "127.0.0.1:2".to_string()),
+            ("MEDIARELAY_WORKERS".to_string(), "5".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(
+            Some(&file),
+            env,
+            &[("server.listen", "127.0.0.1:3".to_string())],
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:3");
+        assert_eq!(c.server.workers, 5);
+        assert_eq!(c.storage.poll_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = Config::load(
+            None,
+            Vec::new(),
+            &[("storage.poll_interval", "soon".to_string())],
+        )
+        .unwrap_err();
+        assert!(e.0.contains("poll_interval"), "{e}");
+        let e = Config::load(None, Vec::new(), &[("server.workers", "x".to_string())])
+            .unwrap_err();
+        assert!(e.0.contains("server.workers"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nlisen = \"x\"\n").unwrap();
+        let e = Config::load(Some(&file), Vec::new(), &[]).unwrap_err();
+        assert!(e.0.contains("lisen"), "{e}");
+        assert!(!e.0.contains('\n'));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_bytes("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_bytes("64 KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_bytes("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("lots").is_err());
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/mediarelay.example.toml");
+        Config::load(Some(&path), Vec::new(), &[]).unwrap();
+    }
+}

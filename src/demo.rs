@@ -1,0 +1,206 @@
+//! `mediarelay demo` and `mediarelay watch`: something to watch on a fresh machine.
+//!
+//! `demo` writes a synthetic live stream into the storage directory (each segment written
+//! to a temporary name and renamed, as real uploaders do), issues a ticket, starts the relay
+//! on its defaults and watches the stream through a real WebSocket connection. `watch` is
+//! that client on its own, for any relay.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+
+use crate::cli::{DemoArgs, WatchArgs};
+use crate::config::{parse_bytes, parse_duration, Config};
+use crate::tickets::{self, TicketRecord};
+
+/// Run the demo.
+pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let interval = parse_duration(&args.interval).map_err(anyhow::Error::msg)?;
+    let size = parse_bytes(&args.size).map_err(anyhow::Error::msg)? as usize;
+    crate::origin::validate_stream(&args.stream).map_err(anyhow::Error::msg)?;
+    let overrides = [
+        ("server.listen", args.listen.clone()),
+        ("server.admin", args.admin.clone()),
+        ("storage.url", args.storage.display().to_string()),
+        ("tickets.url", args.tickets.display().to_string()),
+    ];
+    let config = Config::load(None, std::env::vars(), &overrides)?;
+    crate::init_logging(&config.log.level, &config.log.format);
+
+    let dir = args.storage.join(&args.stream);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    write_atomically(&dir, "init.mp4", b"mediarelay demo init segment\n")?;
+    let ticket = tickets::new_ticket()?;
+    let now = SystemTime::now();
+    tickets::open_store(&args.tickets.display().to_string())?.insert(
+        tickets::ticket_id(&ticket),
+        TicketRecord {
+            uid: "demo".into(),
+            streams: vec![args.stream.clone()],
+            expires_at: now + Duration::from_secs(24 * 3600),
+            revoked: false,
+            max_connections: None,
+            updated_at: now,
+        },
+    )?;
+
+    let (tx, rx) = flume::unbounded();
+    control_c(tx.clone())?;
+    let relay = std::thread::spawn(move || crate::serve(config, Some((tx, rx)), false));
+    let start = next_seq(&dir);
+    let (stream, count) = (args.stream.clone(), args.count);
+    std::thread::spawn(move || produce(&dir, start, count, size, interval));
+
+    let url = format!("ws://{}/ws", args.listen);
+    println!("mediarelay demo: stream {stream}, a {size}-byte segment every {interval:?}");
+    println!("  ticket:  {ticket}");
+    println!("  watch:   mediarelay watch --url {url} --stream {stream} --ticket {ticket}");
+    println!("  metrics: curl -s http://{}/metrics", args.admin);
+    println!("Watching (Ctrl-C stops):");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_millis(300));
+    let watched = watch(WatchArgs {
+        url,
+        ticket,
+        stream: args.stream,
+        from: "live".into(),
+        count,
+    });
+    if let Err(e) = &watched {
+        eprintln!("watch: {e:#}");
+    }
+    if count > 0 {
+        // The demo was bounded: stop the relay too.
+        signal_self();
+    }
+    relay
+        .join()
+        .map_err(|_| anyhow::anyhow!("relay thread panicked"))??;
+    watched
+}
+
+fn control_c(tx: flume::Sender<()>) -> std::io::Result<()> {
+    crate::control::on_shutdown_signal(tx)
+}
+
+fn signal_self() {
+    // SIGTERM to ourselves goes through the same drain path as an operator's.
+    let _ = std::process::Command::new("kill")
+        .arg(std::process::id().to_string())
+        .status();
+}
+
+fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+fn next_seq(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("seg-")?.get(..10)?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+fn produce(dir: &Path, start: u64, count: u64, size: usize, interval: Duration) {
+    let mut seq = start;
+    loop {
+        let mut data = format!("mediarelay demo segment {seq}\n").into_bytes();
+        data.resize(size.max(data.len()), (seq % 251) as u8);
+        let name = format!("seg-{seq:010}.m4s");
+        if let Err(e) = write_atomically(dir, &name, &data) {
+            eprintln!("demo producer: {e}");
+            return;
+        }
+        if count > 0 && seq + 1 - start >= count + 1 {
+            return;
+        }
+        seq += 1;
+        std::thread::sleep(interval);
+    }
+}
+
+/// Subscribe to a stream and print each segment as it arrives.
+pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+
+    let mut request = args
+        .url
+        .as_str()
+        .into_client_request()
+        .context("--url")?;
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
+    let addr = if host.contains(':') {
+        host
+    } else {
+        format!("{host}:80")
+    };
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", args.ticket)
+            .parse()
+            .context("--ticket")?,
+    );
+    let sock = TcpStream::connect(&addr).with_context(|| format!("connect {addr}"))?;
+    let (mut ws, _) = tungstenite::client(request, sock).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let from = match args.from.parse::<u64>() {
+        Ok(n) => serde_json::json!(n),
+        Err(_) => serde_json::json!(args.from),
+    };
+    let sub = serde_json::json!({"op":"subscribe","id":1,"stream":args.stream,"from":from});
+    ws.send(Message::Text(sub.to_string()))?;
+    let mut seen = 0u64;
+    loop {
+        match ws.read()? {
+            Message::Binary(b) => {
+                let Some((meta, payload)) = split_media(&b) else {
+                    println!("malformed media frame ({} bytes)", b.len());
+                    continue;
+                };
+                let seq = meta.get("seq").and_then(|v| v.as_u64()).unwrap_or(0);
+                let ts = meta.get("ts").and_then(|v| v.as_u64()).unwrap_or(0);
+                let lag = crate::hub::now_micros().saturating_sub(ts) as f64 / 1000.0;
+                println!(
+                    "seq {seq:>6}  {:>9} bytes  lag {lag:>8.3} ms  {}",
+                    payload.len(),
+                    meta.get("key").and_then(|v| v.as_str()).unwrap_or("")
+                );
+                if seq > 0 {
+                    seen += 1;
+                }
+                if args.count > 0 && seen >= args.count {
+                    return Ok(());
+                }
+            }
+            Message::Text(t) => println!("{t}"),
+            Message::Close(c) => {
+                println!("closed: {c:?}");
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Split a media frame into its meta object and payload.
+pub fn split_media(b: &[u8]) -> Option<(serde_json::Value, &[u8])> {
+    let n = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let meta = serde_json::from_slice(b.get(4..4 + n)?).ok()?;
+    Some((meta, &b[4 + n..]))
+}

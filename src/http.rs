@@ -1,0 +1,385 @@
+//! The HTTP/1.1 front end of both listeners: reading a request head (bounded size and
+//! time), routing (`/ws`, `/healthz`, `/readyz`, `/metrics`), the ticket check before the
+//! upgrade, and plain responses. Parsing is httparse; responses are small and written
+//! directly.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime};
+
+use monoio::net::TcpStream;
+
+use crate::conn;
+use crate::sys::{self, Io};
+use crate::tickets::Refusal;
+use crate::worker::Worker;
+use crate::ws::handshake::{self, HandshakeError};
+
+/// Largest request head (PROTOCOL.md: 431 above this).
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Which listener a connection came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+enum HeadRead {
+    /// A complete head of this many bytes is at the start of the buffer.
+    Complete(usize),
+    TooLarge,
+    Malformed,
+    Closed,
+}
+
+/// Serve one accepted TCP connection.
+pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, which: Listener) {
+    let _ = stream.set_nodelay(true);
+    let timeout = worker.shared.config.server.handshake_timeout;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let deadline = Instant::now() + timeout;
+        let head = match monoio::time::timeout_at(deadline.into(), read_head(&stream, &mut buf)).await
+        {
+            Ok(h) => h,
+            Err(_) => return, // no complete head in time: close
+        };
+        let len = match head {
+            HeadRead::Complete(n) => n,
+            HeadRead::TooLarge => {
+                respond(&stream, 431, "application/json", br#"{"error":"request_header_fields_too_large"}"#, &[], false).await;
+                return;
+            }
+            HeadRead::Malformed => {
+                respond(&stream, 400, "application/json", br#"{"error":"bad_request"}"#, &[], false).await;
+                return;
+            }
+            HeadRead::Closed => return,
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if req.parse(&buf[..len]).is_err() {
+            respond(&stream, 400, "application/json", br#"{"error":"bad_request"}"#, &[], false).await;
+            return;
+        }
+        let method = req.method.unwrap_or("");
+        let target = req.path.unwrap_or("");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let keep_alive = req.version == Some(1)
+            && !header(req.headers, "connection").is_some_and(|v| has_token(v, "close"));
+        // Bodies are not part of this API: refuse requests that announce one.
+        if header(req.headers, "content-length").is_some_and(|v| v.trim_ascii() != b"0")
+            || header(req.headers, "transfer-encoding").is_some()
+        {
+            respond(&stream, 400, "application/json", br#"{"error":"bad_request"}"#, &[], false).await;
+            return;
+        }
+        let route = match (which, path) {
+            (_, "/healthz") => Route::Health,
+            (_, "/readyz") => Route::Ready,
+            (Listener::Admin, "/metrics") => Route::Metrics,
+            (Listener::Public, "/ws") => Route::Ws,
+            _ => Route::NotFound,
+        };
+        if route != Route::NotFound && method != "GET" && !(method == "HEAD" && route != Route::Ws) {
+            respond(&stream, 405, "application/json", br#"{"error":"method_not_allowed"}"#, &[("Allow", "GET")], keep_alive).await;
+            if !keep_alive {
+                return;
+            }
+            buf.drain(..len);
+            continue;
+        }
+        let head_only = method == "HEAD";
+        match route {
+            Route::Health => respond_maybe(&stream, 200, "text/plain", b"ok\n", keep_alive, head_only).await,
+            Route::Ready => {
+                let (status, body) = match worker.shared.readiness() {
+                    Ok(()) => (200, br#"{"status":"ready"}"#.to_vec()),
+                    Err(reason) => (
+                        503,
+                        serde_json::to_vec(&serde_json::json!({"status":"not_ready","reason":reason}))
+                            .unwrap_or_default(),
+                    ),
+                };
+                respond_maybe(&stream, status, "application/json", &body, keep_alive, head_only).await
+            }
+            Route::Metrics => {
+                let body = worker.shared.metrics.render(&worker.shared);
+                respond_maybe(&stream, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), keep_alive, head_only).await
+            }
+            Route::NotFound => {
+                respond(&stream, 404, "application/json", br#"{"error":"not_found"}"#, &[], keep_alive).await
+            }
+            Route::Ws => {
+                let pending = buf[len..].to_vec();
+                upgrade(worker, stream, peer, req.headers, query, pending).await;
+                return;
+            }
+        }
+        if !keep_alive {
+            return;
+        }
+        buf.drain(..len);
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Route {
+    Health,
+    Ready,
+    Metrics,
+    Ws,
+    NotFound,
+}
+
+fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The ticket from `Authorization: Bearer` or `?ticket=`.
+fn find_ticket(headers: &[httparse::Header<'_>], query: &str) -> Option<String> {
+    if let Some(v) = header(headers, "authorization") {
+        let v = std::str::from_utf8(v).ok()?.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim().to_string());
+        }
+    }
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "ticket").then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+async fn upgrade(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    headers: &[httparse::Header<'_>],
+    query: &str,
+    pending: Vec<u8>,
+) {
+    let shared = &worker.shared;
+    let now = Instant::now();
+    let refuse = |r: Refusal| {
+        let (status, code) = r.status_and_code();
+        worker.stats.upgrade(code);
+        (status, format!("{{\"error\":\"{code}\"}}"))
+    };
+    if shared.failures.is_limited(peer.ip(), now) {
+        let (s, body) = refuse(Refusal::RateLimited);
+        respond(&stream, s, "application/json", body.as_bytes(), &[], false).await;
+        return;
+    }
+    let ticket = find_ticket(headers, query);
+    let checked = shared.tickets.load().check(ticket.as_deref(), SystemTime::now());
+    drop(ticket);
+    let (id, record) = match checked {
+        Ok(ok) => ok,
+        Err(r) => {
+            shared.failures.record_failure(peer.ip(), now);
+            let (s, body) = refuse(r);
+            respond(&stream, s, "application/json", body.as_bytes(), &[], false).await;
+            return;
+        }
+    };
+    let accept = match handshake::accept(headers) {
+        Ok(a) => a,
+        Err(e) => {
+            worker.stats.upgrade("bad_handshake");
+            match e {
+                HandshakeError::UnsupportedVersion => {
+                    respond(&stream, 426, "application/json", br#"{"error":"unsupported_websocket_version"}"#, &[("Sec-WebSocket-Version", "13")], false).await
+                }
+                HandshakeError::BadRequest(why) => {
+                    let body = serde_json::to_vec(&serde_json::json!({"error":"bad_request","message":why})).unwrap_or_default();
+                    respond(&stream, 400, "application/json", &body, &[], false).await
+                }
+            }
+            return;
+        }
+    };
+    if !shared.conn_counts.acquire(&id, record.max_connections) {
+        let (s, body) = refuse(Refusal::TooManyConnections);
+        respond(&stream, s, "application/json", body.as_bytes(), &[], false).await;
+        return;
+    }
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if !write_all(&stream, head.as_bytes()).await {
+        shared.conn_counts.release(&id);
+        return;
+    }
+    worker.stats.upgrade("ok");
+    let conn = worker.admit(id, record);
+    tracing::debug!(conn = conn.id, uid = %conn.ticket.borrow().uid, %peer, "connected");
+    conn::run(worker.clone(), conn.clone(), stream, pending).await;
+    shared.conn_counts.release(&id);
+    tracing::debug!(conn = conn.id, "disconnected");
+}
+
+/// Read until a complete request head is buffered.
+async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
+    let fd = stream.as_raw_fd();
+    loop {
+        if let Some(n) = head_end(buf) {
+            return HeadRead::Complete(n);
+        }
+        if buf.len() > MAX_HEAD {
+            return HeadRead::TooLarge;
+        }
+        // Reject garbage early rather than wait for 16 KiB of it.
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        if let Err(e) = httparse::Request::new(&mut headers).parse(buf) {
+            return if e == httparse::Error::TooManyHeaders {
+                HeadRead::TooLarge
+            } else {
+                HeadRead::Malformed
+            };
+        }
+        let mut chunk = [0u8; 4096];
+        match sys::recv(fd, &mut chunk) {
+            Ok(Io::Done(0)) | Err(_) => return HeadRead::Closed,
+            Ok(Io::Done(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Io::WouldBlock) => {
+                if stream.readable(false).await.is_err() {
+                    return HeadRead::Closed;
+                }
+            }
+        }
+    }
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Write all of `data` (small responses), waiting for room when needed.
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> bool {
+    let fd = stream.as_raw_fd();
+    while !data.is_empty() {
+        match sys::writev(fd, &[data]) {
+            Ok(Io::Done(n)) => data = &data[n..],
+            Ok(Io::WouldBlock) => {
+                if stream.writable(false).await.is_err() {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+async fn respond_maybe(
+    stream: &TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    keep_alive: bool,
+    head_only: bool,
+) {
+    if head_only {
+        let head = response_head(status, ctype, body.len(), &[], keep_alive);
+        write_all(stream, head.as_bytes()).await;
+    } else {
+        respond(stream, status, ctype, body, &[], keep_alive).await;
+    }
+}
+
+fn response_head(
+    status: u16,
+    ctype: &str,
+    len: usize,
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+) -> String {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nCache-Control: no-store\r\n",
+        reason(status)
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(if keep_alive {
+        "\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    head
+}
+
+/// Write a complete response.
+async fn respond(
+    stream: &TcpStream,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    extra: &[(&str, &str)],
+    keep_alive: bool,
+) {
+    let mut out = response_head(status, ctype, body.len(), extra, keep_alive).into_bytes();
+    out.extend_from_slice(body);
+    write_all(stream, &out).await;
+    if !keep_alive {
+        sys::shutdown_write(stream.as_raw_fd());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tickets_from_header_or_query() {
+        let h = [httparse::Header {
+            name: "Authorization",
+            value: b"Bearer abc-_",
+        }];
+        assert_eq!(find_ticket(&h, ""), Some("abc-_".into()));
+        assert_eq!(find_ticket(&[], "x=1&ticket=q%2Dz"), Some("q-z".into()));
+        assert_eq!(find_ticket(&[], "x=1"), None);
+        let basic = [httparse::Header {
+            name: "authorization",
+            value: b"Basic xyz",
+        }];
+        assert_eq!(find_ticket(&basic, ""), None);
+    }
+
+    #[test]
+    fn head_boundaries() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+}

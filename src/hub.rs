@@ -1,0 +1,373 @@
+//! The fan-out engine: live streams, their discovery, and delivery to subscribers on every
+//! worker.
+//!
+//! Each stream a client subscribes to gets one [`Stream`] per relay process, shared by all
+//! workers, and one poller task (on the worker that first asked) that lists the stream's
+//! prefix every `poll_interval`, fetches each new segment **once** through the cache, lays
+//! out its frame prefix once ([`Seg`]), and hands that one segment to every worker that has
+//! subscribers ([`WorkerMsg::Segment`]). Each worker then queues the same buffers to its
+//! own subscribers ([`crate::conn`]), so a segment costs one origin read and one buffer
+//! however many viewers follow it. The poller stops when the stream has had no subscriber
+//! for `stream_linger`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use event_listener::Event;
+
+use crate::cache::Cache;
+use crate::origin::{Object, OriginError};
+use crate::protocol::{init_key, meta_json, segment_seq, SegmentMeta};
+use crate::ws::frame::media_prefix;
+
+/// Segments kept in memory per stream for subscribers joining or catching up.
+const WINDOW: usize = 16;
+
+/// One segment ready to send: the frame prefix (head + meta) and the payload, both shared.
+#[derive(Clone)]
+pub struct Seg {
+    pub seq: u64,
+    pub prefix: Bytes,
+    pub payload: Bytes,
+}
+
+impl Seg {
+    /// Lay out the frame of `obj` as segment `seq` of `stream`, stamped now.
+    pub fn build(stream: &str, seq: u64, obj: &Object) -> Seg {
+        let meta = SegmentMeta {
+            stream,
+            seq,
+            key: &obj.key,
+            size: obj.size(),
+            ts: now_micros(),
+            content_type: obj.content_type.as_deref(),
+            generation: obj.generation,
+        };
+        Seg {
+            seq,
+            prefix: media_prefix(obj, &meta_json(&meta)),
+            payload: obj.payload(),
+        }
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.payload.len()
+    }
+
+    /// Whether the frame is empty (never: a frame has a head).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Unix time in microseconds.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[derive(Default)]
+struct StreamState {
+    init: Option<Seg>,
+    /// Every segment discovered: seq → key.
+    index: BTreeMap<u64, Arc<str>>,
+    /// The newest published segments.
+    window: VecDeque<Seg>,
+    /// Newest published seq (0: none yet).
+    newest: u64,
+}
+
+/// A live stream, shared by all workers.
+pub struct Stream {
+    pub name: Arc<str>,
+    state: Mutex<StreamState>,
+    ready: AtomicBool,
+    ready_event: Event,
+    subscribers: AtomicUsize,
+    /// Subscribers per worker, to know whom to hand new segments to.
+    worker_subs: Vec<AtomicUsize>,
+}
+
+/// Where a subscription should start, once the stream has been listed.
+pub struct Start {
+    pub seq: u64,
+    pub init: Option<Seg>,
+}
+
+impl Stream {
+    /// Wait until the first listing is done.
+    pub async fn ready(&self) {
+        loop {
+            if self.ready.load(Ordering::Acquire) {
+                return;
+            }
+            let l = self.ready_event.listen();
+            if self.ready.load(Ordering::Acquire) {
+                return;
+            }
+            l.await;
+        }
+    }
+
+    /// First sequence number for a subscription starting `from`.
+    pub fn start(&self, from: crate::protocol::From) -> Start {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let newest_known = st.index.keys().next_back().copied().unwrap_or(0);
+        let seq = match from {
+            crate::protocol::From::Live => {
+                if st.newest > 0 {
+                    st.newest
+                } else {
+                    newest_known + 1
+                }
+            }
+            crate::protocol::From::Start => st.index.keys().next().copied().unwrap_or(1),
+            crate::protocol::From::Seq(n) => n.max(1),
+        };
+        Start {
+            seq,
+            init: st.init.clone(),
+        }
+    }
+
+    /// The next segment at or after `seq` that has been published, as a ready segment
+    /// when it is still in the window, or as a key to fetch; `None` when `seq` is past
+    /// the newest published segment.
+    pub fn next_at(&self, seq: u64) -> Option<Result<Seg, (u64, Arc<str>)>> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if seq > st.newest {
+            return None;
+        }
+        if let Some(seg) = st.window.iter().find(|s| s.seq >= seq) {
+            // The window is contiguous with respect to the index from its first entry.
+            let older = st.index.range(seq..seg.seq).next();
+            if older.is_none() {
+                return Some(Ok(seg.clone()));
+            }
+        }
+        st.index
+            .range(seq..=st.newest)
+            .next()
+            .map(|(s, k)| Err((*s, k.clone())))
+    }
+
+    fn publish(&self, seg: Seg, key: Arc<str>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.index.insert(seg.seq, key);
+        st.newest = st.newest.max(seg.seq);
+        st.window.push_back(seg);
+        while st.window.len() > WINDOW {
+            st.window.pop_front();
+        }
+    }
+}
+
+/// A message to a worker's inbox.
+pub enum WorkerMsg {
+    /// A new segment of a stream: queue it to local subscribers.
+    Segment(Arc<Stream>, Seg),
+    /// Start the graceful drain.
+    Drain,
+}
+
+/// Stream registry and the route to every worker.
+pub struct Hub {
+    streams: Mutex<HashMap<Arc<str>, Arc<Stream>>>,
+    inboxes: Vec<flume::Sender<WorkerMsg>>,
+    cache: Arc<Cache>,
+    poll_interval: Duration,
+    linger: Duration,
+    /// Segments fetched and published, for metrics and tests.
+    pub published: AtomicU64,
+}
+
+impl Hub {
+    /// A hub delivering to `inboxes` (one per worker).
+    pub fn new(
+        inboxes: Vec<flume::Sender<WorkerMsg>>,
+        cache: Arc<Cache>,
+        poll_interval: Duration,
+        linger: Duration,
+    ) -> Hub {
+        Hub {
+            streams: Mutex::new(HashMap::new()),
+            inboxes,
+            cache,
+            poll_interval,
+            linger,
+            published: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of live streams being followed.
+    pub fn stream_count(&self) -> usize {
+        self.streams.lock().map_or(0, |s| s.len())
+    }
+
+    /// Send a message to every worker.
+    pub fn broadcast(&self, make: impl Fn() -> WorkerMsg) {
+        for tx in &self.inboxes {
+            let _ = tx.send(make());
+        }
+    }
+
+    /// Register a subscriber on `worker`; starts the stream's poller on the calling worker
+    /// when the stream is new.
+    pub fn subscribe(self: &Arc<Self>, name: &str, worker: usize) -> Arc<Stream> {
+        let (stream, created) = {
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            let mut created = false;
+            let s = streams
+                .entry(Arc::from(name))
+                .or_insert_with(|| {
+                    created = true;
+                    Arc::new(Stream {
+                        name: Arc::from(name),
+                        state: Mutex::new(StreamState::default()),
+                        ready: AtomicBool::new(false),
+                        ready_event: Event::new(),
+                        subscribers: AtomicUsize::new(0),
+                        worker_subs: (0..self.inboxes.len()).map(|_| AtomicUsize::new(0)).collect(),
+                    })
+                })
+                .clone();
+            s.subscribers.fetch_add(1, Ordering::AcqRel);
+            s.worker_subs[worker].fetch_add(1, Ordering::AcqRel);
+            (s, created)
+        };
+        if created {
+            monoio::spawn(self.clone().poll(stream.clone()));
+        }
+        stream
+    }
+
+    /// Remove a subscriber of `worker`.
+    pub fn unsubscribe(&self, stream: &Stream, worker: usize) {
+        stream.worker_subs[worker].fetch_sub(1, Ordering::AcqRel);
+        stream.subscribers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The stream's poller: discovery and one fetch per new segment.
+    async fn poll(self: Arc<Self>, stream: Arc<Stream>) {
+        let prefix = format!("{}/", stream.name);
+        let init = init_key(&stream.name);
+        let mut last_seg_key: Option<String> = None;
+        let mut first = true;
+        let mut idle_since: Option<Instant> = None;
+        let mut failures = 0u32;
+        loop {
+            match self
+                .discover(&stream, &prefix, &init, &mut last_seg_key, first)
+                .await
+            {
+                Ok(()) => {
+                    failures = 0;
+                    if first {
+                        first = false;
+                        stream.ready.store(true, Ordering::Release);
+                        stream.ready_event.notify(usize::MAX);
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    // Log the first failure and then every 50th, not every poll.
+                    if failures == 1 || failures % 50 == 0 {
+                        tracing::warn!(stream = %stream.name, failures, "listing failed: {e}");
+                    }
+                    if first && failures >= 3 {
+                        // Let subscribers start (at seq 1) rather than wait forever.
+                        stream.ready.store(true, Ordering::Release);
+                        stream.ready_event.notify(usize::MAX);
+                    }
+                }
+            }
+            if stream.subscribers.load(Ordering::Acquire) == 0 {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.linger {
+                    let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+                    if stream.subscribers.load(Ordering::Acquire) == 0 {
+                        streams.remove(&stream.name);
+                        tracing::debug!(stream = %stream.name, "stream released");
+                        return;
+                    }
+                }
+            } else {
+                idle_since = None;
+            }
+            let backoff = self.poll_interval * (1 << failures.min(5));
+            monoio::time::sleep(backoff).await;
+        }
+    }
+
+    async fn discover(
+        &self,
+        stream: &Arc<Stream>,
+        prefix: &str,
+        init: &str,
+        last_seg_key: &mut Option<String>,
+        first: bool,
+    ) -> Result<(), OriginError> {
+        let keys = self
+            .cache
+            .origin()
+            .list(prefix, last_seg_key.as_deref())
+            .await?;
+        let mut new: Vec<(u64, String)> = Vec::new();
+        let mut saw_init = false;
+        for key in keys {
+            if key == init {
+                saw_init = true;
+            } else if let Some(seq) = segment_seq(&stream.name, &key) {
+                new.push((seq, key));
+            }
+        }
+        if first && saw_init {
+            match self.cache.get(init).await {
+                Ok(obj) => {
+                    let seg = Seg::build(&stream.name, 0, &obj);
+                    stream.state.lock().unwrap_or_else(|e| e.into_inner()).init = Some(seg);
+                }
+                Err(e) => tracing::warn!(stream = %stream.name, "init segment: {e}"),
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        new.sort_unstable();
+        new.dedup_by_key(|(seq, _)| *seq);
+        if first {
+            // Index everything; fetch only the newest (what `from: live` starts at).
+            let mut st = stream.state.lock().unwrap_or_else(|e| e.into_inner());
+            for (seq, key) in &new[..new.len() - 1] {
+                st.index.insert(*seq, Arc::from(key.as_str()));
+            }
+            drop(st);
+            new.drain(..new.len() - 1);
+        }
+        for (seq, key) in new {
+            let obj = match self.cache.get(&key).await {
+                Ok(obj) => obj,
+                Err(OriginError::NotFound) => {
+                    *last_seg_key = Some(key);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let seg = Seg::build(&stream.name, seq, &obj);
+            stream.publish(seg.clone(), Arc::from(key.as_str()));
+            self.published.fetch_add(1, Ordering::Relaxed);
+            for (w, tx) in self.inboxes.iter().enumerate() {
+                if stream.worker_subs[w].load(Ordering::Acquire) > 0 {
+                    let _ = tx.send(WorkerMsg::Segment(stream.clone(), seg.clone()));
+                }
+            }
+            *last_seg_key = Some(key);
+        }
+        Ok(())
+    }
+}

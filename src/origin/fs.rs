@@ -1,0 +1,255 @@
+//! The local-directory origin, the embedded default (`--storage DIR`).
+//!
+//! Keys map to paths under the root. Files are opened with `openat2(RESOLVE_BENEATH)`
+//! ([`crate::sys::open_beneath`]), so nothing outside the root is ever opened, whatever
+//! symlinks the directory holds; sizes come from `statx` and bytes from `read` on the
+//! worker's io_uring (through monoio), straight into a pooled buffer. Directory listings
+//! (stream discovery) run on the blocking pool, never on a worker.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use monoio::buf::IoBufMut;
+
+use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
+use crate::pool;
+
+/// Objects from a directory tree.
+pub struct FsOrigin {
+    root: PathBuf,
+    root_fd: OwnedFd,
+    /// Whether the kernel has openat2; without it paths are checked by canonicalizing.
+    has_openat2: bool,
+}
+
+impl FsOrigin {
+    /// Open `root` (created if missing, as the default `./media` should just work).
+    pub fn open(root: &Path) -> io::Result<FsOrigin> {
+        std::fs::create_dir_all(root)?;
+        let root = root.canonicalize()?;
+        let dir = std::fs::File::open(&root)?;
+        let root_fd = OwnedFd::from(dir);
+        let has_openat2 = match crate::sys::open_beneath(root_fd.as_raw_fd(), ".") {
+            Ok(_) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => false,
+            Err(_) => true,
+        };
+        if !has_openat2 {
+            tracing::warn!("openat2 is not available: storage paths are checked by canonicalizing");
+        }
+        Ok(FsOrigin {
+            root,
+            root_fd,
+            has_openat2,
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn open_file(&self, key: &str) -> io::Result<std::fs::File> {
+        if self.has_openat2 {
+            return crate::sys::open_beneath(self.root_fd.as_raw_fd(), key).map(Into::into);
+        }
+        let path = self.root.join(key).canonicalize()?;
+        if !path.starts_with(&self.root) {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        std::fs::File::open(path)
+    }
+
+    async fn read(&self, key: &str, max_size: u64) -> Result<Object, OriginError> {
+        let std_file = self.open_file(key).map_err(map_open_error)?;
+        let file = monoio::fs::File::from_std(std_file)
+            .map_err(|e| OriginError::Unavailable(format!("register file: {e}")))?;
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| OriginError::Unavailable(format!("stat: {e}")))?;
+        if !meta.is_file() {
+            return Err(OriginError::NotFound);
+        }
+        let size = meta.len();
+        if size > max_size {
+            return Err(OriginError::TooLarge {
+                size,
+                max: max_size,
+            });
+        }
+        let size = size as usize;
+        let headroom = headroom_for(key);
+        let mut buf = pool::take(headroom + size);
+        buf.resize(headroom, 0);
+        let buf = if size > 0 {
+            // The one write of the payload into user-space memory: the kernel fills the
+            // pooled buffer behind the headroom.
+            let (res, slice) = file
+                .read_exact_at(buf.slice_mut(headroom..headroom + size), 0)
+                .await;
+            res.map_err(|e| OriginError::Unavailable(format!("read: {e}")))?;
+            slice.into_inner()
+        } else {
+            buf
+        };
+        let _ = file.close().await;
+        let key: Arc<str> = key.into();
+        let mut obj = Object::new(pool::freeze(buf), headroom, key.clone());
+        obj.content_type = content_type(&key).map(Arc::from);
+        Ok(obj)
+    }
+
+    fn list_blocking(
+        root: &Path,
+        prefix: &str,
+        start_after: Option<&str>,
+    ) -> Result<Listing, OriginError> {
+        let dir = root.join(prefix.trim_end_matches('/'));
+        let dir = match dir.canonicalize() {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(OriginError::Unavailable(format!("list: {e}"))),
+        };
+        if !dir.starts_with(root) {
+            return Ok(Vec::new());
+        }
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Ok(Vec::new()),
+            Err(e) => return Err(OriginError::Unavailable(format!("list: {e}"))),
+        };
+        let mut keys = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let key = format!("{prefix}{name}");
+            if start_after.is_some_and(|s| key.as_str() <= s) {
+                continue;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+                keys.push(key);
+            }
+        }
+        keys.sort_unstable();
+        Ok(keys)
+    }
+}
+
+fn map_open_error(e: io::Error) -> OriginError {
+    match e.raw_os_error() {
+        // EXDEV/ELOOP: the path tried to leave the root; report it as absent.
+        Some(libc::ENOENT | libc::ENOTDIR | libc::EXDEV | libc::ELOOP | libc::EISDIR) => {
+            OriginError::NotFound
+        }
+        Some(libc::EACCES | libc::EPERM) => OriginError::NotFound,
+        _ => OriginError::Unavailable(format!("open: {e}")),
+    }
+}
+
+/// Content type from the key's extension, for the common media files.
+pub fn content_type(key: &str) -> Option<&'static str> {
+    let ext = key.rsplit_once('.')?.1;
+    Some(match ext {
+        "m4s" => "video/iso.segment",
+        "mp4" | "m4v" => "video/mp4",
+        "m4a" => "audio/mp4",
+        "ts" => "video/mp2t",
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "mpd" => "application/dash+xml",
+        "json" => "application/json",
+        "txt" => "text/plain",
+        _ => return None,
+    })
+}
+
+impl Origin for FsOrigin {
+    fn backend(&self) -> &'static str {
+        "fs"
+    }
+
+    fn get<'a>(&'a self, key: &'a str, max_size: u64) -> OriginFuture<'a, Object> {
+        Box::pin(self.read(key, max_size))
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> OriginFuture<'a, Listing> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        Box::pin(async move {
+            monoio::spawn_blocking(move || {
+                Self::list_blocking(&root, &prefix, start_after.as_deref())
+            })
+            .await
+            .unwrap_or_else(|_| Err(OriginError::Unavailable("listing task failed".into())))
+        })
+    }
+
+    fn check_ready(&self) -> Result<(), String> {
+        match std::fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!("{} is not a directory", self.root.display())),
+            Err(e) => Err(format!("{}: {e}", self.root.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(Box::new(monoio::blocking::DefaultThreadPool::new(1)))
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn reads_and_refuses_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("live/cam1")).unwrap();
+        std::fs::write(root.join("live/cam1/seg-0000000001.m4s"), b"abc").unwrap();
+        std::fs::write(dir.path().join("secret"), b"secret").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("dirlink")).unwrap();
+        let o = FsOrigin::open(&root).unwrap();
+        run(async {
+            let obj = o.get("live/cam1/seg-0000000001.m4s", 100).await.unwrap();
+            assert_eq!(&obj.payload()[..], b"abc");
+            assert_eq!(obj.content_type.as_deref(), Some("video/iso.segment"));
+            assert!(obj.headroom() >= headroom_for("live/cam1/seg-0000000001.m4s"));
+            assert!(matches!(o.get("link", 100).await, Err(OriginError::NotFound)));
+            assert!(matches!(
+                o.get("dirlink/secret", 100).await,
+                Err(OriginError::NotFound)
+            ));
+            assert!(matches!(o.get("missing", 100).await, Err(OriginError::NotFound)));
+            assert!(matches!(o.get("live", 100).await, Err(OriginError::NotFound)));
+            assert!(matches!(
+                o.get("live/cam1/seg-0000000001.m4s", 2).await,
+                Err(OriginError::TooLarge { size: 3, max: 2 })
+            ));
+            let l = o.list("live/cam1/", None).await.unwrap();
+            assert_eq!(l, vec!["live/cam1/seg-0000000001.m4s".to_string()]);
+            let l = o
+                .list("live/cam1/", Some("live/cam1/seg-0000000001.m4s"))
+                .await
+                .unwrap();
+            assert!(l.is_empty());
+            assert!(o.list("dirlink/", None).await.unwrap().is_empty());
+            assert!(o.list("nothing/", None).await.unwrap().is_empty());
+        });
+    }
+}

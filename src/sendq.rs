@@ -1,0 +1,340 @@
+//! A connection's bounded send queue and the slow-consumer policy of PROTOCOL.md.
+//!
+//! Queued frames are references to shared buffers (a small prefix and the payload
+//! `Bytes`), never copies: a thousand stalled subscribers of one stream hold the same
+//! segment buffers. Pure data structure; the connection task drains it with `writev`.
+//!
+//! Policy, in bytes against `limit`:
+//! - a live segment that would overflow the queue first drops that stream's oldest queued
+//!   segments (never a partially written frame, never an init segment), and a `skipped`
+//!   message takes the place of the first dropped one;
+//! - `get` replies and control messages are never dropped (`get` waits for room before it
+//!   is queued, see [`SendQueue::has_room_for`]);
+//! - the queue is *over its limit* from the moment a push finds it full until writing brings
+//!   it down to half the limit; a connection over its limit for longer than the stall
+//!   timeout is closed with 4408 ([`SendQueue::stalled`]).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::sys::MAX_IOV;
+
+/// What a queued frame is, for the drop policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text frames and `get` replies: never dropped.
+    Keep,
+    /// A live segment of the subscription `sub` (0 is the init segment, never dropped).
+    Segment { sub: u32, seq: u64 },
+}
+
+/// One queued frame: up to two shared parts.
+pub struct Out {
+    pub prefix: Bytes,
+    pub body: Bytes,
+    pub kind: Kind,
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        self.prefix.len() + self.body.len()
+    }
+}
+
+/// The queue.
+pub struct SendQueue {
+    frames: VecDeque<Out>,
+    bytes: usize,
+    /// Bytes of the front frame already written.
+    front_written: usize,
+    limit: usize,
+    over_since: Option<Instant>,
+}
+
+impl SendQueue {
+    /// A queue bounded at `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        SendQueue {
+            frames: VecDeque::new(),
+            bytes: 0,
+            front_written: 0,
+            limit,
+            over_since: None,
+        }
+    }
+
+    /// Nothing left to write.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn bytes(&self) -> usize {
+        self.bytes - self.front_written
+    }
+
+    /// Frames queued.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether a frame of `len` bytes fits now (an empty queue always takes one frame,
+    /// so an object larger than the limit is still sent, alone).
+    pub fn has_room_for(&self, len: usize) -> bool {
+        self.frames.is_empty() || self.bytes() + len <= self.limit
+    }
+
+    fn push(&mut self, out: Out) {
+        self.bytes += out.len();
+        self.frames.push_back(out);
+    }
+
+    /// Queue a control message or `get` reply (never dropped).
+    pub fn push_keep(&mut self, prefix: Bytes, body: Bytes) {
+        self.push(Out {
+            prefix,
+            body,
+            kind: Kind::Keep,
+        });
+    }
+
+    /// Queue a live segment of subscription `sub`, applying the drop policy. Returns the
+    /// range of sequence numbers dropped for room, if any; the caller builds the
+    /// `skipped` frame, which `mark_skipped` places where the first dropped segment was.
+    pub fn push_segment(
+        &mut self,
+        sub: u32,
+        seq: u64,
+        prefix: Bytes,
+        body: Bytes,
+        now: Instant,
+    ) -> Option<(u64, u64, usize)> {
+        let len = prefix.len() + body.len();
+        let mut dropped: Option<(u64, u64, usize)> = None;
+        if !self.has_room_for(len) {
+            self.over_since.get_or_insert(now);
+            // Index 0 may be partially written: never drop it.
+            let first = if self.front_written > 0 { 1 } else { 0 };
+            let mut i = first;
+            while i < self.frames.len() && self.bytes() + len > self.limit {
+                match self.frames[i].kind {
+                    Kind::Segment { sub: s, seq: q } if s == sub && q != 0 => {
+                        if let Some(out) = self.frames.remove(i) {
+                            self.bytes -= out.len();
+                        }
+                        dropped = Some(match dropped {
+                            None => (q, q, i),
+                            Some((from, _, at)) => (from, q, at),
+                        });
+                    }
+                    _ => i += 1,
+                }
+            }
+        }
+        self.push(Out {
+            prefix,
+            body,
+            kind: Kind::Segment { sub, seq },
+        });
+        if self.bytes() > self.limit {
+            self.over_since.get_or_insert(now);
+        }
+        dropped
+    }
+
+    /// Put the `skipped` frame at `at` (the position `push_segment` reported).
+    pub fn insert_keep(&mut self, at: usize, frame: Bytes) {
+        let at = at.min(self.frames.len());
+        self.bytes += frame.len();
+        self.frames.insert(
+            at,
+            Out {
+                prefix: frame,
+                body: Bytes::new(),
+                kind: Kind::Keep,
+            },
+        );
+    }
+
+    /// Drop every queued segment of `sub` except a partially written one.
+    pub fn remove_sub(&mut self, sub: u32) {
+        let keep_front = self.front_written > 0;
+        let mut idx = 0;
+        let bytes = &mut self.bytes;
+        self.frames.retain(|out| {
+            let i = idx;
+            idx += 1;
+            let drop = matches!(out.kind, Kind::Segment { sub: s, .. } if s == sub)
+                && !(keep_front && i == 0);
+            if drop {
+                *bytes -= out.len();
+            }
+            !drop
+        });
+    }
+
+    /// Drop everything not yet started (used before a close frame).
+    pub fn truncate_unstarted(&mut self) {
+        let keep = usize::from(self.front_written > 0);
+        while self.frames.len() > keep {
+            if let Some(out) = self.frames.pop_back() {
+                self.bytes -= out.len();
+            }
+        }
+    }
+
+    /// Fill `parts` with the next slices to write; returns how many.
+    pub fn gather<'a>(&'a self, parts: &mut [&'a [u8]; MAX_IOV]) -> usize {
+        let mut n = 0;
+        let mut skip = self.front_written;
+        for out in &self.frames {
+            for part in [&out.prefix, &out.body] {
+                if part.is_empty() {
+                    continue;
+                }
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                if n == MAX_IOV {
+                    return n;
+                }
+                parts[n] = &part[skip..];
+                skip = 0;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Account for `written` bytes having gone to the socket. Returns the number of
+    /// frames completed.
+    pub fn advance(&mut self, mut written: usize) -> usize {
+        let mut done = 0;
+        while let Some(front) = self.frames.front() {
+            let left = front.len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                break;
+            }
+            written -= left;
+            self.bytes -= front.len();
+            self.front_written = 0;
+            self.frames.pop_front();
+            done += 1;
+        }
+        if self.bytes() <= self.limit / 2 {
+            self.over_since = None;
+        }
+        done
+    }
+
+    /// Whether the queue has been over its limit for longer than `timeout`.
+    pub fn stalled(&self, now: Instant, timeout: Duration) -> bool {
+        self.over_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+    }
+
+    /// When the queue went over its limit, if it is.
+    pub fn over_since(&self) -> Option<Instant> {
+        self.over_since
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(n: usize) -> Bytes {
+        Bytes::from(vec![1u8; n])
+    }
+
+    fn seqs(q: &SendQueue) -> Vec<Kind> {
+        q.frames.iter().map(|o| o.kind).collect()
+    }
+
+    #[test]
+    fn drops_oldest_of_the_stream_only() {
+        let t = Instant::now();
+        let mut q = SendQueue::new(1100);
+        q.push_keep(b(10), Bytes::new());
+        assert_eq!(q.push_segment(1, 0, b(10), b(90), t), None); // init
+        assert_eq!(q.push_segment(1, 1, b(10), b(290), t), None);
+        assert_eq!(q.push_segment(2, 7, b(10), b(290), t), None);
+        assert_eq!(q.push_segment(1, 2, b(10), b(290), t), None);
+        assert_eq!(q.bytes(), 1010);
+        assert!(q.over_since().is_none());
+        // Needs 300 more: drops seq 1 of sub 1; not the init, not sub 2.
+        let d = q.push_segment(1, 3, b(10), b(290), t);
+        assert_eq!(d, Some((1, 1, 2)));
+        assert!(q.over_since().is_some());
+        q.insert_keep(2, b(5));
+        assert_eq!(
+            seqs(&q),
+            vec![
+                Kind::Keep,
+                Kind::Segment { sub: 1, seq: 0 },
+                Kind::Keep,
+                Kind::Segment { sub: 2, seq: 7 },
+                Kind::Segment { sub: 1, seq: 2 },
+                Kind::Segment { sub: 1, seq: 3 }
+            ]
+        );
+        assert_eq!(q.bytes(), 10 + 100 + 5 + 300 + 300 + 300);
+        // Far over: every droppable segment of sub 1 goes, oldest first.
+        let d = q.push_segment(1, 4, b(10), b(990), t);
+        assert_eq!(d.map(|d| (d.0, d.1)), Some((2, 3)));
+    }
+
+    #[test]
+    fn partial_front_is_never_dropped() {
+        let t = Instant::now();
+        let mut q = SendQueue::new(500);
+        q.push_segment(1, 1, b(10), b(390), t);
+        assert_eq!(q.advance(100), 0);
+        let d = q.push_segment(1, 2, b(10), b(390), t);
+        assert_eq!(d, None);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.bytes(), 300 + 400);
+        let mut parts = [&[][..]; MAX_IOV];
+        let n = q.gather(&mut parts);
+        assert_eq!(n, 3);
+        assert_eq!(parts[0].len(), 300);
+        assert_eq!(q.advance(300), 1);
+        // A third segment now drops seq 2 (no longer partial... it is unstarted).
+        let d = q.push_segment(1, 3, b(10), b(390), t);
+        assert_eq!(d.map(|d| (d.0, d.1)), Some((2, 2)));
+    }
+
+    #[test]
+    fn stall_clock() {
+        let t = Instant::now();
+        let mut q = SendQueue::new(100);
+        q.push_segment(1, 1, b(10), b(90), t);
+        assert!(q.over_since().is_none());
+        q.push_segment(1, 2, b(10), b(90), t);
+        assert!(q.over_since().is_some());
+        assert!(!q.stalled(t + Duration::from_millis(10), Duration::from_secs(1)));
+        assert!(q.stalled(t + Duration::from_secs(2), Duration::from_secs(1)));
+        q.advance(100);
+        assert!(q.over_since().is_none());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn gets_wait_for_room_but_are_never_dropped() {
+        let t = Instant::now();
+        let mut q = SendQueue::new(100);
+        assert!(q.has_room_for(1000)); // empty queue takes anything
+        q.push_keep(b(10), b(990));
+        assert!(!q.has_room_for(10));
+        q.push_segment(1, 1, b(10), b(10), t);
+        assert_eq!(q.len(), 2);
+        q.remove_sub(1);
+        assert_eq!(q.len(), 1);
+        q.truncate_unstarted();
+        assert!(q.is_empty());
+    }
+}
