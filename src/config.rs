@@ -199,7 +199,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
     ("MEDIARELAY_MAX_MESSAGE", "connection.max_message"),
-    ("MEDIARELAY_MAX_SUBSCRIPTIONS", "connection.max_subscriptions"),
+    (
+        "MEDIARELAY_MAX_SUBSCRIPTIONS",
+        "connection.max_subscriptions",
+    ),
     ("MEDIARELAY_LOG_LEVEL", "log.level"),
     ("MEDIARELAY_LOG_FORMAT", "log.format"),
 ];
@@ -223,9 +226,8 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut table = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(format!("config file {}: {e}", path.display()))
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
                 text.parse::<toml::Table>().map_err(|e| {
                     ConfigError(format!(
                         "config file {}: {}",
@@ -331,9 +333,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parse `512MiB`, `8 MiB`, `64KiB`, `4096`, `1GB` (decimal units are powers of 1000).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
@@ -346,9 +346,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
-        _ => return Err(format!("`{s}` has an unknown unit (B, KiB, MiB, GiB, kB, MB, GB)")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit (B, KiB, MiB, GiB, kB, MB, GB)"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -421,8 +426,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("poll_interval"), "{e}");
-        let e = Config::load(None, Vec::new(), &[("server.workers", "x".to_string())])
-            .unwrap_err();
+        let e = Config::load(None, Vec::new(), &[("server.workers", "x".to_string())]).unwrap_err();
         assert!(e.0.contains("server.workers"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
@@ -439,7 +443,10 @@ mod tests {
         assert_eq!(parse_bytes("1GB").unwrap(), 1_000_000_000);
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert!(parse_bytes("lots").is_err());
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
     }

@@ -35,7 +35,7 @@ use crate::worker::Worker;
 use crate::ws::frame::{self, close};
 
 /// How long a closing connection waits for the client's close frame or EOF.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// A subscription of one connection to one stream.
 pub struct Sub {
@@ -211,9 +211,9 @@ pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>, stream: TcpStream, pending:
             break;
         }
         // 3. Timers: stall clock while over the queue limit, linger while closing.
-        let over = conn.queue.borrow().over_since();
-        if let Some(since) = over {
-            if !close_queued && since.elapsed() >= stall_timeout {
+        let stall_at = conn.queue.borrow().stall_deadline(stall_timeout);
+        if let Some(at) = stall_at {
+            if !close_queued && Instant::now() >= at {
                 conn.request_close(CloseReq {
                     code: close::SLOW_CONSUMER,
                     reason: Some("slow_consumer"),
@@ -222,11 +222,7 @@ pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>, stream: TcpStream, pending:
                 continue;
             }
         }
-        let deadline = match (close_deadline, over) {
-            (Some(d), _) => Some(d),
-            (None, Some(since)) => Some(since + stall_timeout),
-            (None, None) => None,
-        };
+        let deadline = close_deadline.or(stall_at);
         if let Some(d) = deadline {
             if Instant::now() >= d && close_queued {
                 break;
@@ -311,12 +307,11 @@ fn write_some(fd: RawFd, conn: &Conn, worker: &Worker) -> std::io::Result<bool> 
         let n = q.gather(&mut parts);
         match sys::writev(fd, &parts[..n])? {
             Io::Done(written) => {
-                let frames = q.advance(written);
+                let frames = q.advance(written, Instant::now());
                 worker.stats.bytes_sent.add(written as u64);
                 worker.stats.frames_sent.add(frames as u64);
-                let has_room = q.over_since().is_none();
                 drop(q);
-                if has_room {
+                if written > 0 {
                     conn.room.notify();
                 }
             }
@@ -467,7 +462,11 @@ fn message(worker: &Worker, conn: &Rc<Conn>, mut payload: BytesMut) {
         Request::Get { id, key } => {
             if !conn.ticket.borrow().covers_key(&key) {
                 worker.stats.request("get", "forbidden");
-                return conn.push_error(Some(id), "forbidden", "the ticket does not cover this key");
+                return conn.push_error(
+                    Some(id),
+                    "forbidden",
+                    "the ticket does not cover this key",
+                );
             }
             if conn.pending_gets.borrow().len() >= cfg.max_pending_gets {
                 worker.stats.request("get", "rate_limited");
@@ -489,7 +488,11 @@ fn message(worker: &Worker, conn: &Rc<Conn>, mut payload: BytesMut) {
             }
             if conn.subs.borrow().contains_key(stream.as_str()) {
                 worker.stats.request("subscribe", "bad_request");
-                return conn.push_error(Some(id), "bad_request", "already subscribed to this stream");
+                return conn.push_error(
+                    Some(id),
+                    "bad_request",
+                    "already subscribed to this stream",
+                );
             }
             if conn.subs.borrow().len() >= cfg.max_subscriptions {
                 worker.stats.request("subscribe", "too_many_subscriptions");
@@ -582,13 +585,7 @@ async fn serve_gets(worker: Rc<Worker>, conn: Rc<Conn>) {
 /// Start a subscription: wait for the stream's first listing, answer `subscribed`, send
 /// the init segment, then send every segment from the start point until caught up with
 /// what the stream has published, after which the worker's inbox delivers new ones.
-async fn catch_up(
-    worker: Rc<Worker>,
-    conn: Rc<Conn>,
-    sub: Rc<Sub>,
-    id: u32,
-    from: protocol::From,
-) {
+async fn catch_up(worker: Rc<Worker>, conn: Rc<Conn>, sub: Rc<Sub>, id: u32, from: protocol::From) {
     sub.stream.ready().await;
     if !sub.active.get() {
         return;

@@ -136,11 +136,7 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
     use tungstenite::client::IntoClientRequest;
     use tungstenite::Message;
 
-    let mut request = args
-        .url
-        .as_str()
-        .into_client_request()
-        .context("--url")?;
+    let mut request = args.url.as_str().into_client_request().context("--url")?;
     let host = request
         .uri()
         .authority()

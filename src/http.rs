@@ -41,19 +41,35 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let deadline = Instant::now() + timeout;
-        let head = match monoio::time::timeout_at(deadline.into(), read_head(&stream, &mut buf)).await
-        {
-            Ok(h) => h,
-            Err(_) => return, // no complete head in time: close
-        };
+        let head =
+            match monoio::time::timeout_at(deadline.into(), read_head(&stream, &mut buf)).await {
+                Ok(h) => h,
+                Err(_) => return, // no complete head in time: close
+            };
         let len = match head {
             HeadRead::Complete(n) => n,
             HeadRead::TooLarge => {
-                respond(&stream, 431, "application/json", br#"{"error":"request_header_fields_too_large"}"#, &[], false).await;
+                respond(
+                    &stream,
+                    431,
+                    "application/json",
+                    br#"{"error":"request_header_fields_too_large"}"#,
+                    &[],
+                    false,
+                )
+                .await;
                 return;
             }
             HeadRead::Malformed => {
-                respond(&stream, 400, "application/json", br#"{"error":"bad_request"}"#, &[], false).await;
+                respond(
+                    &stream,
+                    400,
+                    "application/json",
+                    br#"{"error":"bad_request"}"#,
+                    &[],
+                    false,
+                )
+                .await;
                 return;
             }
             HeadRead::Closed => return,
@@ -61,7 +77,15 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         if req.parse(&buf[..len]).is_err() {
-            respond(&stream, 400, "application/json", br#"{"error":"bad_request"}"#, &[], false).await;
+            respond(
+                &stream,
+                400,
+                "application/json",
+                br#"{"error":"bad_request"}"#,
+                &[],
+                false,
+            )
+            .await;
             return;
         }
         let method = req.method.unwrap_or("");
@@ -73,7 +97,15 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         if header(req.headers, "content-length").is_some_and(|v| v.trim_ascii() != b"0")
             || header(req.headers, "transfer-encoding").is_some()
         {
-            respond(&stream, 400, "application/json", br#"{"error":"bad_request"}"#, &[], false).await;
+            respond(
+                &stream,
+                400,
+                "application/json",
+                br#"{"error":"bad_request"}"#,
+                &[],
+                false,
+            )
+            .await;
             return;
         }
         let route = match (which, path) {
@@ -83,8 +115,17 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
             (Listener::Public, "/ws") => Route::Ws,
             _ => Route::NotFound,
         };
-        if route != Route::NotFound && method != "GET" && !(method == "HEAD" && route != Route::Ws) {
-            respond(&stream, 405, "application/json", br#"{"error":"method_not_allowed"}"#, &[("Allow", "GET")], keep_alive).await;
+        if route != Route::NotFound && method != "GET" && !(method == "HEAD" && route != Route::Ws)
+        {
+            respond(
+                &stream,
+                405,
+                "application/json",
+                br#"{"error":"method_not_allowed"}"#,
+                &[("Allow", "GET")],
+                keep_alive,
+            )
+            .await;
             if !keep_alive {
                 return;
             }
@@ -93,24 +134,52 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         }
         let head_only = method == "HEAD";
         match route {
-            Route::Health => respond_maybe(&stream, 200, "text/plain", b"ok\n", keep_alive, head_only).await,
+            Route::Health => {
+                respond_maybe(&stream, 200, "text/plain", b"ok\n", keep_alive, head_only).await
+            }
             Route::Ready => {
                 let (status, body) = match worker.shared.readiness() {
                     Ok(()) => (200, br#"{"status":"ready"}"#.to_vec()),
                     Err(reason) => (
                         503,
-                        serde_json::to_vec(&serde_json::json!({"status":"not_ready","reason":reason}))
-                            .unwrap_or_default(),
+                        serde_json::to_vec(
+                            &serde_json::json!({"status":"not_ready","reason":reason}),
+                        )
+                        .unwrap_or_default(),
                     ),
                 };
-                respond_maybe(&stream, status, "application/json", &body, keep_alive, head_only).await
+                respond_maybe(
+                    &stream,
+                    status,
+                    "application/json",
+                    &body,
+                    keep_alive,
+                    head_only,
+                )
+                .await
             }
             Route::Metrics => {
                 let body = worker.shared.metrics.render(&worker.shared);
-                respond_maybe(&stream, 200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes(), keep_alive, head_only).await
+                respond_maybe(
+                    &stream,
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    body.as_bytes(),
+                    keep_alive,
+                    head_only,
+                )
+                .await
             }
             Route::NotFound => {
-                respond(&stream, 404, "application/json", br#"{"error":"not_found"}"#, &[], keep_alive).await
+                respond(
+                    &stream,
+                    404,
+                    "application/json",
+                    br#"{"error":"not_found"}"#,
+                    &[],
+                    keep_alive,
+                )
+                .await
             }
             Route::Ws => {
                 let pending = buf[len..].to_vec();
@@ -186,7 +255,10 @@ async fn upgrade(
         return;
     }
     let ticket = find_ticket(headers, query);
-    let checked = shared.tickets.load().check(ticket.as_deref(), SystemTime::now());
+    let checked = shared
+        .tickets
+        .load()
+        .check(ticket.as_deref(), SystemTime::now());
     drop(ticket);
     let (id, record) = match checked {
         Ok(ok) => ok,
@@ -203,10 +275,21 @@ async fn upgrade(
             worker.stats.upgrade("bad_handshake");
             match e {
                 HandshakeError::UnsupportedVersion => {
-                    respond(&stream, 426, "application/json", br#"{"error":"unsupported_websocket_version"}"#, &[("Sec-WebSocket-Version", "13")], false).await
+                    respond(
+                        &stream,
+                        426,
+                        "application/json",
+                        br#"{"error":"unsupported_websocket_version"}"#,
+                        &[("Sec-WebSocket-Version", "13")],
+                        false,
+                    )
+                    .await
                 }
                 HandshakeError::BadRequest(why) => {
-                    let body = serde_json::to_vec(&serde_json::json!({"error":"bad_request","message":why})).unwrap_or_default();
+                    let body = serde_json::to_vec(
+                        &serde_json::json!({"error":"bad_request","message":why}),
+                    )
+                    .unwrap_or_default();
                     respond(&stream, 400, "application/json", &body, &[], false).await
                 }
             }

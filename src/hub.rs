@@ -232,7 +232,9 @@ impl Hub {
                         ready: AtomicBool::new(false),
                         ready_event: Event::new(),
                         subscribers: AtomicUsize::new(0),
-                        worker_subs: (0..self.inboxes.len()).map(|_| AtomicUsize::new(0)).collect(),
+                        worker_subs: (0..self.inboxes.len())
+                            .map(|_| AtomicUsize::new(0))
+                            .collect(),
                     })
                 })
                 .clone();

@@ -109,8 +109,9 @@ fn ticket(cmd: TicketCommand) -> ExitCode {
             } => {
                 let id = match (ticket, id) {
                     (Some(t), None) => tickets::ticket_id(&t),
-                    (None, Some(h)) => tickets::parse_id_hex(&h)
-                        .ok_or_else(|| anyhow::anyhow!("--id: not a lowercase SHA-256 hex string"))?,
+                    (None, Some(h)) => tickets::parse_id_hex(&h).ok_or_else(|| {
+                        anyhow::anyhow!("--id: not a lowercase SHA-256 hex string")
+                    })?,
                     _ => anyhow::bail!("give a ticket or --id"),
                 };
                 tickets::open_store(&url)?.revoke(id)?;
@@ -120,7 +121,10 @@ fn ticket(cmd: TicketCommand) -> ExitCode {
                 let mut all = tickets::open_store(&url)?.list()?;
                 all.sort_by(|a, b| a.1.updated_at.cmp(&b.1.updated_at));
                 let now = SystemTime::now();
-                println!("{:<64}  {:<16}  {:<8}  {:<24}  STREAMS", "ID", "UID", "STATE", "EXPIRES");
+                println!(
+                    "{:<64}  {:<16}  {:<8}  {:<24}  STREAMS",
+                    "ID", "UID", "STATE", "EXPIRES"
+                );
                 for (id, r) in all {
                     let state = match r.validity(now) {
                         Ok(()) => "valid",

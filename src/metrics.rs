@@ -18,14 +18,18 @@ impl Counter {
 
     /// Add `n`. Only the owning worker writes, so load + store cannot lose updates.
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Subtract `n` (gauges).
     pub fn sub(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Current value.
@@ -154,47 +158,123 @@ impl Metrics {
             );
         }
         let counters: [(&str, &str, u64); 6] = [
-            ("mediarelay_accepted_connections_total", "TCP connections accepted on the public listener.", self.sum(|w| w.accepted.get())),
-            ("mediarelay_sent_bytes_total", "Bytes written to WebSocket clients.", self.sum(|w| w.bytes_sent.get())),
-            ("mediarelay_sent_frames_total", "WebSocket frames written to clients.", self.sum(|w| w.frames_sent.get())),
-            ("mediarelay_skipped_total", "skipped messages sent to slow subscribers.", self.sum(|w| w.skipped.get())),
-            ("mediarelay_slow_consumer_closes_total", "Connections closed with 4408.", self.sum(|w| w.slow_closes.get())),
-            ("mediarelay_revocation_closes_total", "Connections closed with 4401.", self.sum(|w| w.revocation_closes.get())),
+            (
+                "mediarelay_accepted_connections_total",
+                "TCP connections accepted on the public listener.",
+                self.sum(|w| w.accepted.get()),
+            ),
+            (
+                "mediarelay_sent_bytes_total",
+                "Bytes written to WebSocket clients.",
+                self.sum(|w| w.bytes_sent.get()),
+            ),
+            (
+                "mediarelay_sent_frames_total",
+                "WebSocket frames written to clients.",
+                self.sum(|w| w.frames_sent.get()),
+            ),
+            (
+                "mediarelay_skipped_total",
+                "skipped messages sent to slow subscribers.",
+                self.sum(|w| w.skipped.get()),
+            ),
+            (
+                "mediarelay_slow_consumer_closes_total",
+                "Connections closed with 4408.",
+                self.sum(|w| w.slow_closes.get()),
+            ),
+            (
+                "mediarelay_revocation_closes_total",
+                "Connections closed with 4401.",
+                self.sum(|w| w.revocation_closes.get()),
+            ),
         ];
         for (name, help, v) in counters {
-            push(&mut o, format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+            push(
+                &mut o,
+                format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"),
+            );
         }
         push(&mut o, "# HELP mediarelay_upgrades_total WebSocket upgrade attempts by result.\n# TYPE mediarelay_upgrades_total counter\n".into());
         for (i, r) in UPGRADES.iter().enumerate() {
             let v = self.sum(|w| w.upgrades[i].get());
-            push(&mut o, format!("mediarelay_upgrades_total{{result=\"{r}\"}} {v}\n"));
+            push(
+                &mut o,
+                format!("mediarelay_upgrades_total{{result=\"{r}\"}} {v}\n"),
+            );
         }
         push(&mut o, "# HELP mediarelay_requests_total Client requests by op and result.\n# TYPE mediarelay_requests_total counter\n".into());
         for (oi, op) in OPS.iter().enumerate() {
             for (ri, r) in RESULTS.iter().enumerate() {
                 let v = self.sum(|w| w.requests[oi][ri].get());
                 if v > 0 {
-                    push(&mut o, format!("mediarelay_requests_total{{op=\"{op}\",result=\"{r}\"}} {v}\n"));
+                    push(
+                        &mut o,
+                        format!("mediarelay_requests_total{{op=\"{op}\",result=\"{r}\"}} {v}\n"),
+                    );
                 }
             }
         }
         push(&mut o, "# HELP mediarelay_closes_total Close frames sent by code.\n# TYPE mediarelay_closes_total counter\n".into());
         for (i, c) in CLOSE_CODES.iter().enumerate() {
             let v = self.sum(|w| w.closes[i].get());
-            push(&mut o, format!("mediarelay_closes_total{{code=\"{c}\"}} {v}\n"));
+            push(
+                &mut o,
+                format!("mediarelay_closes_total{{code=\"{c}\"}} {v}\n"),
+            );
         }
         let cs = &shared.cache.stats;
         let backend = shared.cache.origin().backend();
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let cache: [(&str, &str, &str, u64); 8] = [
-            ("mediarelay_origin_requests_total", "counter", "Origin object reads.", l(&cs.origin_gets)),
-            ("mediarelay_origin_errors_total", "counter", "Origin object reads that failed.", l(&cs.origin_errors)),
-            ("mediarelay_cache_hits_total", "counter", "gets answered from the segment cache.", l(&cs.hits)),
-            ("mediarelay_cache_misses_total", "counter", "gets that started an origin read.", l(&cs.misses)),
-            ("mediarelay_cache_coalesced_total", "counter", "gets that joined an origin read already under way.", l(&cs.coalesced)),
-            ("mediarelay_cache_evictions_total", "counter", "Objects evicted from the segment cache.", l(&cs.evictions)),
-            ("mediarelay_cache_bytes", "gauge", "Bytes held by the segment cache.", l(&cs.bytes)),
-            ("mediarelay_cache_entries", "gauge", "Objects held by the segment cache.", l(&cs.entries)),
+            (
+                "mediarelay_origin_requests_total",
+                "counter",
+                "Origin object reads.",
+                l(&cs.origin_gets),
+            ),
+            (
+                "mediarelay_origin_errors_total",
+                "counter",
+                "Origin object reads that failed.",
+                l(&cs.origin_errors),
+            ),
+            (
+                "mediarelay_cache_hits_total",
+                "counter",
+                "gets answered from the segment cache.",
+                l(&cs.hits),
+            ),
+            (
+                "mediarelay_cache_misses_total",
+                "counter",
+                "gets that started an origin read.",
+                l(&cs.misses),
+            ),
+            (
+                "mediarelay_cache_coalesced_total",
+                "counter",
+                "gets that joined an origin read already under way.",
+                l(&cs.coalesced),
+            ),
+            (
+                "mediarelay_cache_evictions_total",
+                "counter",
+                "Objects evicted from the segment cache.",
+                l(&cs.evictions),
+            ),
+            (
+                "mediarelay_cache_bytes",
+                "gauge",
+                "Bytes held by the segment cache.",
+                l(&cs.bytes),
+            ),
+            (
+                "mediarelay_cache_entries",
+                "gauge",
+                "Objects held by the segment cache.",
+                l(&cs.entries),
+            ),
         ];
         for (name, kind, help, v) in cache {
             let labels = if name.starts_with("mediarelay_origin") {
@@ -202,7 +282,10 @@ impl Metrics {
             } else {
                 String::new()
             };
-            push(&mut o, format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}\n"));
+            push(
+                &mut o,
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}\n"),
+            );
         }
         let snap = shared.tickets.load();
         let age = snap
@@ -211,15 +294,42 @@ impl Metrics {
             .map_or(0.0, |d| d.as_secs_f64());
         let pool = crate::pool::stats();
         let gauges: [(&str, &str, String); 5] = [
-            ("mediarelay_live_streams", "Live streams being followed.", shared.hub.stream_count().to_string()),
-            ("mediarelay_segments_published_total", "Live segments fetched and fanned out.", shared.hub.published.load(Ordering::Relaxed).to_string()),
-            ("mediarelay_ticket_snapshot_entries", "Tickets in the current snapshot.", snap.len().to_string()),
-            ("mediarelay_ticket_snapshot_age_seconds", "Age of the current ticket snapshot.", format!("{age:.3}")),
-            ("mediarelay_buffer_pool_idle_bytes", "Idle bytes held by the payload buffer pool.", pool.0.to_string()),
+            (
+                "mediarelay_live_streams",
+                "Live streams being followed.",
+                shared.hub.stream_count().to_string(),
+            ),
+            (
+                "mediarelay_segments_published_total",
+                "Live segments fetched and fanned out.",
+                shared.hub.published.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "mediarelay_ticket_snapshot_entries",
+                "Tickets in the current snapshot.",
+                snap.len().to_string(),
+            ),
+            (
+                "mediarelay_ticket_snapshot_age_seconds",
+                "Age of the current ticket snapshot.",
+                format!("{age:.3}"),
+            ),
+            (
+                "mediarelay_buffer_pool_idle_bytes",
+                "Idle bytes held by the payload buffer pool.",
+                pool.0.to_string(),
+            ),
         ];
         for (name, help, v) in gauges {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
-            push(&mut o, format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            push(
+                &mut o,
+                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"),
+            );
         }
         o
     }

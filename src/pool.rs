@@ -24,7 +24,11 @@ static IDLE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static REUSED: AtomicUsize = AtomicUsize::new(0);
 
 fn class_of(cap: usize) -> Option<usize> {
-    let bits = cap.max(1).next_power_of_two().trailing_zeros().max(MIN_CLASS);
+    let bits = cap
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
+        .max(MIN_CLASS);
     (bits <= MAX_CLASS).then(|| (bits - MIN_CLASS) as usize)
 }
 

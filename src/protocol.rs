@@ -25,11 +25,24 @@ pub enum From {
 /// A parsed client message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Get { id: u32, key: String },
-    Subscribe { id: u32, stream: String, from: From },
-    Unsubscribe { id: u32, stream: String },
+    Get {
+        id: u32,
+        key: String,
+    },
+    Subscribe {
+        id: u32,
+        stream: String,
+        from: From,
+    },
+    Unsubscribe {
+        id: u32,
+        stream: String,
+    },
     /// A message the relay cannot act on: answered with `error`/`bad_request`.
-    Bad { id: Option<u32>, message: String },
+    Bad {
+        id: Option<u32>,
+        message: String,
+    },
 }
 
 fn bad(id: Option<u32>, message: impl Into<String>) -> Request {
@@ -263,8 +276,14 @@ mod tests {
             (r#"{"op":"get","id":3,"key":"a\\b"}"#, Some(3)),
             (r#"{"op":"get","id":3,"key":"a\u0001b"}"#, Some(3)),
             (r#"{"op":"get","key":"a"}"#, None),
-            (r#"{"op":"subscribe","id":3,"stream":"s","from":"later"}"#, Some(3)),
-            (r#"{"op":"subscribe","id":3,"stream":"s","from":-2}"#, Some(3)),
+            (
+                r#"{"op":"subscribe","id":3,"stream":"s","from":"later"}"#,
+                Some(3),
+            ),
+            (
+                r#"{"op":"subscribe","id":3,"stream":"s","from":-2}"#,
+                Some(3),
+            ),
         ];
         for (text, id) in cases {
             match p(text) {
@@ -307,13 +326,28 @@ mod tests {
 
     #[test]
     fn segment_names() {
-        assert_eq!(segment_seq("live/cam1", "live/cam1/seg-0000000042.m4s"), Some(42));
-        assert_eq!(segment_seq("live/cam1", "live/cam1/seg-0000000001.ts"), Some(1));
+        assert_eq!(
+            segment_seq("live/cam1", "live/cam1/seg-0000000042.m4s"),
+            Some(42)
+        );
+        assert_eq!(
+            segment_seq("live/cam1", "live/cam1/seg-0000000001.ts"),
+            Some(1)
+        );
         assert_eq!(segment_seq("live/cam1", "live/cam1/init.mp4"), None);
         assert_eq!(segment_seq("live/cam1", "live/cam1/seg-42.m4s"), None);
-        assert_eq!(segment_seq("live/cam1", "live/cam1/seg-0000000042.m4s.tmp"), None);
+        assert_eq!(
+            segment_seq("live/cam1", "live/cam1/seg-0000000042.m4s.tmp"),
+            None
+        );
         assert_eq!(segment_seq("live/cam1", "live/cam1/seg-0000000042."), None);
-        assert_eq!(segment_seq("live/cam1", "live/cam1/.seg-0000000042.m4s"), None);
-        assert_eq!(segment_seq("live/cam1", "live/cam10/seg-0000000042.m4s"), None);
+        assert_eq!(
+            segment_seq("live/cam1", "live/cam1/.seg-0000000042.m4s"),
+            None
+        );
+        assert_eq!(
+            segment_seq("live/cam1", "live/cam10/seg-0000000042.m4s"),
+            None
+        );
     }
 }

@@ -11,8 +11,10 @@
 //! - `get` replies and control messages are never dropped (`get` waits for room before it
 //!   is queued, see [`SendQueue::has_room_for`]);
 //! - the queue is *over its limit* from the moment a push finds it full until writing brings
-//!   it down to half the limit; a connection over its limit for longer than the stall
-//!   timeout is closed with 4408 ([`SendQueue::stalled`]).
+//!   it down to half the limit. A connection that is over its limit and has had no byte
+//!   accepted by its socket for the stall timeout is *stalled* and closed with 4408
+//!   ([`SendQueue::stall_deadline`]); a slow reader that keeps reading is never closed, it
+//!   only gets `skipped`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -51,6 +53,8 @@ pub struct SendQueue {
     front_written: usize,
     limit: usize,
     over_since: Option<Instant>,
+    /// Last time the socket accepted bytes.
+    last_progress: Option<Instant>,
 }
 
 impl SendQueue {
@@ -62,6 +66,7 @@ impl SendQueue {
             front_written: 0,
             limit,
             over_since: None,
+            last_progress: None,
         }
     }
 
@@ -211,7 +216,11 @@ impl SendQueue {
 
     /// Account for `written` bytes having gone to the socket. Returns the number of
     /// frames completed.
-    pub fn advance(&mut self, mut written: usize) -> usize {
+    pub fn advance(&mut self, written: usize, now: Instant) -> usize {
+        if written > 0 {
+            self.last_progress = Some(now);
+        }
+        let mut written = written;
         let mut done = 0;
         while let Some(front) = self.frames.front() {
             let left = front.len() - self.front_written;
@@ -231,10 +240,17 @@ impl SendQueue {
         done
     }
 
-    /// Whether the queue has been over its limit for longer than `timeout`.
+    /// When the connection counts as stalled if nothing changes: `timeout` after the later
+    /// of going over the limit and the last write progress. `None` while under the limit.
+    pub fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let over = self.over_since?;
+        let since = self.last_progress.map_or(over, |p| p.max(over));
+        Some(since + timeout)
+    }
+
+    /// Whether the connection is stalled at `now`.
     pub fn stalled(&self, now: Instant, timeout: Duration) -> bool {
-        self.over_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+        self.stall_deadline(timeout).is_some_and(|d| now >= d)
     }
 
     /// When the queue went over its limit, if it is.
@@ -293,7 +309,7 @@ mod tests {
         let t = Instant::now();
         let mut q = SendQueue::new(500);
         q.push_segment(1, 1, b(10), b(390), t);
-        assert_eq!(q.advance(100), 0);
+        assert_eq!(q.advance(100, t), 0);
         let d = q.push_segment(1, 2, b(10), b(390), t);
         assert_eq!(d, None);
         assert_eq!(q.len(), 2);
@@ -302,7 +318,7 @@ mod tests {
         let n = q.gather(&mut parts);
         assert_eq!(n, 3);
         assert_eq!(parts[0].len(), 300);
-        assert_eq!(q.advance(300), 1);
+        assert_eq!(q.advance(300, t), 1);
         // A third segment now drops seq 2 (no longer partial... it is unstarted).
         let d = q.push_segment(1, 3, b(10), b(390), t);
         assert_eq!(d.map(|d| (d.0, d.1)), Some((2, 2)));
@@ -318,7 +334,11 @@ mod tests {
         assert!(q.over_since().is_some());
         assert!(!q.stalled(t + Duration::from_millis(10), Duration::from_secs(1)));
         assert!(q.stalled(t + Duration::from_secs(2), Duration::from_secs(1)));
-        q.advance(100);
+        // Progress on the socket restarts the clock, even while still over the limit.
+        q.advance(10, t + Duration::from_secs(2));
+        assert!(!q.stalled(t + Duration::from_millis(2500), Duration::from_secs(1)));
+        assert!(q.stalled(t + Duration::from_secs(3), Duration::from_secs(1)));
+        q.advance(90, t);
         assert!(q.over_since().is_none());
         assert!(q.is_empty());
     }

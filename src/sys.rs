@@ -34,14 +34,7 @@ fn classify(ret: isize) -> io::Result<Io> {
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Io> {
     // SAFETY: `buf` is a valid, writable slice for its whole length during the call, and
     // MSG_DONTWAIT makes the call return at once whatever the socket's blocking mode.
-    let ret = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
+    let ret = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     classify(ret)
 }
 

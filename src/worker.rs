@@ -21,8 +21,8 @@ use slab::Slab;
 use crate::cache::Cache;
 use crate::config::{Config, DriverChoice};
 use crate::conn::{CloseReq, Conn, Sub};
-use crate::hub::{Hub, Seg, Stream, WorkerMsg};
 use crate::http::{self, Listener};
+use crate::hub::{Hub, Seg, Stream, WorkerMsg};
 use crate::metrics::{Metrics, WorkerStats};
 use crate::notify::Notify;
 use crate::tickets::limits::{ConnCounts, FailureLimiter};
@@ -87,7 +87,10 @@ pub struct Worker {
 impl Worker {
     /// This worker as an `Rc` (for spawning tasks that hold it).
     pub fn me(&self) -> Rc<Worker> {
-        self.me.borrow().upgrade().expect("worker outlives its tasks")
+        self.me
+            .borrow()
+            .upgrade()
+            .expect("worker outlives its tasks")
     }
 
     /// Register an upgraded connection.
@@ -361,7 +364,10 @@ async fn worker_main(
     let public = listen(cfg.listen, cfg.backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let admin = if index == 0 {
-        Some(listen(cfg.admin, 128).map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin))?)
+        Some(
+            listen(cfg.admin, 128)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin))?,
+        )
     } else {
         None
     };

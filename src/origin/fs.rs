@@ -131,7 +131,10 @@ impl FsOrigin {
             if start_after.is_some_and(|s| key.as_str() <= s) {
                 continue;
             }
-            if entry.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+            if entry
+                .file_type()
+                .is_ok_and(|t| t.is_file() || t.is_symlink())
+            {
                 keys.push(key);
             }
         }
@@ -230,13 +233,22 @@ mod tests {
             assert_eq!(&obj.payload()[..], b"abc");
             assert_eq!(obj.content_type.as_deref(), Some("video/iso.segment"));
             assert!(obj.headroom() >= headroom_for("live/cam1/seg-0000000001.m4s"));
-            assert!(matches!(o.get("link", 100).await, Err(OriginError::NotFound)));
+            assert!(matches!(
+                o.get("link", 100).await,
+                Err(OriginError::NotFound)
+            ));
             assert!(matches!(
                 o.get("dirlink/secret", 100).await,
                 Err(OriginError::NotFound)
             ));
-            assert!(matches!(o.get("missing", 100).await, Err(OriginError::NotFound)));
-            assert!(matches!(o.get("live", 100).await, Err(OriginError::NotFound)));
+            assert!(matches!(
+                o.get("missing", 100).await,
+                Err(OriginError::NotFound)
+            ));
+            assert!(matches!(
+                o.get("live", 100).await,
+                Err(OriginError::NotFound)
+            ));
             assert!(matches!(
                 o.get("live/cam1/seg-0000000001.m4s", 2).await,
                 Err(OriginError::TooLarge { size: 3, max: 2 })

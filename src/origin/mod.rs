@@ -79,7 +79,10 @@ impl Object {
     /// Headroom plus payload: `len` bytes ending at the end of the payload, used to
     /// give the frame formatter a slice of a frame's exact payload length.
     pub fn tail(&self, len: usize) -> Option<&[u8]> {
-        self.buf.len().checked_sub(len).map(|start| &self.buf[start..])
+        self.buf
+            .len()
+            .checked_sub(len)
+            .map(|start| &self.buf[start..])
     }
 
     /// Free space in front of the payload.
@@ -120,8 +123,11 @@ pub trait Origin: Send + Sync + 'static {
 
     /// Keys under `prefix` (which ends in `/`) that sort after `start_after`, in order.
     /// Only direct children are listed.
-    fn list<'a>(&'a self, prefix: &'a str, start_after: Option<&'a str>)
-        -> OriginFuture<'a, Listing>;
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> OriginFuture<'a, Listing>;
 
     /// Whether the origin is usable (for `/readyz`); `Err` carries the reason.
     fn check_ready(&self) -> Result<(), String>;
@@ -163,7 +169,12 @@ mod tests {
 
     #[test]
     fn keys() {
-        for good in ["a", "live/cam1/seg-0000000001.m4s", "vod/a b/ü+%.mp4", "x/.hidden"] {
+        for good in [
+            "a",
+            "live/cam1/seg-0000000001.m4s",
+            "vod/a b/ü+%.mp4",
+            "x/.hidden",
+        ] {
             assert!(validate_key(good).is_ok(), "{good}");
         }
         let long = "a".repeat(1025);

@@ -56,9 +56,12 @@ impl FileStore {
         for (id, r) in records {
             out.tickets.insert(id_hex(id), r.clone());
         }
-        let mut text = serde_json::to_vec_pretty(&out).map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut text =
+            serde_json::to_vec_pretty(&out).map_err(|e| StoreError::Io(e.to_string()))?;
         text.push(b'\n');
-        let tmp = self.path.with_extension(format!("tmp.{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(&text).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -84,7 +87,10 @@ impl FileStore {
             .open(&lock_path)
             .map_err(|e| StoreError::Io(format!("{}: {e}", lock_path.display())))?;
         if crate::sys::flock_exclusive(lock.as_raw_fd()).is_err() {
-            return Err(StoreError::Io(format!("{}: cannot lock", lock_path.display())));
+            return Err(StoreError::Io(format!(
+                "{}: cannot lock",
+                lock_path.display()
+            )));
         }
         let mut records = self.read()?;
         f(&mut records)?;
@@ -116,11 +122,18 @@ impl TicketStore for FileStore {
 
     fn load_if_changed(&self) -> Result<Option<Vec<(TicketId, TicketRecord)>>, StoreError> {
         let stamp = match std::fs::metadata(&self.path) {
-            Ok(m) => Some((m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino())),
+            Ok(m) => Some((
+                m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                m.len(),
+                m.ino(),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(StoreError::Io(format!("{}: {e}", self.path.display()))),
         };
-        let mut seen = self.seen.lock().map_err(|_| StoreError::Io("lock".into()))?;
+        let mut seen = self
+            .seen
+            .lock()
+            .map_err(|_| StoreError::Io("lock".into()))?;
         if *seen == Some(stamp) {
             return Ok(None);
         }
@@ -186,7 +199,10 @@ mod tests {
         assert_eq!(loaded[0].1.uid, "bob");
         store.revoke(id).unwrap();
         assert!(store.list().unwrap()[0].1.revoked);
-        assert!(matches!(store.revoke([9; 32]), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.revoke([9; 32]),
+            Err(StoreError::NotFound(_))
+        ));
         let text = std::fs::read_to_string(dir.path().join("t.json")).unwrap();
         assert!(text.contains("expiresAt") && text.contains(&id_hex(&id)));
     }

@@ -84,7 +84,9 @@ impl TicketRecord {
 
     /// Whether the ticket covers stream `stream` (every key under `stream/`).
     pub fn covers_stream(&self, stream: &str) -> bool {
-        self.streams.iter().any(|p| pattern_covers_stream(p, stream))
+        self.streams
+            .iter()
+            .any(|p| pattern_covers_stream(p, stream))
     }
 }
 
@@ -107,7 +109,12 @@ pub fn pattern_covers_stream(pattern: &str, stream: &str) -> bool {
         // Every key under S/ starts with `S/`, so it is covered when `S/` starts with the
         // prefix.
         stream.len() + 1 >= prefix.len()
-            && stream.as_bytes().iter().chain(b"/").zip(prefix.as_bytes()).all(|(a, b)| a == b)
+            && stream
+                .as_bytes()
+                .iter()
+                .chain(b"/")
+                .zip(prefix.as_bytes())
+                .all(|(a, b)| a == b)
     } else {
         pattern_covers_key(pattern, stream)
     }
@@ -198,8 +205,14 @@ mod tests {
     #[test]
     fn path_patterns() {
         assert!(pattern_covers_key("live/cam1", "live/cam1"));
-        assert!(pattern_covers_key("live/cam1", "live/cam1/seg-0000000001.m4s"));
-        assert!(!pattern_covers_key("live/cam1", "live/cam10/seg-0000000001.m4s"));
+        assert!(pattern_covers_key(
+            "live/cam1",
+            "live/cam1/seg-0000000001.m4s"
+        ));
+        assert!(!pattern_covers_key(
+            "live/cam1",
+            "live/cam10/seg-0000000001.m4s"
+        ));
         assert!(!pattern_covers_key("live/cam1", "live/cam"));
         assert!(pattern_covers_stream("live/cam1", "live/cam1"));
         assert!(pattern_covers_stream("live", "live/cam1"));

@@ -91,7 +91,8 @@ impl TicketCell {
     /// Publish a new collection.
     pub fn publish(&self, records: Vec<(TicketId, TicketRecord)>) {
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
-        self.current.store(Arc::new(Snapshot::new(records, version)));
+        self.current
+            .store(Arc::new(Snapshot::new(records, version)));
         self.ready.store(true, Ordering::Release);
     }
 

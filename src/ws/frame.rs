@@ -69,7 +69,9 @@ pub fn media_prefix(obj: &Object, meta: &[u8]) -> Bytes {
 /// A complete text frame.
 pub fn text(payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(MAX_HEAD + payload.len());
-    let n = Frame::text(Payload::Borrowed(payload)).write(&mut out).len();
+    let n = Frame::text(Payload::Borrowed(payload))
+        .write(&mut out)
+        .len();
     out.truncate(n);
     Bytes::from(out)
 }
@@ -85,7 +87,9 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 /// A complete pong frame.
 pub fn pong(payload: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(MAX_HEAD + payload.len());
-    let n = Frame::pong(Payload::Borrowed(payload)).write(&mut out).len();
+    let n = Frame::pong(Payload::Borrowed(payload))
+        .write(&mut out)
+        .len();
     out.truncate(n);
     Bytes::from(out)
 }
@@ -240,13 +244,19 @@ mod tests {
             let total = 4 + meta.len() + size;
             let (head_len, len) = match prefix[1] {
                 126 => (4, u16::from_be_bytes([prefix[2], prefix[3]]) as usize),
-                127 => (10, u64::from_be_bytes(prefix[2..10].try_into().unwrap()) as usize),
+                127 => (
+                    10,
+                    u64::from_be_bytes(prefix[2..10].try_into().unwrap()) as usize,
+                ),
                 n => (2, n as usize),
             };
             assert_eq!(prefix[0], 0x82);
             assert_eq!(len, total, "size {size}");
             assert_eq!(prefix.len(), head_len + 4 + meta.len());
-            assert_eq!(&prefix[head_len..head_len + 4], &(meta.len() as u32).to_be_bytes());
+            assert_eq!(
+                &prefix[head_len..head_len + 4],
+                &(meta.len() as u32).to_be_bytes()
+            );
         }
     }
 
@@ -271,15 +281,24 @@ mod tests {
         assert!(f.fin);
         assert_eq!(f.opcode, OpCode::Text);
         assert_eq!(&f.payload[..], b"{\"op\":1}");
-        assert_eq!(p.parse(&masked(true, 1, &[0xff, 0xfe])).err(), Some(close::INVALID_UTF8));
+        assert_eq!(
+            p.parse(&masked(true, 1, &[0xff, 0xfe])).err(),
+            Some(close::INVALID_UTF8)
+        );
         // Reserved bits set.
         let mut rsv = masked(true, 1, b"x");
         rsv[0] |= 0x40;
         assert_eq!(p.parse(&rsv).err(), Some(close::PROTOCOL_ERROR));
         // Unknown opcode.
-        assert_eq!(p.parse(&masked(true, 3, b"x")).err(), Some(close::PROTOCOL_ERROR));
+        assert_eq!(
+            p.parse(&masked(true, 3, b"x")).err(),
+            Some(close::PROTOCOL_ERROR)
+        );
         // Fragmented control frame.
-        assert_eq!(p.parse(&masked(false, 9, b"x")).err(), Some(close::PROTOCOL_ERROR));
+        assert_eq!(
+            p.parse(&masked(false, 9, b"x")).err(),
+            Some(close::PROTOCOL_ERROR)
+        );
         // The parser is reusable after errors.
         let f = p.parse(&masked(false, 1, b"ab")).unwrap();
         assert!(!f.fin);

@@ -1,0 +1,242 @@
+//! Tickets: every refusal of PROTOCOL.md before the upgrade, limits, revocation and expiry
+//! of connected tickets, and the CLI.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+fn upgrade(r: &Relay, auth: &str, query: &str) -> (u16, String) {
+    raw_http(
+        r.addr,
+        format!("GET /ws{query} HTTP/1.1\r\nHost: x\r\n{UPGRADE}{auth}\r\n").as_bytes(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn refusals_before_upgrade() {
+    let r = Relay::start(&[]);
+    let good = r.issue("live/*", &[]);
+    let expired = r.issue("live/*", &["--ttl", "1s"]);
+    let revoked = r.issue("live/*", &[]);
+    let out = cli(&[
+        "ticket",
+        "revoke",
+        "--tickets",
+        r.tickets().to_str().unwrap(),
+        &revoked,
+    ]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1500));
+
+    assert_eq!(
+        upgrade(&r, "", ""),
+        (401, r#"{"error":"ticket_missing"}"#.into())
+    );
+    assert_eq!(
+        upgrade(&r, "Authorization: Bearer nope\r\n", ""),
+        (401, r#"{"error":"ticket_invalid"}"#.into())
+    );
+    assert_eq!(
+        upgrade(&r, &format!("Authorization: Bearer {expired}\r\n"), ""),
+        (401, r#"{"error":"ticket_expired"}"#.into())
+    );
+    assert_eq!(
+        upgrade(&r, &format!("Authorization: Bearer {revoked}\r\n"), ""),
+        (401, r#"{"error":"ticket_revoked"}"#.into())
+    );
+    // Both ways of presenting a ticket work.
+    let (s, _) = upgrade(&r, &format!("Authorization: Bearer {good}\r\n"), "");
+    assert_eq!(s, 101);
+    let (s, _) = upgrade(&r, "", &format!("?ticket={good}"));
+    assert_eq!(s, 101);
+    // A valid ticket on a request that is not a WebSocket handshake.
+    let (s, _) = raw_http(
+        r.addr,
+        format!("GET /ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {good}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(s, 400);
+    // The ticket never reaches the logs.
+    let log = r.log_text();
+    for t in [&good, &expired, &revoked] {
+        assert!(!log.contains(t.as_str()), "ticket in log");
+    }
+    assert!(log.contains("tester"), "uid should be logged");
+}
+
+#[test]
+fn failed_attempts_are_rate_limited_per_ip() {
+    let r = Relay::start(&[]);
+    let good = r.issue("*", &[]);
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(upgrade(&r, "Authorization: Bearer wrong\r\n", "").0);
+    }
+    assert_eq!(&statuses[..20], &[401; 20]);
+    assert_eq!(
+        upgrade(&r, "Authorization: Bearer wrong\r\n", ""),
+        (429, r#"{"error":"rate_limited"}"#.into())
+    );
+    // Even a good ticket waits out the window from that IP.
+    assert_eq!(
+        upgrade(&r, &format!("Authorization: Bearer {good}\r\n"), "").0,
+        429
+    );
+}
+
+#[test]
+fn max_connections_per_ticket() {
+    let r = Relay::start(&[]);
+    let t = r.issue("*", &["--max-connections", "2"]);
+    let a = r.ws(&t);
+    let _b = r.ws(&t);
+    match Client::try_connect(r.addr, Some(&t)) {
+        Err(tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429);
+            let body = resp.body().clone().unwrap_or_default();
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                r#"{"error":"too_many_connections"}"#
+            );
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("third connection admitted"),
+    }
+    a.close();
+    std::thread::sleep(Duration::from_millis(300));
+    let _c = r.ws(&t);
+}
+
+#[test]
+fn revocation_closes_connected_clients_with_4401() {
+    let r = Relay::start(&[]);
+    let t = r.issue("live/*", &[]);
+    let other = r.issue("live/*", &[]);
+    let mut c = r.ws(&t);
+    let mut d = r.ws(&other);
+    c.send(json!({"op":"subscribe","id":1,"stream":"live/x"}));
+    assert_eq!(c.json()["op"], "subscribed");
+    let start = Instant::now();
+    let out = cli(&[
+        "ticket",
+        "revoke",
+        "--tickets",
+        r.tickets().to_str().unwrap(),
+        &t,
+    ]);
+    assert!(out.status.success());
+    let (code, msgs) = c.close_code();
+    assert_eq!(code, Some(4401));
+    assert!(
+        msgs.iter()
+            .any(|m| m == &json!({"op":"closing","reason":"ticket_revoked"})),
+        "{msgs:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // Others are untouched.
+    d.send(json!({"op":"unsubscribe","id":2,"stream":"live/x"}));
+    assert_eq!(d.json()["op"], "unsubscribed");
+}
+
+#[test]
+fn revocation_by_id_and_expiry_while_connected() {
+    let r = Relay::start(&[]);
+    let t = r.issue("*", &["--ttl", "2s"]);
+    let mut c = r.ws(&t);
+    let (code, msgs) = c.close_code();
+    assert_eq!(code, Some(4401));
+    assert!(
+        msgs.iter().any(|m| m["reason"] == "ticket_expired"),
+        "{msgs:?}"
+    );
+
+    let t2 = r.issue("*", &[]);
+    let list = cli(&["ticket", "list", "--tickets", r.tickets().to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(!text.contains(&t2), "list must never print a ticket");
+    let id = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(t2.as_bytes()))
+    };
+    assert!(text.contains(&id), "{text}");
+    let mut c2 = r.ws(&t2);
+    let out = cli(&[
+        "ticket",
+        "revoke",
+        "--tickets",
+        r.tickets().to_str().unwrap(),
+        "--id",
+        &id,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(c2.close_code().0, Some(4401));
+}
+
+#[test]
+fn issue_prints_only_the_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("t.json");
+    let out = cli(&[
+        "ticket",
+        "issue",
+        "--tickets",
+        file.to_str().unwrap(),
+        "--uid",
+        "a",
+        "--streams",
+        "live/cam1,vod/*",
+        "--ttl",
+        "7d",
+        "--max-connections",
+        "3",
+    ]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    assert_eq!(stdout.trim().len(), 43);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"maxConnections\": 3"), "{text}");
+    assert!(!text.contains(stdout.trim()));
+    let bad = cli(&[
+        "ticket",
+        "issue",
+        "--tickets",
+        file.to_str().unwrap(),
+        "--uid",
+        "a",
+        "--streams",
+        "x",
+        "--ttl",
+        "soon",
+    ]);
+    assert!(!bad.status.success());
+}
+
+#[test]
+fn malformed_ticket_file_keeps_the_last_good_snapshot() {
+    let r = Relay::start(&[]);
+    let t = r.issue("*", &[]);
+    std::thread::sleep(Duration::from_millis(600));
+    let _c = r.ws(&t);
+    std::fs::write(r.tickets(), b"{\"tickets\": {\n  oops").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let _d = r.ws(&t);
+    let log = r.log_text();
+    assert!(log.contains("line 2"), "error should say where: {log}");
+    let (s, _) = http_get(r.admin, "/readyz").unwrap();
+    assert_eq!(s, 200);
+}

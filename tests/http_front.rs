@@ -1,0 +1,104 @@
+//! The HTTP front end of both listeners: health, readiness, metrics, errors, limits.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[test]
+fn health_ready_metrics_and_errors() {
+    let r = Relay::start(&[]);
+    for addr in [r.addr, r.admin] {
+        assert_eq!(
+            http_get(addr, "/healthz").unwrap(),
+            (200, "ok\n".to_string())
+        );
+        let (s, body) = http_get(addr, "/readyz").unwrap();
+        assert_eq!(s, 200);
+        assert!(body.contains("ready"));
+    }
+    let (s, body) = http_get(r.admin, "/metrics").unwrap();
+    assert_eq!(s, 200);
+    assert!(body.contains("mediarelay_connections{worker=\"0\"}"));
+    assert!(body.contains("mediarelay_io_driver_info"));
+    // /metrics is on the admin listener only.
+    let (s, body) = http_get(r.addr, "/metrics").unwrap();
+    assert_eq!(s, 404);
+    assert_eq!(body, r#"{"error":"not_found"}"#);
+    let (s, _) = http_get(r.addr, "/nope").unwrap();
+    assert_eq!(s, 404);
+    let (s, body) = raw_http(
+        r.addr,
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(s, 405);
+    assert!(body.contains("method_not_allowed"));
+    let (s, _) = raw_http(r.addr, b"DELETE /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(s, 405);
+    let (s, body) = raw_http(r.addr, b"\x16\x03\x01garbage\r\n\r\n").unwrap();
+    assert_eq!(s, 400);
+    assert!(body.contains("bad_request"));
+    let (s, _) = raw_http(r.addr, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n").unwrap();
+    assert_eq!(s, 400);
+}
+
+#[test]
+fn keep_alive_serves_several_requests() {
+    let r = Relay::start(&[]);
+    let mut s = TcpStream::connect(r.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2, "{out}");
+}
+
+#[test]
+fn oversized_head_gets_431() {
+    let r = Relay::start(&[]);
+    let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..400 {
+        req.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(40)).as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    let (s, _) = raw_http(r.addr, &req).unwrap();
+    assert_eq!(s, 431);
+}
+
+#[test]
+fn silent_client_is_dropped_after_the_handshake_timeout() {
+    let r = Relay::start(&[("MEDIARELAY_HANDSHAKE_TIMEOUT", "1s")]);
+    let mut s = TcpStream::connect(r.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    s.write_all(b"GET /heal").unwrap();
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the relay to close");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn bad_config_is_one_line_and_exit_2() {
+    let out = cli(&["serve", "--workers", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("server.workers"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let out = std::process::Command::new(BIN)
+        .args(["serve"])
+        .env("MEDIARELAY_POLL_INTERVAL", "often")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("poll_interval"));
+}

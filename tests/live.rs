@@ -1,0 +1,251 @@
+//! Live streams and fan-out: subscribe from live/start/a number while segments appear,
+//! unsubscribe, limits, single-flight, slow consumers, and the drain on SIGTERM.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+
+fn seg(seq: u64, size: usize) -> Vec<u8> {
+    let mut v = format!("segment {seq};").into_bytes();
+    v.resize(size, (seq % 200) as u8);
+    v
+}
+
+#[test]
+fn subscribe_from_live_start_and_number() {
+    let r = Relay::start(&[]);
+    let s = "live/cam1";
+    r.put(&format!("{s}/init.mp4"), b"INIT");
+    for seq in 1..=3 {
+        r.put(&seg_key(s, seq), &seg(seq, 1000));
+    }
+    r.put(&format!("{s}/playlist.m3u8"), b"#EXTM3U");
+    let t = r.issue("live/cam1", &[]);
+
+    let mut live = r.ws(&t);
+    live.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(
+        live.json(),
+        json!({"op":"subscribed","id":1,"stream":s,"seq":3})
+    );
+    let (m, p) = live.media();
+    assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(0), &b"INIT"[..]));
+    assert_eq!(m["key"], "live/cam1/init.mp4");
+    let (m, p) = live.media();
+    assert_eq!(m["seq"], 3);
+    assert_eq!(m["stream"], s);
+    assert_eq!(m["key"], seg_key(s, 3));
+    assert_eq!(m["size"], 1000);
+    assert!(m["ts"].as_u64().unwrap() > 1_700_000_000_000_000);
+    assert_eq!(p, seg(3, 1000));
+
+    let mut start = r.ws(&t);
+    start.send(json!({"op":"subscribe","id":2,"stream":s,"from":"start"}));
+    assert_eq!(start.json()["seq"], 1);
+    assert_eq!(start.media().0["seq"], 0);
+    for want in 1..=3 {
+        assert_eq!(start.media().0["seq"], want);
+    }
+
+    let mut num = r.ws(&t);
+    num.send(json!({"op":"subscribe","id":3,"stream":s,"from":2}));
+    assert_eq!(num.json()["seq"], 2);
+    assert_eq!(num.media().0["seq"], 0);
+    assert_eq!(num.media().0["seq"], 2);
+    assert_eq!(num.media().0["seq"], 3);
+
+    // New segments reach everyone, in order, same ts for all.
+    for seq in 4..=6 {
+        r.put(&seg_key(s, seq), &seg(seq, 70_000));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    for seq in 4..=6 {
+        let (a, pa) = live.media();
+        let (b, _) = start.media();
+        let (c, _) = num.media();
+        assert_eq!(a["seq"], seq);
+        assert_eq!(b["seq"], seq);
+        assert_eq!(c["seq"], seq);
+        assert_eq!(a["ts"], b["ts"]);
+        assert_eq!(pa, seg(seq, 70_000));
+    }
+    // Each segment was read from storage once, however many subscribers.
+    assert_eq!(r.metric("mediarelay_origin_requests_total", ""), 7.0);
+
+    live.send(json!({"op":"unsubscribe","id":9,"stream":s}));
+    assert_eq!(live.json(), json!({"op":"unsubscribed","id":9,"stream":s}));
+    r.put(&seg_key(s, 7), &seg(7, 10));
+    assert_eq!(start.media().0["seq"], 7);
+    live.send(json!({"op":"subscribe","id":10,"stream":"live/cam1"}));
+    assert_eq!(live.json()["seq"], 7);
+}
+
+#[test]
+fn subscription_limits_and_empty_streams() {
+    let r = Relay::start(&[("MEDIARELAY_MAX_SUBSCRIPTIONS", "2")]);
+    let t = r.issue("live/*", &[]);
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"subscribe","id":1,"stream":"live/a"}));
+    assert_eq!(
+        c.json(),
+        json!({"op":"subscribed","id":1,"stream":"live/a","seq":1})
+    );
+    c.send(json!({"op":"subscribe","id":2,"stream":"live/a"}));
+    let v = c.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(2), Some("bad_request"))
+    );
+    c.send(json!({"op":"subscribe","id":3,"stream":"live/b"}));
+    assert_eq!(c.json()["op"], "subscribed");
+    c.send(json!({"op":"subscribe","id":4,"stream":"live/c"}));
+    assert_eq!(c.json()["code"], "too_many_subscriptions");
+    c.send(json!({"op":"subscribe","id":5,"stream":"vod/x"}));
+    assert_eq!(c.json()["code"], "forbidden");
+    // The empty stream starts when its first segment appears.
+    r.put(&seg_key("live/a", 1), b"first");
+    let (m, p) = c.media();
+    assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(1), &b"first"[..]));
+}
+
+#[test]
+fn concurrent_cold_gets_read_the_origin_once() {
+    let r = Relay::start(&[]);
+    let payload = vec![7u8; 4 << 20];
+    r.put("vod/cold.bin", &payload);
+    let t = r.issue("*", &[]);
+    let mut clients: Vec<Client> = (0..100).map(|_| r.ws(&t)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(json!({"op":"get","id":i,"key":"vod/cold.bin"}));
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let (m, p) = c.media();
+        assert_eq!(m["id"], i);
+        assert_eq!(p.len(), payload.len());
+    }
+    assert_eq!(r.metric("mediarelay_origin_requests_total", ""), 1.0);
+}
+
+/// A subscriber that reads slowly gets `skipped`; a fast one on the same stream gets every
+/// segment in order; a stalled one is closed with 4408.
+#[test]
+fn slow_consumers() {
+    let r = Relay::start(&[
+        ("MEDIARELAY_SEND_QUEUE", "512KiB"),
+        ("MEDIARELAY_STALL_TIMEOUT", "2s"),
+    ]);
+    let s = "live/fast";
+    let t = r.issue("live/*", &[]);
+    let mut fast = r.ws(&t);
+    fast.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(fast.json()["op"], "subscribed");
+    let mut slow = r.ws(&t);
+    slow.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(slow.json()["op"], "subscribed");
+    let mut stalled = r.ws(&t);
+    stalled.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(stalled.json()["op"], "subscribed");
+    // `stalled` reads nothing until the relay has decided to close it; then reading
+    // delivers what was queued, `closing`, and the close frame.
+    let admin = r.admin;
+    let stalled_reader = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = http_get(admin, "/metrics").unwrap();
+            if body
+                .lines()
+                .any(|l| l == "mediarelay_slow_consumer_closes_total 1")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "stalled client never closed");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stalled.set_timeout(Duration::from_secs(20));
+        stalled.close_code()
+    });
+
+    let n = 60u64;
+    let producer = {
+        let media = r.media();
+        std::thread::spawn(move || {
+            for seq in 1..=n {
+                put(&media, &seg_key("live/fast", seq), &seg(seq, 256 * 1024));
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    let fast_reader = std::thread::spawn(move || {
+        let mut want = 1;
+        while want <= n {
+            match fast.recv() {
+                Got::Media(m, p) => {
+                    assert_eq!(m["seq"], want, "fast reader out of order");
+                    assert_eq!(p.len(), 256 * 1024);
+                    want += 1;
+                }
+                other => panic!("fast reader got {other:?}"),
+            }
+        }
+    });
+    let mut skipped = Vec::new();
+    let mut got = Vec::new();
+    slow.set_timeout(Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.last() != Some(&n) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(150));
+        match slow.recv() {
+            Got::Json(v) if v["op"] == "skipped" => {
+                assert_eq!(v["stream"], s);
+                skipped.push((v["from"].as_u64().unwrap(), v["to"].as_u64().unwrap()));
+            }
+            Got::Media(m, _) => got.push(m["seq"].as_u64().unwrap()),
+            other => panic!("slow reader got {other:?}"),
+        }
+    }
+    producer.join().unwrap();
+    fast_reader.join().unwrap();
+    assert!(!skipped.is_empty(), "slow reader was never told it skipped");
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+    // Everything the slow reader missed was announced.
+    for seq in 1..=n {
+        let announced = skipped.iter().any(|(f, t)| (*f..=*t).contains(&seq));
+        assert!(
+            got.contains(&seq) || announced,
+            "seq {seq} vanished silently"
+        );
+    }
+    let (code, msgs) = stalled_reader.join().unwrap();
+    assert_eq!(code, Some(4408));
+    assert!(msgs
+        .iter()
+        .any(|m| m == &json!({"op":"closing","reason":"slow_consumer"})));
+}
+
+#[test]
+fn sigterm_drains_with_1001_and_exits_0() {
+    let mut r = Relay::start(&[]);
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"subscribe","id":1,"stream":"live/z"}));
+    assert_eq!(c.json()["op"], "subscribed");
+    r.signal("TERM");
+    let (code, msgs) = c.close_code();
+    assert_eq!(code, Some(1001));
+    assert!(msgs.iter().any(|m| m["op"] == "closing"), "{msgs:?}");
+    let status = r
+        .wait_exit(Duration::from_secs(12))
+        .expect("relay did not exit");
+    assert!(status.success());
+    assert!(TcpStream::connect(r.addr)
+        .map(|mut s| {
+            let mut b = [0u8; 1];
+            matches!(s.read(&mut b), Ok(0) | Err(_))
+        })
+        .unwrap_or(true));
+}

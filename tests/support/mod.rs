@@ -1,0 +1,357 @@
+//! Test helpers: start the real `mediarelay` binary on loopback, issue tickets through its
+//! CLI, and talk to it with a real WebSocket client (tungstenite) or raw sockets.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mediarelay");
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running relay with its own storage directory and ticket file.
+pub struct Relay {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl Relay {
+    /// Start with default settings plus `env` (MEDIARELAY_* pairs).
+    pub fn start(env: &[(&str, &str)]) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("media")).unwrap();
+        Relay::start_in(dir, env)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Relay {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = dir.path().join("relay.log");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--admin")
+            .arg(admin.to_string())
+            .arg("--storage")
+            .arg(dir.path().join("media"))
+            .arg("--tickets")
+            .arg(dir.path().join("tickets.json"))
+            .arg("--workers")
+            .arg("2")
+            .env("MEDIARELAY_POLL_INTERVAL", "50ms")
+            .env("MEDIARELAY_LOG_LEVEL", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start mediarelay");
+        let relay = Relay {
+            child: Some(child),
+            dir,
+            addr,
+            admin,
+            log,
+        };
+        relay.wait_ready();
+        relay
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok((status, _)) = http_get(self.admin, "/readyz") {
+                if status == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("relay not ready; log:\n{}", self.log_text());
+    }
+
+    pub fn media(&self) -> PathBuf {
+        self.dir.path().join("media")
+    }
+
+    pub fn tickets(&self) -> PathBuf {
+        self.dir.path().join("tickets.json")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Write an object into storage (temporary name, then rename).
+    pub fn put(&self, key: &str, data: &[u8]) {
+        put(&self.media(), key, data)
+    }
+
+    /// Issue a ticket with the CLI and wait until the relay's snapshot holds it.
+    pub fn issue(&self, streams: &str, extra: &[&str]) -> String {
+        let before = self.metric("mediarelay_ticket_snapshot_entries", "");
+        let t = issue(&self.tickets(), streams, extra);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.metric("mediarelay_ticket_snapshot_entries", "") <= before {
+            assert!(
+                Instant::now() < deadline,
+                "ticket never reached the snapshot"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t
+    }
+
+    pub fn ws(&self, ticket: &str) -> Client {
+        Client::connect(self.addr, Some(ticket))
+    }
+
+    /// A metric's value (sum over label sets matching `filter`).
+    pub fn metric(&self, name: &str, filter: &str) -> f64 {
+        let (_, body) = http_get(self.admin, "/metrics").unwrap();
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn put(root: &Path, key: &str, data: &[u8]) {
+    let path = root.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let tmp = path.with_file_name(format!(
+        ".tmp-{}",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, data).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+pub fn issue(tickets: &Path, streams: &str, extra: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["ticket", "issue", "--tickets"])
+        .arg(tickets)
+        .args(["--uid", "tester", "--streams", streams])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    raw_http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Send raw bytes, read the whole response; returns (status, body).
+pub fn raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// What a client received.
+#[derive(Debug)]
+pub enum Got {
+    Json(Value),
+    Media(Value, Vec<u8>),
+    Closed(Option<u16>),
+}
+
+pub struct Client {
+    pub ws: WebSocket<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, ticket: Option<&str>) -> Client {
+        Client::try_connect(addr, ticket).expect("upgrade")
+    }
+
+    pub fn try_connect(
+        addr: SocketAddr,
+        ticket: Option<&str>,
+    ) -> Result<Client, tungstenite::Error> {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        if let Some(t) = ticket {
+            req.headers_mut()
+                .insert("Authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        match tungstenite::client(req, sock) {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+            Err(e) => panic!("handshake: {e}"),
+        }
+    }
+
+    pub fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string())).unwrap();
+    }
+
+    pub fn send_text(&mut self, s: &str) {
+        self.ws.send(Message::Text(s.to_string())).unwrap();
+    }
+
+    /// Send raw bytes on the socket (for malformed frames).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.ws.get_mut().write_all(bytes).unwrap();
+    }
+
+    pub fn set_timeout(&mut self, d: Duration) {
+        self.ws.get_mut().set_read_timeout(Some(d)).unwrap();
+    }
+
+    /// Next message (pings and pongs skipped).
+    pub fn recv(&mut self) -> Got {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return Got::Json(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Binary(b)) => {
+                    let n = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+                    let meta = serde_json::from_slice(&b[4..4 + n]).unwrap();
+                    return Got::Media(meta, b[4 + n..].to_vec());
+                }
+                Ok(Message::Close(c)) => return Got::Closed(c.map(|c| u16::from(c.code))),
+                Ok(_) => continue,
+                Err(tungstenite::Error::ConnectionClosed)
+                | Err(tungstenite::Error::AlreadyClosed) => return Got::Closed(None),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    pub fn json(&mut self) -> Value {
+        match self.recv() {
+            Got::Json(v) => v,
+            other => panic!("expected JSON, got {other:?}"),
+        }
+    }
+
+    pub fn media(&mut self) -> (Value, Vec<u8>) {
+        match self.recv() {
+            Got::Media(m, p) => (m, p),
+            other => panic!("expected media, got {other:?}"),
+        }
+    }
+
+    /// Read until a close frame; returns its code (and JSON messages seen on the way).
+    pub fn close_code(&mut self) -> (Option<u16>, Vec<Value>) {
+        let mut seen = Vec::new();
+        loop {
+            match self.recv() {
+                Got::Closed(c) => return (c, seen),
+                Got::Json(v) => seen.push(v),
+                Got::Media(..) => {}
+            }
+        }
+    }
+
+    pub fn close(mut self) {
+        let _ = self.ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        }));
+    }
+}
+
+/// A masked client frame.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9u8, 8, 7, 6];
+    let mut v = vec![((fin as u8) << 7) | opcode];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n < 65536 => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&mask);
+    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    v
+}
+
+pub fn seg_key(stream: &str, seq: u64) -> String {
+    format!("{stream}/seg-{seq:010}.m4s")
+}
