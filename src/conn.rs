@@ -254,10 +254,8 @@ pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>, stream: TcpStream, pending:
                     return Poll::Ready(Event::Readable(r.is_ok()));
                 }
             }
-            if write_blocked {
-                if let Poll::Ready(_) = write_wait.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Writable);
-                }
+            if write_blocked && write_wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Writable);
             }
             if let Some(t) = timer.as_mut() {
                 if t.as_mut().poll(cx).is_ready() {

@@ -123,7 +123,7 @@ fn produce(dir: &Path, start: u64, count: u64, size: usize, interval: Duration) 
             eprintln!("demo producer: {e}");
             return;
         }
-        if count > 0 && seq + 1 - start >= count + 1 {
+        if count > 0 && seq - start >= count {
             return;
         }
         seq += 1;

@@ -119,7 +119,7 @@ fn ticket(cmd: TicketCommand) -> ExitCode {
             }
             TicketCommand::List { tickets: url } => {
                 let mut all = tickets::open_store(&url)?.list()?;
-                all.sort_by(|a, b| a.1.updated_at.cmp(&b.1.updated_at));
+                all.sort_by_key(|(_, r)| r.updated_at);
                 let now = SystemTime::now();
                 println!(
                     "{:<64}  {:<16}  {:<8}  {:<24}  STREAMS",

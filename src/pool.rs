@@ -5,31 +5,37 @@
 //! worker sent last) the allocation returns to its size class instead of going back to
 //! the allocator, so a steady live stream reuses the same few buffers.
 //!
-//! Classes are powers of two from 4 KiB to 16 MiB; larger buffers are not pooled. The
-//! pool keeps at most [`MAX_POOLED_BYTES`] idle.
+//! Size classes step by an eighth of a power of two (at most 12.5% slack; 4 KiB minimum),
+//! up to 64 MiB; larger buffers are not pooled. The pool keeps at most
+//! [`MAX_POOLED_BYTES`] idle.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
 
-const MIN_CLASS: u32 = 12; // 4 KiB
-const MAX_CLASS: u32 = 24; // 16 MiB
-const CLASSES: usize = (MAX_CLASS - MIN_CLASS + 1) as usize;
+/// Largest pooled buffer.
+const MAX_POOLED_BUFFER: usize = 64 << 20;
 /// Upper bound of idle pooled memory.
-pub const MAX_POOLED_BYTES: usize = 64 << 20;
+pub const MAX_POOLED_BYTES: usize = 128 << 20;
+/// Idle buffers kept per class.
+const PER_CLASS: usize = 64;
 
-static POOL: [Mutex<Vec<Vec<u8>>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
+static POOL: Mutex<Option<HashMap<usize, Vec<Vec<u8>>>>> = Mutex::new(None);
 static IDLE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static REUSED: AtomicUsize = AtomicUsize::new(0);
 
-fn class_of(cap: usize) -> Option<usize> {
-    let bits = cap
-        .max(1)
-        .next_power_of_two()
-        .trailing_zeros()
-        .max(MIN_CLASS);
-    (bits <= MAX_CLASS).then(|| (bits - MIN_CLASS) as usize)
+/// The capacity a request for `cap` bytes gets: `cap` rounded up to an eighth of its
+/// power of two.
+pub fn class_of(cap: usize) -> Option<usize> {
+    if cap > MAX_POOLED_BUFFER {
+        return None;
+    }
+    let cap = cap.max(1);
+    let floor_pow2 = 1usize << (usize::BITS - 1 - cap.leading_zeros());
+    let step = (floor_pow2 / 8).max(4096);
+    Some(cap.div_ceil(step) * step)
 }
 
 /// An empty buffer with capacity for at least `cap` bytes.
@@ -37,7 +43,10 @@ pub fn take(cap: usize) -> Vec<u8> {
     let Some(class) = class_of(cap) else {
         return Vec::with_capacity(cap);
     };
-    let reused = POOL[class].lock().ok().and_then(|mut v| v.pop());
+    let reused = POOL
+        .lock()
+        .ok()
+        .and_then(|mut p| p.as_mut()?.get_mut(&class)?.pop());
     match reused {
         Some(mut v) => {
             IDLE_BYTES.fetch_sub(v.capacity(), Ordering::Relaxed);
@@ -45,23 +54,22 @@ pub fn take(cap: usize) -> Vec<u8> {
             v.clear();
             v
         }
-        None => Vec::with_capacity(1 << (class as u32 + MIN_CLASS)),
+        None => Vec::with_capacity(class),
     }
 }
 
 fn give_back(v: Vec<u8>) {
     let cap = v.capacity();
     // Only exact class sizes come back (buffers that were made by `take`).
-    if !cap.is_power_of_two() {
+    if class_of(cap) != Some(cap) || IDLE_BYTES.load(Ordering::Relaxed) + cap > MAX_POOLED_BYTES {
         return;
     }
-    let Some(class) = class_of(cap) else { return };
-    if IDLE_BYTES.load(Ordering::Relaxed) + cap > MAX_POOLED_BYTES {
-        return;
-    }
-    if let Ok(mut list) = POOL[class].lock() {
-        IDLE_BYTES.fetch_add(cap, Ordering::Relaxed);
-        list.push(v);
+    if let Ok(mut pool) = POOL.lock() {
+        let list = pool.get_or_insert_with(HashMap::new).entry(cap).or_default();
+        if list.len() < PER_CLASS {
+            IDLE_BYTES.fetch_add(cap, Ordering::Relaxed);
+            list.push(v);
+        }
     }
 }
 
@@ -100,11 +108,19 @@ mod tests {
 
     #[test]
     fn classes() {
-        assert_eq!(class_of(1), Some(0));
-        assert_eq!(class_of(4096), Some(0));
-        assert_eq!(class_of(4097), Some(1));
-        assert_eq!(class_of(16 << 20), Some(12));
-        assert_eq!(class_of((16 << 20) + 1), None);
+        assert_eq!(class_of(1), Some(4096));
+        assert_eq!(class_of(4096), Some(4096));
+        assert_eq!(class_of(4097), Some(8192));
+        let mib = 1 << 20;
+        assert_eq!(class_of(mib), Some(mib));
+        // A 1 MiB segment plus headroom costs 1.125 MiB, not 2 MiB.
+        assert_eq!(class_of(mib + 4000), Some(mib + mib / 8));
+        assert_eq!(class_of(64 << 20), Some(64 << 20));
+        assert_eq!(class_of((64 << 20) + 1), None);
+        for n in [40_000usize, 70_000, 1_000_000, 3_333_333] {
+            let c = class_of(n).unwrap();
+            assert!(c >= n && (c - n) * 8 <= c, "{n} -> {c}");
+        }
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn max_connections_per_ticket() {
     let t = r.issue("*", &["--max-connections", "2"]);
     let a = r.ws(&t);
     let _b = r.ws(&t);
-    match Client::try_connect(r.addr, Some(&t)) {
+    match Client::try_connect(r.addr, Some(&t)).map_err(|e| *e) {
         Err(tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 429);
             let body = resp.body().clone().unwrap_or_default();

@@ -246,7 +246,7 @@ impl Client {
     pub fn try_connect(
         addr: SocketAddr,
         ticket: Option<&str>,
-    ) -> Result<Client, tungstenite::Error> {
+    ) -> Result<Client, Box<tungstenite::Error>> {
         let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
         if let Some(t) = ticket {
             req.headers_mut()
@@ -257,7 +257,7 @@ impl Client {
             .unwrap();
         match tungstenite::client(req, sock) {
             Ok((ws, _)) => Ok(Client { ws }),
-            Err(tungstenite::HandshakeError::Failure(e)) => Err(e),
+            Err(tungstenite::HandshakeError::Failure(e)) => Err(Box::new(e)),
             Err(e) => panic!("handshake: {e}"),
         }
     }
