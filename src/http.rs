@@ -42,7 +42,9 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
     loop {
         let deadline = Instant::now() + timeout;
         let head =
-            match monoio::time::timeout_at(deadline.into(), read_head(&stream, &mut buf)).await {
+            match monoio::time::timeout_at(deadline.into(), read_head(&worker, &stream, &mut buf))
+                .await
+            {
                 Ok(h) => h,
                 Err(_) => return, // no complete head in time: close
             };
@@ -311,13 +313,18 @@ async fn upgrade(
     worker.stats.upgrade("ok");
     let conn = worker.admit(id, record);
     tracing::debug!(conn = conn.id, uid = %conn.ticket.borrow().uid, %peer, "connected");
-    conn::run(worker.clone(), conn.clone(), stream, pending).await;
-    shared.conn_counts.release(&id);
-    tracing::debug!(conn = conn.id, "disconnected");
+    // The connection lives on in a task of its own, so everything the handshake used
+    // (this future's buffers and header arrays) is freed now: an idle connection keeps
+    // only its small state machine.
+    monoio::spawn(async move {
+        conn::run(worker.clone(), conn.clone(), stream, pending).await;
+        worker.shared.conn_counts.release(&id);
+        tracing::debug!(conn = conn.id, "disconnected");
+    });
 }
 
 /// Read until a complete request head is buffered.
-async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
+async fn read_head(worker: &Worker, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
     let fd = stream.as_raw_fd();
     loop {
         if let Some(n) = head_end(buf) {
@@ -327,24 +334,40 @@ async fn read_head(stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
             return HeadRead::TooLarge;
         }
         // Reject garbage early rather than wait for 16 KiB of it.
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        if let Err(e) = httparse::Request::new(&mut headers).parse(buf) {
-            return if e == httparse::Error::TooManyHeaders {
-                HeadRead::TooLarge
-            } else {
-                HeadRead::Malformed
-            };
+        if let Some(verdict) = early_verdict(buf) {
+            return verdict;
         }
-        let mut chunk = [0u8; 4096];
-        match sys::recv(fd, &mut chunk) {
-            Ok(Io::Done(0)) | Err(_) => return HeadRead::Closed,
-            Ok(Io::Done(n)) => buf.extend_from_slice(&chunk[..n]),
-            Ok(Io::WouldBlock) => {
+        let got = {
+            let mut scratch = worker.scratch.borrow_mut();
+            let room = (MAX_HEAD + 1 - buf.len()).min(scratch.len());
+            match sys::recv(fd, &mut scratch[..room]) {
+                Ok(Io::Done(n)) if n > 0 => {
+                    buf.extend_from_slice(&scratch[..n]);
+                    Ok(())
+                }
+                Ok(Io::Done(_)) | Err(_) => Err(()),
+                Ok(Io::WouldBlock) => Ok(()),
+            }
+        };
+        match got {
+            Err(()) => return HeadRead::Closed,
+            Ok(()) if head_end(buf).is_some() || buf.len() > MAX_HEAD => continue,
+            Ok(()) => {
                 if stream.readable(false).await.is_err() {
                     return HeadRead::Closed;
                 }
             }
         }
+    }
+}
+
+/// A partial head that can already be judged: malformed, or too many headers.
+fn early_verdict(buf: &[u8]) -> Option<HeadRead> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Ok(_) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(HeadRead::TooLarge),
+        Err(_) => Some(HeadRead::Malformed),
     }
 }
 

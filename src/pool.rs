@@ -65,7 +65,10 @@ fn give_back(v: Vec<u8>) {
         return;
     }
     if let Ok(mut pool) = POOL.lock() {
-        let list = pool.get_or_insert_with(HashMap::new).entry(cap).or_default();
+        let list = pool
+            .get_or_insert_with(HashMap::new)
+            .entry(cap)
+            .or_default();
         if list.len() < PER_CLASS {
             IDLE_BYTES.fetch_add(cap, Ordering::Relaxed);
             list.push(v);

@@ -73,7 +73,11 @@ impl Raw {
             s.read_exact(&mut b).unwrap();
             head.push(b[0]);
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         Raw { s }
     }
 
@@ -201,7 +205,11 @@ fn one_buffer_for_a_hundred_viewers() {
     let segment = vec![6u8; MIB];
     let (b1, l1) = (BYTES.load(Ordering::SeqCst), LARGE.load(Ordering::SeqCst));
     std::fs::write(media.join("live/zc/.tmp"), &segment).unwrap();
-    std::fs::rename(media.join("live/zc/.tmp"), media.join("live/zc/seg-0000000001.m4s")).unwrap();
+    std::fs::rename(
+        media.join("live/zc/.tmp"),
+        media.join("live/zc/seg-0000000001.m4s"),
+    )
+    .unwrap();
     for (c, b) in clients.iter_mut().zip(bufs.iter_mut()) {
         assert!(c.read_binary(b, MIB) > MIB);
     }
@@ -212,16 +220,24 @@ fn one_buffer_for_a_hundred_viewers() {
     drop(clients);
     relay.join().unwrap().unwrap();
 
-    eprintln!("100 cached gets of 1 MiB: {get_bytes} bytes allocated, {get_large} large allocations");
+    eprintln!(
+        "100 cached gets of 1 MiB: {get_bytes} bytes allocated, {get_large} large allocations"
+    );
     eprintln!("1 MiB live segment to 100 subscribers: {live_bytes} bytes allocated, {live_large} large allocations");
     // Per viewer: a small frame prefix at most, never the payload.
     assert_eq!(get_large, 0, "a payload-sized buffer was allocated per get");
-    assert!(get_bytes < (MIB / 4) as u64, "{get_bytes} bytes for 100 gets");
+    assert!(
+        get_bytes < (MIB / 4) as u64,
+        "{get_bytes} bytes for 100 gets"
+    );
     // The segment's one origin read (a 1 MiB pooled buffer) and nothing payload-sized per
     // subscriber.
     assert!(live_large <= 1, "{live_large} large allocations");
     let origin_buffer = mediarelay::pool::class_of(MIB + 4096).unwrap() as u64;
     let per_viewer = live_bytes.saturating_sub(origin_buffer);
     eprintln!("  of which {per_viewer} bytes are not the origin buffer");
-    assert!(per_viewer < (MIB / 4) as u64, "{per_viewer} bytes besides the origin buffer");
+    assert!(
+        per_viewer < (MIB / 4) as u64,
+        "{per_viewer} bytes besides the origin buffer"
+    );
 }
