@@ -262,30 +262,33 @@ impl FrameReader {
                 }
                 continue;
             }
-            let take = (self.left as usize).min(data.len());
-            let want = match self.opcode {
-                2 if !self.meta_done => {
+            let avail = (self.left as usize).min(data.len());
+            let n = if self.opcode == 2 {
+                if self.meta_done {
+                    avail
+                } else {
+                    // Keep the meta length, then the meta; count the payload only.
                     let need = if self.start.len() >= 4 {
                         4 + u32::from_be_bytes(self.start[..4].try_into().unwrap_or([0; 4]))
                             as usize
                     } else {
                         4
                     };
-                    need.saturating_sub(self.start.len()).min(take)
+                    let n = need.saturating_sub(self.start.len()).min(avail);
+                    self.start.extend_from_slice(&data[..n]);
+                    if self.start.len() >= 4 && self.start.len() >= need {
+                        self.meta_done = self.start.len() > 4
+                            || u32::from_be_bytes(self.start[..4].try_into().unwrap_or([0; 4]))
+                                == 0;
+                    }
+                    n
                 }
-                2 => 0,
-                _ => take,
+            } else {
+                self.start.extend_from_slice(&data[..avail]);
+                avail
             };
-            self.start.extend_from_slice(&data[..want]);
-            if self.opcode == 2 && !self.meta_done && self.start.len() >= 4 {
-                let need =
-                    4 + u32::from_be_bytes(self.start[..4].try_into().unwrap_or([0; 4])) as usize;
-                if self.start.len() >= need {
-                    self.meta_done = true;
-                }
-            }
-            self.left -= take as u64;
-            data = &data[take..];
+            self.left -= n as u64;
+            data = &data[n..];
             if self.left == 0 {
                 self.finish(out);
             }
@@ -471,28 +474,36 @@ fn fanout(
     let (addr, ticket, stream_s) = (cli.addr.clone(), cli.ticket.clone(), stream.to_string());
     let per_thread = subscribers.div_ceil(threads);
     let subscribed = Arc::new(AtomicU64::new(0));
+    let last_delivery = Arc::new(AtomicU64::new(0));
     let handles = {
-        let (totals, stop, subscribed) = (totals.clone(), stop.clone(), subscribed.clone());
+        let (totals, stop, subscribed, last_delivery) = (
+            totals.clone(),
+            stop.clone(),
+            subscribed.clone(),
+            last_delivery.clone(),
+        );
         run_threads(threads, move |t| {
-            let (totals, stop, addr, ticket, stream, subscribed) = (
+            let (totals, stop, addr, ticket, stream, subscribed, last_delivery) = (
                 totals.clone(),
                 stop.clone(),
                 addr.clone(),
                 ticket.clone(),
                 stream_s.clone(),
                 subscribed.clone(),
+                last_delivery.clone(),
             );
             async move {
                 let n = per_thread.min(subscribers.saturating_sub(t * per_thread));
                 let mut tasks = Vec::new();
                 for _ in 0..n {
-                    let (totals, stop, addr, ticket, stream, subscribed) = (
+                    let (totals, stop, addr, ticket, stream, subscribed, last_delivery) = (
                         totals.clone(),
                         stop.clone(),
                         addr.clone(),
                         ticket.clone(),
                         stream.clone(),
                         subscribed.clone(),
+                        last_delivery.clone(),
                     );
                     tasks.push(monoio::spawn(async move {
                         let Ok((mut s, rest)) = open(&addr, &ticket).await else {
@@ -513,16 +524,18 @@ fn fanout(
                         let mut buf = Vec::with_capacity(256 * 1024);
                         let mut bytes = 0u64;
                         while !stop.load(Ordering::Relaxed) {
-                            let read =
-                                monoio::time::timeout(Duration::from_millis(200), s.read(buf))
-                                    .await;
-                            let (r, b) = match read {
-                                Ok(x) => x,
-                                Err(_) => {
-                                    buf = Vec::with_capacity(256 * 1024);
-                                    continue;
-                                }
-                            };
+                            // Wait for data with a timeout (cancel-safe: nothing is consumed),
+                            // then read without one: cancelling an in-flight io_uring read
+                            // could lose bytes.
+                            let ready = monoio::time::timeout(
+                                Duration::from_millis(200),
+                                s.readable(false),
+                            )
+                            .await;
+                            if ready.is_err() {
+                                continue;
+                            }
+                            let (r, b) = s.read(buf).await;
                             buf = b;
                             let Ok(n) = r else { break };
                             if n == 0 {
@@ -537,16 +550,21 @@ fn fanout(
                                         let lag = now_micros().saturating_sub(ts).max(1);
                                         let _ = lags.record(lag);
                                         totals.segments.fetch_add(1, Ordering::Relaxed);
+                                        last_delivery.store(now_micros(), Ordering::Relaxed);
                                     }
                                     Seen::Text(t) => {
-                                        if t.windows(9).any(|w| w == b"subscribed") {
+                                        if t.windows(10).any(|w| w == b"subscribed") {
                                             subscribed.fetch_add(1, Ordering::Relaxed);
                                         } else if t.windows(7).any(|w| w == b"skipped") {
                                             totals.skipped.fetch_add(1, Ordering::Relaxed);
                                         }
                                     }
                                     Seen::Close(code) => {
-                                        totals.closed.fetch_add(1, Ordering::Relaxed);
+                                        if totals.closed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                            eprintln!(
+                                                "connection closed by the server with {code}"
+                                            );
+                                        }
                                         if code == 4408 {
                                             totals.slow_closes.fetch_add(1, Ordering::Relaxed);
                                         }
@@ -587,6 +605,7 @@ fn fanout(
     let first = next_seq(&dir);
     let before = cli.server_pid.and_then(proc_sample);
     let start = Instant::now();
+    let start_us = now_micros();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let deadline = start + Duration::from_secs_f64(duration);
     let mut payload = vec![0u8; size];
@@ -617,8 +636,14 @@ fn fanout(
     while totals.segments.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let elapsed = start.elapsed().as_secs_f64();
     let after = cli.server_pid.and_then(proc_sample);
+    // Throughput over the delivery period: first segment written to last one received.
+    let last = last_delivery.load(Ordering::Relaxed);
+    let elapsed = if last > start_us {
+        (last - start_us) as f64 / 1e6
+    } else {
+        start.elapsed().as_secs_f64()
+    };
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         let _ = h.join();
