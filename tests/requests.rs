@@ -53,7 +53,9 @@ fn get_hit_miss_forbidden_and_bad_keys() {
     // Still usable after all that.
     c.send(json!({"op":"get","id":13,"key":"vod/movie/seg-0000000001.m4s"}));
     assert_eq!(c.media().0["id"], 13);
-    assert_eq!(r.metric("mediarelay_origin_requests_total", ""), 5.0);
+    let origin = r.metric("mediarelay_origin_requests_total", "");
+    eprintln!("origin reads: {origin}");
+    assert_eq!(origin, 4.0);
 }
 
 #[test]
