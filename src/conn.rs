@@ -347,11 +347,38 @@ impl Reader {
                 Ok(Io::Done(n)) => n,
                 Ok(Io::WouldBlock) => return false,
             };
-            if !discard && conn.close_req.get().is_none() {
+            if discard {
+                // We sent our close frame: the client's close frame ends the connection.
+                if self.close_answered(&scratch[..n]) {
+                    return true;
+                }
+            } else if conn.close_req.get().is_none() {
                 self.process(worker, conn, &scratch[..n]);
             }
             if n < scratch.len() {
                 return false;
+            }
+        }
+    }
+
+    /// After our close frame: whether `inbuf ++ data` holds the client's close frame (or
+    /// anything unparseable, which ends the connection as well). Other frames are dropped.
+    fn close_answered(&mut self, data: &[u8]) -> bool {
+        self.inbuf.extend_from_slice(data);
+        let mut at = 0;
+        loop {
+            match frame::frame_len(&self.inbuf[at..], usize::MAX) {
+                Ok(Some(len)) => {
+                    if self.inbuf[at] & 0x0f == 0x8 {
+                        return true;
+                    }
+                    at += len;
+                }
+                Ok(None) => {
+                    self.inbuf.drain(..at);
+                    return false;
+                }
+                Err(_) => return true,
             }
         }
     }

@@ -3,6 +3,7 @@
 //! upgrade, and plain responses. Parsing is httparse; responses are small and written
 //! directly.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -218,21 +219,18 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// The ticket from `Authorization: Bearer` or `?ticket=`.
-fn find_ticket(headers: &[httparse::Header<'_>], query: &str) -> Option<String> {
+/// The ticket from `Authorization: Bearer` or `?ticket=` (percent-decoded), borrowed from
+/// the request where possible.
+fn find_ticket<'a>(headers: &'a [httparse::Header<'a>], query: &'a str) -> Option<Cow<'a, str>> {
     if let Some(v) = header(headers, "authorization") {
         let v = std::str::from_utf8(v).ok()?.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(v[7..].trim().to_string());
+            return Some(Cow::Borrowed(v[7..].trim()));
         }
     }
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == "ticket").then(|| {
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
+        (k == "ticket").then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
     })
 }
 
@@ -473,8 +471,8 @@ mod tests {
             name: "Authorization",
             value: b"Bearer abc-_",
         }];
-        assert_eq!(find_ticket(&h, ""), Some("abc-_".into()));
-        assert_eq!(find_ticket(&[], "x=1&ticket=q%2Dz"), Some("q-z".into()));
+        assert_eq!(find_ticket(&h, "").as_deref(), Some("abc-_"));
+        assert_eq!(find_ticket(&[], "x=1&ticket=q%2Dz").as_deref(), Some("q-z"));
         assert_eq!(find_ticket(&[], "x=1"), None);
         let basic = [httparse::Header {
             name: "authorization",

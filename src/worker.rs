@@ -47,6 +47,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Workers whose listeners are bound (ready when all are).
     pub listening: AtomicUsize,
+    /// Workers that still have connections to drain.
+    pub draining_workers: AtomicUsize,
     pub workers: usize,
 }
 
@@ -242,6 +244,7 @@ pub fn run(
         conn_counts: ConnCounts::default(),
         draining: AtomicBool::new(false),
         listening: AtomicUsize::new(0),
+        draining_workers: AtomicUsize::new(n),
         workers: n,
     });
     let pool = monoio::blocking::DefaultThreadPool::new(2);
@@ -411,6 +414,14 @@ async fn worker_main(
     let deadline = Instant::now() + shared.config.server.drain_timeout;
     while worker.conn_count() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shared.draining_workers.fetch_sub(1, Ordering::AcqRel);
+    // Worker 0 serves the admin listener: keep it (and `/readyz` saying "draining") up
+    // until every worker is done.
+    if index == 0 {
+        while shared.draining_workers.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     Ok(())
 }

@@ -235,9 +235,27 @@ fn sigterm_drains_with_1001_and_exits_0() {
     c.send(json!({"op":"subscribe","id":1,"stream":"live/z"}));
     assert_eq!(c.json()["op"], "subscribed");
     r.signal("TERM");
+    // While the drain runs (this client has not answered the close yet), /readyz says so.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = http_get(r.admin, "/readyz").unwrap();
+        if status == 503 {
+            assert!(body.contains("draining"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz never went 503: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let (code, msgs) = c.close_code();
     assert_eq!(code, Some(1001));
     assert!(msgs.iter().any(|m| m["op"] == "closing"), "{msgs:?}");
+    // Answer the close (tungstenite sends its reply on the next flush); the relay then
+    // finishes at once instead of waiting out its close linger.
+    let _ = c.ws.flush();
+    let exit_started = Instant::now();
     let status = r
         .wait_exit(Duration::from_secs(12))
         .expect("relay did not exit");
