@@ -260,6 +260,11 @@ fn sigterm_drains_with_1001_and_exits_0() {
         .wait_exit(Duration::from_secs(12))
         .expect("relay did not exit");
     assert!(status.success());
+    assert!(
+        exit_started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        exit_started.elapsed()
+    );
     assert!(TcpStream::connect(r.addr)
         .map(|mut s| {
             let mut b = [0u8; 1];
