@@ -76,8 +76,12 @@ pub enum TicketCommand {
     Revoke {
         #[arg(long, value_name = "FILE|URL")]
         tickets: String,
-        /// The ticket string.
-        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        /// The ticket string (tickets may start with `-`).
+        #[arg(
+            required_unless_present = "id",
+            conflicts_with = "id",
+            allow_hyphen_values = true
+        )]
         ticket: Option<String>,
         /// The ticket's id.
         #[arg(long, value_name = "SHA256HEX")]
@@ -126,7 +130,12 @@ pub struct WatchArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
     /// Ticket (or set MEDIARELAY_TICKET).
-    #[arg(long, env = "MEDIARELAY_TICKET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MEDIARELAY_TICKET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub ticket: String,
     /// Stream to subscribe to.
     #[arg(long, default_value = "live/demo")]
@@ -137,4 +146,72 @@ pub struct WatchArgs {
     /// Stop after this many segments (0: until interrupted).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_forms_parse() {
+        let ok = |args: &[&str]| {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        };
+        ok(&["mediarelay", "serve"]);
+        ok(&[
+            "mediarelay",
+            "serve",
+            "--config",
+            "c.toml",
+            "--listen",
+            "127.0.0.1:1",
+            "--admin",
+            "127.0.0.1:2",
+            "--storage",
+            "./m",
+            "--tickets",
+            "t.json",
+            "--workers",
+            "4",
+            "--driver",
+            "epoll",
+        ]);
+        ok(&[
+            "mediarelay",
+            "ticket",
+            "issue",
+            "--tickets",
+            "t.json",
+            "--uid",
+            "u",
+            "--streams",
+            "live/cam1,vod/*",
+            "--ttl",
+            "7d",
+            "--max-connections",
+            "2",
+        ]);
+        // Tickets are base64url and may start with `-`.
+        ok(&[
+            "mediarelay",
+            "ticket",
+            "revoke",
+            "--tickets",
+            "t.json",
+            "-Abc_9",
+        ]);
+        ok(&[
+            "mediarelay",
+            "ticket",
+            "revoke",
+            "--tickets",
+            "t.json",
+            "--id",
+            "ab",
+        ]);
+        ok(&["mediarelay", "ticket", "list", "--tickets", "t.json"]);
+        ok(&["mediarelay", "watch", "--ticket", "-x"]);
+        assert!(Cli::try_parse_from(["mediarelay", "ticket", "revoke", "--tickets", "t"]).is_err());
+        assert!(Cli::try_parse_from(["mediarelay", "serve", "--driver", "kqueue"]).is_err());
+    }
 }

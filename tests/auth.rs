@@ -130,7 +130,11 @@ fn revocation_closes_connected_clients_with_4401() {
         r.tickets().to_str().unwrap(),
         &t,
     ]);
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, msgs) = c.close_code();
     assert_eq!(code, Some(4401));
     assert!(

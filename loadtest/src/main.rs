@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long, default_value = "127.0.0.1:8080", global = true)]
     addr: String,
     /// Ticket used by every connection.
-    #[arg(long, global = true, default_value = "")]
+    #[arg(long, global = true, default_value = "", allow_hyphen_values = true)]
     ticket: String,
     /// Client threads (default: number of CPUs).
     #[arg(long, global = true)]
