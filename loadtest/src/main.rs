@@ -27,7 +27,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 #[derive(Parser)]
-#[command(name = "mediarelay-load", about = "Load generator for mediarelay")]
+#[command(name = "mediarelay-load", about = "Load generator for mediarelay", args_override_self = true)]
 struct Cli {
     /// Relay address (host:port of the public listener).
     #[arg(long, default_value = "127.0.0.1:8080", global = true)]
@@ -85,6 +85,9 @@ enum Scenario {
         /// Upper bound of the whole run (seconds).
         #[arg(long, default_value_t = 120.0)]
         duration: f64,
+        /// Extra subscribers that never read (stalled viewers).
+        #[arg(long, default_value_t = 0)]
+        stalled: usize,
     },
 }
 
@@ -156,16 +159,15 @@ fn main() -> anyhow::Result<()> {
             rate,
             count,
             duration,
+            stalled,
         } => fanout(
             &cli,
             threads,
             subscribers,
+            stalled,
             &stream,
             &storage,
-            size,
-            rate,
-            count,
-            duration,
+            (size, rate, count, duration),
         ),
     }
 }
@@ -455,17 +457,14 @@ fn idle(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn fanout(
     cli: &Cli,
     threads: usize,
     subscribers: usize,
+    stalled: usize,
     stream: &str,
     storage: &std::path::Path,
-    size: usize,
-    rate: f64,
-    count: u64,
-    duration: f64,
+    (size, rate, count, duration): (usize, f64, u64, f64),
 ) -> anyhow::Result<()> {
     let totals = Arc::new(Totals::default());
     *totals.lag.lock().map_err(|_| anyhow::anyhow!("lock"))? =
@@ -580,9 +579,22 @@ fn fanout(
                         }
                     }));
                 }
+                // Stalled viewers: subscribe, then never read.
+                let stalled_here = stalled.div_ceil(threads).min(stalled.saturating_sub(t * stalled.div_ceil(threads)));
+                let mut held = Vec::new();
+                for _ in 0..stalled_here {
+                    if let Ok((mut s, _)) = open(&addr, &ticket).await {
+                        let msg = format!(r#"{{"op":"subscribe","id":1,"stream":"{stream}"}}"#);
+                        let (r, _) = s.write_all(masked_text(&msg)).await;
+                        if r.is_ok() {
+                            held.push(s);
+                        }
+                    }
+                }
                 for t in tasks {
                     t.await;
                 }
+                drop(held);
             }
         })
     };
@@ -653,6 +665,7 @@ fn fanout(
     let mut report = serde_json::json!({
         "scenario": "fanout",
         "subscribers": subscribed.load(Ordering::Relaxed),
+        "stalled_subscribers": stalled,
         "failed": totals.failed.load(Ordering::Relaxed),
         "segment_size": size,
         "segments_produced": count,
