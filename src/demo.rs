@@ -57,7 +57,14 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let url = format!("ws://{}/ws", args.listen);
     println!("mediarelay demo: stream {stream}, a {size}-byte segment every {interval:?}");
     println!("  ticket:  {ticket}");
-    println!("  watch:   mediarelay watch --url {url} --stream {stream} --ticket {ticket}");
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|p| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
+        })
+        .map_or_else(|| "mediarelay".to_string(), |p| p.display().to_string());
+    println!("  watch:   {exe} watch --url {url} --stream {stream} --ticket={ticket}");
     println!("  metrics: curl -s http://{}/metrics", args.admin);
     println!("Watching (Ctrl-C stops):");
     let _ = std::io::stdout().flush();

@@ -27,7 +27,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 #[derive(Parser)]
-#[command(name = "mediarelay-load", about = "Load generator for mediarelay", args_override_self = true)]
+#[command(
+    name = "mediarelay-load",
+    about = "Load generator for mediarelay",
+    args_override_self = true
+)]
 struct Cli {
     /// Relay address (host:port of the public listener).
     #[arg(long, default_value = "127.0.0.1:8080", global = true)]
@@ -580,7 +584,9 @@ fn fanout(
                     }));
                 }
                 // Stalled viewers: subscribe, then never read.
-                let stalled_here = stalled.div_ceil(threads).min(stalled.saturating_sub(t * stalled.div_ceil(threads)));
+                let stalled_here = stalled
+                    .div_ceil(threads)
+                    .min(stalled.saturating_sub(t * stalled.div_ceil(threads)));
                 let mut held = Vec::new();
                 for _ in 0..stalled_here {
                     if let Ok((mut s, _)) = open(&addr, &ticket).await {
