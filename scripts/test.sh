@@ -8,4 +8,6 @@ python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requi
 
 cargo build --locked
 cargo test --locked --all-targets
+# The epoll fallback driver runs the connection and fan-out tests too.
+MEDIARELAY_DRIVER=epoll cargo test --locked --test live --test requests
 MEDIARELAY_BIN="$PWD/target/debug/mediarelay" python3 -m pytest -q tests/python

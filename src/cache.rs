@@ -74,16 +74,6 @@ impl Cache {
         lru.map.get(key).cloned()
     }
 
-    /// Drop `key` from the cache (a live stream saw it disappear).
-    pub fn forget(&self, key: &str) {
-        if let Ok(mut lru) = self.lru.lock() {
-            if let Some(obj) = lru.map.pop(key) {
-                lru.bytes -= obj.mem_size();
-                self.publish_size(&lru);
-            }
-        }
-    }
-
     fn publish_size(&self, lru: &Lru) {
         self.stats.bytes.store(lru.bytes as u64, Ordering::Relaxed);
         self.stats

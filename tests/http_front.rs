@@ -102,3 +102,20 @@ fn bad_config_is_one_line_and_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("poll_interval"));
 }
+
+#[test]
+fn the_driver_in_use_is_reported() {
+    let r = Relay::start(&[("MEDIARELAY_DRIVER", "epoll")]);
+    let (_, body) = http_get(r.admin, "/metrics").unwrap();
+    assert!(
+        body.contains("mediarelay_io_driver_info{worker=\"0\",driver=\"epoll\"} 1"),
+        "{body}"
+    );
+    assert!(r.log_text().contains("io driver: epoll"));
+    if std::env::var_os("MEDIARELAY_DRIVER").is_none() {
+        let r = Relay::start(&[("MEDIARELAY_DRIVER", "auto")]);
+        let (_, body) = http_get(r.admin, "/metrics").unwrap();
+        // This machine has io_uring; where it does not, auto falls back to epoll.
+        assert!(body.contains("driver=\"io_uring\"") || body.contains("driver=\"epoll\""));
+    }
+}
