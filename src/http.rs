@@ -52,27 +52,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         let len = match head {
             HeadRead::Complete(n) => n,
             HeadRead::TooLarge => {
-                respond(
-                    &stream,
-                    431,
-                    "application/json",
-                    br#"{"error":"request_header_fields_too_large"}"#,
-                    &[],
-                    false,
-                )
-                .await;
+                error(&stream, 431, "request_header_fields_too_large", false).await;
                 return;
             }
             HeadRead::Malformed => {
-                respond(
-                    &stream,
-                    400,
-                    "application/json",
-                    br#"{"error":"bad_request"}"#,
-                    &[],
-                    false,
-                )
-                .await;
+                error(&stream, 400, "bad_request", false).await;
                 return;
             }
             HeadRead::Closed => return,
@@ -80,15 +64,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         if req.parse(&buf[..len]).is_err() {
-            respond(
-                &stream,
-                400,
-                "application/json",
-                br#"{"error":"bad_request"}"#,
-                &[],
-                false,
-            )
-            .await;
+            error(&stream, 400, "bad_request", false).await;
             return;
         }
         let method = req.method.unwrap_or("");
@@ -100,15 +76,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         if header(req.headers, "content-length").is_some_and(|v| v.trim_ascii() != b"0")
             || header(req.headers, "transfer-encoding").is_some()
         {
-            respond(
-                &stream,
-                400,
-                "application/json",
-                br#"{"error":"bad_request"}"#,
-                &[],
-                false,
-            )
-            .await;
+            error(&stream, 400, "bad_request", false).await;
             return;
         }
         let route = match (which, path) {
@@ -173,17 +141,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
                 )
                 .await
             }
-            Route::NotFound => {
-                respond(
-                    &stream,
-                    404,
-                    "application/json",
-                    br#"{"error":"not_found"}"#,
-                    &[],
-                    keep_alive,
-                )
-                .await
-            }
+            Route::NotFound => error(&stream, 404, "not_found", keep_alive).await,
             Route::Ws => {
                 let pending = buf[len..].to_vec();
                 upgrade(worker, stream, peer, req.headers, query, pending).await;
@@ -247,11 +205,10 @@ async fn upgrade(
     let refuse = |r: Refusal| {
         let (status, code) = r.status_and_code();
         worker.stats.upgrade(code);
-        (status, format!("{{\"error\":\"{code}\"}}"))
+        error(&stream, status, code, false)
     };
     if shared.failures.is_limited(peer.ip(), now) {
-        let (s, body) = refuse(Refusal::RateLimited);
-        respond(&stream, s, "application/json", body.as_bytes(), &[], false).await;
+        refuse(Refusal::RateLimited).await;
         return;
     }
     let ticket = find_ticket(headers, query);
@@ -264,8 +221,7 @@ async fn upgrade(
         Ok(ok) => ok,
         Err(r) => {
             shared.failures.record_failure(peer.ip(), now);
-            let (s, body) = refuse(r);
-            respond(&stream, s, "application/json", body.as_bytes(), &[], false).await;
+            refuse(r).await;
             return;
         }
     };
@@ -297,8 +253,7 @@ async fn upgrade(
         }
     };
     if !shared.conn_counts.acquire(&id, record.max_connections) {
-        let (s, body) = refuse(Refusal::TooManyConnections);
-        respond(&stream, s, "application/json", body.as_bytes(), &[], false).await;
+        refuse(Refusal::TooManyConnections).await;
         return;
     }
     let head = format!(
@@ -442,6 +397,20 @@ fn response_head(
         "Connection: close\r\n\r\n"
     });
     head
+}
+
+/// A JSON error response `{"error": code}`.
+async fn error(stream: &TcpStream, status: u16, code: &str, keep_alive: bool) {
+    let body = format!("{{\"error\":\"{code}\"}}");
+    respond(
+        stream,
+        status,
+        "application/json",
+        body.as_bytes(),
+        &[],
+        keep_alive,
+    )
+    .await
 }
 
 /// Write a complete response.

@@ -128,163 +128,139 @@ impl Metrics {
     /// Render the exposition text.
     pub fn render(&self, shared: &crate::worker::Shared) -> String {
         let mut o = String::with_capacity(8192);
-        let _ = writeln!(
-            o,
-            "# HELP mediarelay_build_info Build information.\n# TYPE mediarelay_build_info gauge\nmediarelay_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let push = |o: &mut String, s: String| o.push_str(&s);
-        push(
+        let one = |v: u64| vec![(String::new(), v.to_string())];
+        family(
             &mut o,
-            "# HELP mediarelay_io_driver_info The io driver each worker runs.\n# TYPE mediarelay_io_driver_info gauge\n".into(),
+            "mediarelay_build_info",
+            "gauge",
+            "Build information.",
+            vec![(
+                format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+                "1".into(),
+            )],
         );
-        for (i, d) in self.drivers.iter().enumerate() {
-            push(
-                &mut o,
-                format!(
-                    "mediarelay_io_driver_info{{worker=\"{i}\",driver=\"{}\"}} 1\n",
-                    d.get().copied().unwrap_or("starting")
-                ),
-            );
-        }
-        push(&mut o, "# HELP mediarelay_connections Open WebSocket connections.\n# TYPE mediarelay_connections gauge\n".into());
-        for (i, w) in self.workers.iter().enumerate() {
-            push(
-                &mut o,
-                format!(
-                    "mediarelay_connections{{worker=\"{i}\"}} {}\n",
-                    w.connections.get()
-                ),
-            );
-        }
-        let counters: [(&str, &str, u64); 6] = [
+        let drivers = self.drivers.iter().enumerate().map(|(i, d)| {
+            let d = d.get().copied().unwrap_or("starting");
+            (format!("worker=\"{i}\",driver=\"{d}\""), "1".to_string())
+        });
+        family(
+            &mut o,
+            "mediarelay_io_driver_info",
+            "gauge",
+            "The io driver each worker runs.",
+            drivers.collect(),
+        );
+        let conns = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("worker=\"{i}\""), w.connections.get().to_string()));
+        family(
+            &mut o,
+            "mediarelay_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            conns.collect(),
+        );
+        let counters: [(&str, &str, Reader); 6] = [
             (
                 "mediarelay_accepted_connections_total",
                 "TCP connections accepted on the public listener.",
-                self.sum(|w| w.accepted.get()),
+                |w| w.accepted.get(),
             ),
             (
                 "mediarelay_sent_bytes_total",
                 "Bytes written to WebSocket clients.",
-                self.sum(|w| w.bytes_sent.get()),
+                |w| w.bytes_sent.get(),
             ),
             (
                 "mediarelay_sent_frames_total",
                 "WebSocket frames written to clients.",
-                self.sum(|w| w.frames_sent.get()),
+                |w| w.frames_sent.get(),
             ),
             (
                 "mediarelay_skipped_total",
                 "skipped messages sent to slow subscribers.",
-                self.sum(|w| w.skipped.get()),
+                |w| w.skipped.get(),
             ),
             (
                 "mediarelay_slow_consumer_closes_total",
                 "Connections closed with 4408.",
-                self.sum(|w| w.slow_closes.get()),
+                |w| w.slow_closes.get(),
             ),
             (
                 "mediarelay_revocation_closes_total",
                 "Connections closed with 4401.",
-                self.sum(|w| w.revocation_closes.get()),
+                |w| w.revocation_closes.get(),
             ),
         ];
-        for (name, help, v) in counters {
-            push(
-                &mut o,
-                format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"),
-            );
+        for (name, help, get) in counters {
+            family(&mut o, name, "counter", help, one(self.sum(get)));
         }
-        push(&mut o, "# HELP mediarelay_upgrades_total WebSocket upgrade attempts by result.\n# TYPE mediarelay_upgrades_total counter\n".into());
-        for (i, r) in UPGRADES.iter().enumerate() {
-            let v = self.sum(|w| w.upgrades[i].get());
-            push(
-                &mut o,
-                format!("mediarelay_upgrades_total{{result=\"{r}\"}} {v}\n"),
-            );
-        }
-        push(&mut o, "# HELP mediarelay_requests_total Client requests by op and result.\n# TYPE mediarelay_requests_total counter\n".into());
+        let upgrades = UPGRADES.iter().enumerate().map(|(i, r)| {
+            (
+                format!("result=\"{r}\""),
+                self.sum(|w| w.upgrades[i].get()).to_string(),
+            )
+        });
+        family(
+            &mut o,
+            "mediarelay_upgrades_total",
+            "counter",
+            "WebSocket upgrade attempts by result.",
+            upgrades.collect(),
+        );
+        let mut requests = Vec::new();
         for (oi, op) in OPS.iter().enumerate() {
             for (ri, r) in RESULTS.iter().enumerate() {
                 let v = self.sum(|w| w.requests[oi][ri].get());
                 if v > 0 {
-                    push(
-                        &mut o,
-                        format!("mediarelay_requests_total{{op=\"{op}\",result=\"{r}\"}} {v}\n"),
-                    );
+                    requests.push((format!("op=\"{op}\",result=\"{r}\""), v.to_string()));
                 }
             }
         }
-        push(&mut o, "# HELP mediarelay_closes_total Close frames sent by code.\n# TYPE mediarelay_closes_total counter\n".into());
-        for (i, c) in CLOSE_CODES.iter().enumerate() {
-            let v = self.sum(|w| w.closes[i].get());
-            push(
-                &mut o,
-                format!("mediarelay_closes_total{{code=\"{c}\"}} {v}\n"),
-            );
-        }
+        family(
+            &mut o,
+            "mediarelay_requests_total",
+            "counter",
+            "Client requests by op and result.",
+            requests,
+        );
+        let closes = CLOSE_CODES.iter().enumerate().map(|(i, c)| {
+            (
+                format!("code=\"{c}\""),
+                self.sum(|w| w.closes[i].get()).to_string(),
+            )
+        });
+        family(
+            &mut o,
+            "mediarelay_closes_total",
+            "counter",
+            "Close frames sent by code.",
+            closes.collect(),
+        );
         let cs = &shared.cache.stats;
-        let backend = shared.cache.origin().backend();
+        let backend = format!("backend=\"{}\"", shared.cache.origin().backend());
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let cache: [(&str, &str, &str, u64); 8] = [
+        let origin: [(&str, &str, u64); 2] = [
             (
                 "mediarelay_origin_requests_total",
-                "counter",
                 "Origin object reads.",
                 l(&cs.origin_gets),
             ),
             (
                 "mediarelay_origin_errors_total",
-                "counter",
                 "Origin object reads that failed.",
                 l(&cs.origin_errors),
             ),
-            (
-                "mediarelay_cache_hits_total",
-                "counter",
-                "gets answered from the segment cache.",
-                l(&cs.hits),
-            ),
-            (
-                "mediarelay_cache_misses_total",
-                "counter",
-                "gets that started an origin read.",
-                l(&cs.misses),
-            ),
-            (
-                "mediarelay_cache_coalesced_total",
-                "counter",
-                "gets that joined an origin read already under way.",
-                l(&cs.coalesced),
-            ),
-            (
-                "mediarelay_cache_evictions_total",
-                "counter",
-                "Objects evicted from the segment cache.",
-                l(&cs.evictions),
-            ),
-            (
-                "mediarelay_cache_bytes",
-                "gauge",
-                "Bytes held by the segment cache.",
-                l(&cs.bytes),
-            ),
-            (
-                "mediarelay_cache_entries",
-                "gauge",
-                "Objects held by the segment cache.",
-                l(&cs.entries),
-            ),
         ];
-        for (name, kind, help, v) in cache {
-            let labels = if name.starts_with("mediarelay_origin") {
-                format!("{{backend=\"{backend}\"}}")
-            } else {
-                String::new()
-            };
-            push(
+        for (name, help, v) in origin {
+            family(
                 &mut o,
-                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}\n"),
+                name,
+                "counter",
+                help,
+                vec![(backend.clone(), v.to_string())],
             );
         }
         let snap = shared.tickets.load();
@@ -292,46 +268,93 @@ impl Metrics {
             .built_at
             .and_then(|t| t.elapsed().ok())
             .map_or(0.0, |d| d.as_secs_f64());
-        let pool = crate::pool::stats();
-        let gauges: [(&str, &str, String); 5] = [
+        let plain: [(&str, &str, &str, String); 11] = [
+            (
+                "mediarelay_cache_hits_total",
+                "counter",
+                "gets answered from the segment cache.",
+                l(&cs.hits).to_string(),
+            ),
+            (
+                "mediarelay_cache_misses_total",
+                "counter",
+                "gets that started an origin read.",
+                l(&cs.misses).to_string(),
+            ),
+            (
+                "mediarelay_cache_coalesced_total",
+                "counter",
+                "gets that joined an origin read already under way.",
+                l(&cs.coalesced).to_string(),
+            ),
+            (
+                "mediarelay_cache_evictions_total",
+                "counter",
+                "Objects evicted from the segment cache.",
+                l(&cs.evictions).to_string(),
+            ),
+            (
+                "mediarelay_cache_bytes",
+                "gauge",
+                "Bytes held by the segment cache.",
+                l(&cs.bytes).to_string(),
+            ),
+            (
+                "mediarelay_cache_entries",
+                "gauge",
+                "Objects held by the segment cache.",
+                l(&cs.entries).to_string(),
+            ),
             (
                 "mediarelay_live_streams",
+                "gauge",
                 "Live streams being followed.",
                 shared.hub.stream_count().to_string(),
             ),
             (
                 "mediarelay_segments_published_total",
+                "counter",
                 "Live segments fetched and fanned out.",
                 shared.hub.published.load(Ordering::Relaxed).to_string(),
             ),
             (
                 "mediarelay_ticket_snapshot_entries",
+                "gauge",
                 "Tickets in the current snapshot.",
                 snap.len().to_string(),
             ),
             (
                 "mediarelay_ticket_snapshot_age_seconds",
+                "gauge",
                 "Age of the current ticket snapshot.",
                 format!("{age:.3}"),
             ),
             (
                 "mediarelay_buffer_pool_idle_bytes",
+                "gauge",
                 "Idle bytes held by the payload buffer pool.",
-                pool.0.to_string(),
+                crate::pool::stats().0.to_string(),
             ),
         ];
-        for (name, help, v) in gauges {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            push(
-                &mut o,
-                format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"),
-            );
+        for (name, kind, help, v) in plain {
+            family(&mut o, name, kind, help, vec![(String::new(), v)]);
         }
         o
+    }
+}
+
+/// Reads one counter of a worker.
+type Reader = fn(&WorkerStats) -> u64;
+
+/// Write one metric family: HELP, TYPE and its samples (`labels` without braces).
+fn family(o: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, String)>) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(o, "{name} {value}");
+        } else {
+            let _ = writeln!(o, "{name}{{{labels}}} {value}");
+        }
     }
 }
 

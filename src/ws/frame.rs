@@ -66,32 +66,27 @@ pub fn media_prefix(obj: &Object, meta: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// A complete text frame.
-pub fn text(payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(MAX_HEAD + payload.len());
-    let n = Frame::text(Payload::Borrowed(payload))
-        .write(&mut out)
-        .len();
+/// Serialize a whole (small) frame.
+fn whole(mut frame: Frame<'_>, payload_len: usize) -> Bytes {
+    let mut out = Vec::with_capacity(MAX_HEAD + payload_len);
+    let n = frame.write(&mut out).len();
     out.truncate(n);
     Bytes::from(out)
+}
+
+/// A complete text frame.
+pub fn text(payload: &[u8]) -> Bytes {
+    whole(Frame::text(Payload::Borrowed(payload)), payload.len())
 }
 
 /// A complete close frame.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut out = Vec::with_capacity(MAX_HEAD + 2 + reason.len());
-    let n = Frame::close(code, reason.as_bytes()).write(&mut out).len();
-    out.truncate(n);
-    Bytes::from(out)
+    whole(Frame::close(code, reason.as_bytes()), 2 + reason.len())
 }
 
 /// A complete pong frame.
 pub fn pong(payload: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(MAX_HEAD + payload.len());
-    let n = Frame::pong(Payload::Borrowed(payload))
-        .write(&mut out)
-        .len();
-    out.truncate(n);
-    Bytes::from(out)
+    whole(Frame::pong(Payload::Borrowed(payload)), payload.len())
 }
 
 /// Length of the first frame in `buf` if it is complete, `Ok(None)` if more bytes are
