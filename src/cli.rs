@@ -39,10 +39,10 @@ pub struct ServeArgs {
     /// Admin listener (metrics) [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
-    /// Storage: a directory, or gs://BUCKET[/PREFIX] [default: ./media].
+    /// Storage: a local directory [default: ./media].
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,
-    /// Ticket store: a JSON file, or firestore://PROJECT/COLLECTION [default: ./tickets.json].
+    /// Ticket store: a JSON file [default: ./tickets.json].
     #[arg(long, value_name = "FILE|URL")]
     pub tickets: Option<String>,
     /// Worker threads [default: number of CPUs].

@@ -53,7 +53,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// A directory, or a URL (`gs://BUCKET[/PREFIX]`).
+    /// A local directory (`file://DIR` is accepted too).
     pub url: String,
     /// How often each live stream is listed for new segments.
     #[serde(deserialize_with = "duration")]
@@ -73,7 +73,7 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TicketsConfig {
-    /// A JSON file, or a URL (`firestore://PROJECT/COLLECTION`).
+    /// A JSON ticket file (`file://PATH` is accepted too).
     pub url: String,
     /// How often the ticket file is checked for changes.
     #[serde(deserialize_with = "duration")]
