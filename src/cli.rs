@@ -39,7 +39,7 @@ pub struct ServeArgs {
     /// Admin listener (metrics) [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
-    /// Storage: a local directory [default: ./media].
+    /// Storage: a local directory, or gs://BUCKET[/PREFIX] [default: ./media].
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,
     /// Ticket store: a JSON file [default: ./tickets.json].

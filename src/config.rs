@@ -53,7 +53,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// A local directory (`file://DIR` is accepted too).
+    /// A local directory (`file://DIR` is accepted too), or `gs://BUCKET[/PREFIX]`.
     pub url: String,
     /// How often each live stream is listed for new segments.
     #[serde(deserialize_with = "duration")]
@@ -67,6 +67,16 @@ pub struct StorageConfig {
     /// How long a live stream without subscribers keeps being polled.
     #[serde(deserialize_with = "duration")]
     pub stream_linger: Duration,
+    /// GCS: longest time one object fetch or listing may take, retries included.
+    #[serde(deserialize_with = "duration")]
+    pub request_deadline: Duration,
+    /// GCS: longest wait for one attempt (a stalled response is retried after it).
+    #[serde(deserialize_with = "duration")]
+    pub attempt_timeout: Duration,
+    /// GCS: most requests in flight at once (and idle keep-alive connections kept).
+    pub max_inflight: usize,
+    /// GCS: threads of the fetch runtime.
+    pub fetch_threads: usize,
 }
 
 /// `[tickets]`: the ticket store and the auth-failure limiter.
@@ -147,6 +157,10 @@ impl Default for StorageConfig {
             cache_size: 512 << 20,
             max_object_size: 64 << 20,
             stream_linger: Duration::from_secs(30),
+            request_deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+            max_inflight: 64,
+            fetch_threads: 1,
         }
     }
 }
@@ -195,6 +209,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_POLL_INTERVAL", "storage.poll_interval"),
     ("MEDIARELAY_CACHE_SIZE", "storage.cache_size"),
     ("MEDIARELAY_MAX_OBJECT_SIZE", "storage.max_object_size"),
+    ("MEDIARELAY_REQUEST_DEADLINE", "storage.request_deadline"),
+    ("MEDIARELAY_ATTEMPT_TIMEOUT", "storage.attempt_timeout"),
     ("MEDIARELAY_TICKETS", "tickets.url"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
@@ -214,6 +230,8 @@ const INTEGER_SETTINGS: &[&str] = &[
     "connection.max_subscriptions",
     "connection.max_pending_gets",
     "tickets.auth_failure_limit",
+    "storage.max_inflight",
+    "storage.fetch_threads",
 ];
 
 impl Config {
@@ -265,6 +283,15 @@ impl Config {
         }
         if self.storage.max_object_size == 0 || self.storage.max_object_size > 4 << 30 {
             return bad("storage.max_object_size", "must be between 1 B and 4 GiB");
+        }
+        if self.storage.max_inflight == 0 || self.storage.fetch_threads == 0 {
+            return bad(
+                "storage.max_inflight",
+                "max_inflight and fetch_threads must be at least 1",
+            );
+        }
+        if self.storage.attempt_timeout.is_zero() || self.storage.request_deadline.is_zero() {
+            return bad("storage.request_deadline", "deadlines must be above zero");
         }
         if self.server.workers > 1024 {
             return bad("server.workers", "at most 1024");

@@ -65,6 +65,31 @@ pub fn init_logging(level: &str, format: &str) {
     };
 }
 
+/// Open the origin the storage setting names: a directory, or `gs://BUCKET[/PREFIX]`
+/// (with `STORAGE_EMULATOR_HOST` honoured as Google's client libraries do).
+pub fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn origin::Origin>> {
+    let url = &config.storage.url;
+    if url.starts_with("gs://") {
+        let emulator = std::env::var("STORAGE_EMULATOR_HOST").ok();
+        let mut settings = origin::gcs::GcsSettings::from_url(url, emulator.as_deref())
+            .map_err(|e| anyhow::anyhow!("storage: {e}"))?;
+        settings.deadline = config.storage.request_deadline;
+        settings.attempt_timeout = config.storage.attempt_timeout;
+        settings.max_inflight = config.storage.max_inflight;
+        settings.threads = config.storage.fetch_threads;
+        let gcs = origin::gcs::GcsOrigin::start(settings).map_err(|e| anyhow::anyhow!(e))?;
+        return Ok(Arc::new(gcs));
+    }
+    match config.storage_dir() {
+        Some(dir) => {
+            Ok(Arc::new(origin::fs::FsOrigin::open(&dir).map_err(|e| {
+                anyhow::anyhow!("storage {}: {e}", dir.display())
+            })?))
+        }
+        None => anyhow::bail!("storage `{url}`: expected a directory or gs://BUCKET[/PREFIX]"),
+    }
+}
+
 /// Run the relay until `shutdown` fires (or a signal, when `signals` is set) and the drain
 /// completes.
 pub fn serve(
@@ -73,16 +98,7 @@ pub fn serve(
     signals: bool,
 ) -> anyhow::Result<()> {
     let (tx, rx) = shutdown.unwrap_or_else(flume::unbounded);
-    let origin: Arc<dyn origin::Origin> = match config.storage_dir() {
-        Some(dir) => Arc::new(
-            origin::fs::FsOrigin::open(&dir)
-                .map_err(|e| anyhow::anyhow!("storage {}: {e}", dir.display()))?,
-        ),
-        None => anyhow::bail!(
-            "storage `{}`: only local directories are built into this version",
-            config.storage.url
-        ),
-    };
+    let origin = open_origin(&config)?;
     let store = tickets::open_store(&config.tickets.url)?;
     let cell = Arc::new(tickets::snapshot::TicketCell::default());
     control::start_ticket_refresh(store, cell.clone(), config.tickets.reload_interval)?;

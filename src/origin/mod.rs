@@ -9,6 +9,7 @@
 //! Origins do I/O only: caching and single-flight live in [`crate::cache`].
 
 pub mod fs;
+pub mod gcs;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -2,6 +2,8 @@
 //! CLI, and talk to it with a real WebSocket client (tungstenite) or raw sockets.
 #![allow(dead_code)]
 
+pub mod gcs;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -41,7 +43,23 @@ impl Relay {
         Relay::start_in(dir, env)
     }
 
+    /// Start against a GCS bucket URL (`gs://...`) served by the emulator at `emulator`.
+    pub fn start_gcs(emulator: SocketAddr, url: &str, env: &[(&str, &str)]) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let host = emulator.to_string();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("STORAGE_EMULATOR_HOST", host.as_str()),
+            ("MEDIARELAY_STORAGE", url),
+        ];
+        all.extend_from_slice(env);
+        Relay::start_with(dir, false, &all)
+    }
+
     pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Relay {
+        Relay::start_with(dir, true, env)
+    }
+
+    fn start_with(dir: tempfile::TempDir, local_storage: bool, env: &[(&str, &str)]) -> Relay {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.path().join("relay.log");
@@ -51,8 +69,6 @@ impl Relay {
             .arg(addr.to_string())
             .arg("--admin")
             .arg(admin.to_string())
-            .arg("--storage")
-            .arg(dir.path().join("media"))
             .arg("--tickets")
             .arg(dir.path().join("tickets.json"))
             .arg("--workers")
@@ -62,6 +78,9 @@ impl Relay {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
+        if local_storage {
+            cmd.arg("--storage").arg(dir.path().join("media"));
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -255,7 +274,12 @@ impl Client {
         let sock = TcpStream::connect(addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        match tungstenite::client(req, sock) {
+        let config = tungstenite::protocol::WebSocketConfig {
+            max_message_size: Some(256 << 20),
+            max_frame_size: Some(256 << 20),
+            ..Default::default()
+        };
+        match tungstenite::client::client_with_config(req, sock, Some(config)) {
             Ok((ws, _)) => Ok(Client { ws }),
             Err(tungstenite::HandshakeError::Failure(e)) => Err(Box::new(e)),
             Err(e) => panic!("handshake: {e}"),

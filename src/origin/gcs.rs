@@ -1,0 +1,690 @@
+//! The Google Cloud Storage origin (`--storage gs://BUCKET[/PREFIX]`), over the JSON API v1.
+//!
+//! **Where it runs.** HTTP (hyper 1 + rustls, one keep-alive pool per host) and credentials
+//! (gcp_auth, which needs tokio) live on a small dedicated tokio runtime, the *fetch
+//! runtime*. A worker asks for an object by spawning the fetch there and awaiting its join
+//! handle; the body is streamed straight into a pooled buffer sized from `Content-Length`
+//! and comes back as the object's one `Bytes`. Workers never block and never hold a
+//! connection; the pool is shared by all of them, so one keep-alive connection serves
+//! segments for every worker.
+//!
+//! **Robustness.** Idempotent requests are retried on 408, 429, 5xx, connection errors and
+//! per-attempt timeouts (a stalled response), with exponential backoff and full jitter,
+//! bounded by a per-request deadline; 404 is `not_found`; 401/403 are `unavailable` with a
+//! log line saying the credentials were refused. Only complete bodies whose length (and
+//! crc32c, when the server sends one) match are returned. Objects over the size limit are
+//! refused from their `Content-Length` without reading the body.
+//!
+//! **Credentials.** `STORAGE_EMULATOR_HOST=host:port` selects plain HTTP without
+//! credentials. Otherwise gcp_auth finds them (`GOOGLE_APPLICATION_CREDENTIALS`, the
+//! metadata server, gcloud user credentials) and a background task keeps an access token for
+//! `devstorage.read_only` fresh ahead of expiry; requests read it from memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
+use crate::pool;
+
+/// Read-only scope for object downloads and listings.
+pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
+
+/// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
+const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encode an object name (or any value) as one path segment / query value.
+pub fn encode(s: &str) -> String {
+    utf8_percent_encode(s, ENCODE).to_string()
+}
+
+/// Settings of the GCS origin.
+#[derive(Debug, Clone)]
+pub struct GcsSettings {
+    pub bucket: String,
+    /// Object-name prefix ("" or ending in `/`).
+    pub prefix: String,
+    /// `https://storage.googleapis.com`, or the emulator's `http://host:port`.
+    pub base: String,
+    /// Whether to send credentials (not to the emulator).
+    pub authenticate: bool,
+    pub deadline: Duration,
+    pub attempt_timeout: Duration,
+    pub max_inflight: usize,
+    pub threads: usize,
+}
+
+impl GcsSettings {
+    /// Parse `gs://BUCKET[/PREFIX]`, with the emulator from `emulator` (the value of
+    /// `STORAGE_EMULATOR_HOST`, `host:port` or a URL).
+    pub fn from_url(url: &str, emulator: Option<&str>) -> Result<GcsSettings, String> {
+        let rest = url
+            .strip_prefix("gs://")
+            .ok_or_else(|| format!("`{url}` is not a gs:// URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid_bucket = (3..=222).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !valid_bucket {
+            return Err(format!("`{bucket}` is not a valid bucket name"));
+        }
+        let prefix = prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        };
+        let (base, authenticate) = match emulator.map(str::trim).filter(|e| !e.is_empty()) {
+            Some(e) if e.starts_with("http://") || e.starts_with("https://") => {
+                (e.trim_end_matches('/').to_string(), false)
+            }
+            Some(e) => (format!("http://{}", e.trim_end_matches('/')), false),
+            None => ("https://storage.googleapis.com".to_string(), true),
+        };
+        Ok(GcsSettings {
+            bucket: bucket.to_string(),
+            prefix,
+            base,
+            authenticate,
+            deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(3),
+            max_inflight: 64,
+            threads: 1,
+        })
+    }
+
+    /// Download URL of an object.
+    pub fn media_url(&self, key: &str) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o/{}?alt=media",
+            self.base,
+            encode(&self.bucket),
+            encode(&format!("{}{key}", self.prefix))
+        )
+    }
+
+    /// Listing URL for the children of `prefix` (a key prefix ending in `/`).
+    pub fn list_url(&self, prefix: &str, start_offset: Option<&str>, page: Option<&str>) -> String {
+        let mut url = format!(
+            "{}/storage/v1/b/{}/o?prefix={}&delimiter=%2F&fields=items(name)%2CnextPageToken",
+            self.base,
+            encode(&self.bucket),
+            encode(&format!("{}{prefix}", self.prefix))
+        );
+        if let Some(s) = start_offset {
+            url.push_str("&startOffset=");
+            url.push_str(&encode(&format!("{}{s}", self.prefix)));
+        }
+        if let Some(p) = page {
+            url.push_str("&pageToken=");
+            url.push_str(&encode(p));
+        }
+        url
+    }
+}
+
+/// Retry schedule: exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait before retry number `attempt` (1-based), given a uniform `random` in [0, 1).
+    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
+        let cap = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+            .min(self.max);
+        cap.mul_f64(random.clamp(0.0, 1.0))
+    }
+}
+
+/// Whether a status is worth retrying (Cloud Storage's retry guidance).
+pub fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+fn random_unit() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::getrandom(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The crc32c from an `X-Goog-Hash` header value (`crc32c=<b64>,md5=<b64>`).
+pub fn crc32c_of(header: &str) -> Option<u32> {
+    use base64::Engine;
+    header.split(',').find_map(|part| {
+        let b64 = part.trim().strip_prefix("crc32c=")?;
+        let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        Some(u32::from_be_bytes(raw.try_into().ok()?))
+    })
+}
+
+/// Counters for metrics and tests.
+#[derive(Default)]
+pub struct GcsStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+struct Shared {
+    settings: GcsSettings,
+    client: HttpClient,
+    token: RwLock<Option<String>>,
+    /// Why no token is available, when none is.
+    token_error: RwLock<Option<String>>,
+    inflight: Semaphore,
+    backoff: Backoff,
+    stats: GcsStats,
+}
+
+/// The GCS origin.
+pub struct GcsOrigin {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    Done(T),
+    Fail(OriginError),
+    Retry(String),
+}
+
+impl GcsOrigin {
+    /// Start the fetch runtime (and the token refresher, for the real service).
+    pub fn start(settings: GcsSettings) -> Result<GcsOrigin, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads.max(1))
+            .thread_name("gcs-fetch")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("fetch runtime: {e}"))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(settings.max_inflight)
+            .build(connector);
+        let shared = Arc::new(Shared {
+            inflight: Semaphore::new(settings.max_inflight.max(1)),
+            settings,
+            client,
+            token: RwLock::new(None),
+            token_error: RwLock::new(None),
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            },
+            stats: GcsStats::default(),
+        });
+        if shared.settings.authenticate {
+            *shared
+                .token_error
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = Some("no access token yet".into());
+            runtime.spawn(refresh_tokens(shared.clone()));
+        }
+        tracing::info!(
+            bucket = %shared.settings.bucket,
+            prefix = %shared.settings.prefix,
+            endpoint = %shared.settings.base,
+            "GCS origin"
+        );
+        Ok(GcsOrigin { shared, runtime })
+    }
+
+    /// Request counters.
+    pub fn stats(&self) -> &GcsStats {
+        &self.shared.stats
+    }
+}
+
+impl Drop for GcsOrigin {
+    fn drop(&mut self) {
+        // Tasks still in flight are abandoned; the process is ending.
+        let rt = std::mem::replace(
+            &mut self.runtime,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("empty runtime"),
+        );
+        rt.shutdown_background();
+    }
+}
+
+/// Keep an access token fresh: fetch one, sleep until five minutes before it expires, again.
+async fn refresh_tokens(shared: Arc<Shared>) {
+    let provider = loop {
+        match gcp_auth::provider().await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::error!("GCS credentials not found (retrying in 30s): {e}");
+                *shared
+                    .token_error
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(format!("no credentials: {e}"));
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    };
+    let mut failures = 0u32;
+    loop {
+        match provider.token(&[SCOPE]).await {
+            Ok(token) => {
+                failures = 0;
+                *shared.token.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(token.as_str().to_string());
+                *shared
+                    .token_error
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = None;
+                let left = (token.expires_at() - chrono_now()).num_seconds().max(0) as u64;
+                let wait = left.saturating_sub(300).clamp(10, 3000);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::error!(failures, "GCS access token refresh failed: {e}");
+                }
+                *shared
+                    .token_error
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) =
+                    Some(format!("token refresh failed: {e}"));
+                let wait = Duration::from_secs(5 * u64::from(failures.min(12)));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+impl Shared {
+    fn bearer(&self) -> Result<Option<String>, OriginError> {
+        if !self.settings.authenticate {
+            return Ok(None);
+        }
+        let token = self.token.read().unwrap_or_else(|e| e.into_inner()).clone();
+        match token {
+            Some(t) => Ok(Some(format!("Bearer {t}"))),
+            None => {
+                let why = self
+                    .token_error
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_default();
+                Err(OriginError::Unavailable(format!("GCS credentials: {why}")))
+            }
+        }
+    }
+
+    /// Run `attempt` until it is done, fails for good, or the deadline passes.
+    async fn with_retries<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, OriginError>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let _permit = self
+            .inflight
+            .acquire()
+            .await
+            .map_err(|_| OriginError::Unavailable("fetch runtime closed".into()))?;
+        let deadline = Instant::now() + self.settings.deadline;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let budget = left.min(self.settings.attempt_timeout);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let why = match tokio::time::timeout(budget, attempt(budget)).await {
+                Ok(Attempt::Done(v)) => return Ok(v),
+                Ok(Attempt::Fail(e)) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Ok(Attempt::Retry(why)) => why,
+                Err(_) => format!("no answer within {budget:?}"),
+            };
+            let wait = self.backoff.delay(tries, random_unit());
+            if Instant::now() + wait >= deadline {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tries, "GCS {what} failed: {why}");
+                return Err(OriginError::Unavailable(format!(
+                    "GCS {what}: {why} (after {tries} attempts)"
+                )));
+            }
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(tries, "GCS {what}: {why}; retrying in {wait:?}");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn send(&self, url: &str) -> Result<hyper::Response<hyper::body::Incoming>, Attempt<()>> {
+        let mut req = hyper::Request::get(url).header(
+            hyper::header::USER_AGENT,
+            concat!("mediarelay/", env!("CARGO_PKG_VERSION")),
+        );
+        match self.bearer() {
+            Ok(Some(b)) => req = req.header(hyper::header::AUTHORIZATION, b),
+            Ok(None) => {}
+            Err(e) => return Err(Attempt::Fail(e)),
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| Attempt::Fail(OriginError::Unavailable(format!("request: {e}"))))?;
+        self.client
+            .request(req)
+            .await
+            .map_err(|e| Attempt::Retry(format!("connection: {e}")))
+    }
+
+    /// Map a non-success status to the attempt's outcome.
+    fn status_outcome<T>(&self, status: StatusCode, what: &str) -> Attempt<T> {
+        match status.as_u16() {
+            404 => Attempt::Fail(OriginError::NotFound),
+            401 | 403 => {
+                tracing::error!(
+                    status = status.as_u16(),
+                    "GCS refused the credentials for {what} (the account needs roles/storage.objectViewer on the bucket)"
+                );
+                Attempt::Fail(OriginError::Unavailable(format!(
+                    "GCS refused the credentials ({status})"
+                )))
+            }
+            _ if retryable(status) => Attempt::Retry(format!("status {status}")),
+            _ => Attempt::Fail(OriginError::Unavailable(format!("GCS answered {status}"))),
+        }
+    }
+
+    async fn download_once(&self, key: &str, max: u64) -> Attempt<Object> {
+        let url = self.settings.media_url(key);
+        let resp = match self.send(&url).await {
+            Ok(r) => r,
+            Err(Attempt::Retry(w)) => return Attempt::Retry(w),
+            Err(Attempt::Fail(e)) => return Attempt::Fail(e),
+            Err(Attempt::Done(())) => unreachable_done(),
+        };
+        let status = resp.status();
+        if status != StatusCode::OK {
+            return self.status_outcome(status, "a download");
+        }
+        let headers = resp.headers();
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
+        if let Some(len) = length {
+            if len > max {
+                // Dropping the response closes the connection without reading the body.
+                return Attempt::Fail(OriginError::TooLarge { size: len, max });
+            }
+        }
+        let crc = header("x-goog-hash").and_then(crc32c_of);
+        let generation = header("x-goog-generation").and_then(|v| v.parse().ok());
+        let content_type = header("content-type")
+            .filter(|t| !t.is_empty())
+            .map(Arc::<str>::from);
+        let headroom = headroom_for(key);
+        let expected = length.unwrap_or(0) as usize;
+        let mut buf = pool::take(headroom + expected);
+        buf.resize(headroom, 0);
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => return Attempt::Retry(format!("body: {e}")),
+            };
+            if let Some(data) = frame.data_ref() {
+                let got = (buf.len() - headroom + data.len()) as u64;
+                if got > max || length.is_some_and(|l| got > l) {
+                    return Attempt::Retry(format!("body longer than announced ({got} bytes)"));
+                }
+                // The one copy from the HTTP client's buffer into the pooled payload buffer;
+                // capacity was reserved from Content-Length, so it never reallocates.
+                buf.extend_from_slice(data);
+            }
+        }
+        let got = (buf.len() - headroom) as u64;
+        if let Some(len) = length {
+            if got != len {
+                return Attempt::Retry(format!("body ended after {got} of {len} bytes"));
+            }
+        }
+        if let Some(want) = crc {
+            let have = crc32c::crc32c(&buf[headroom..]);
+            if have != want {
+                return Attempt::Retry(format!("crc32c mismatch ({have:08x} != {want:08x})"));
+            }
+        }
+        let mut obj = Object::new(pool::freeze(buf), headroom, Arc::from(key));
+        obj.content_type = content_type;
+        obj.generation = generation;
+        Attempt::Done(obj)
+    }
+
+    async fn list_page_once(
+        &self,
+        prefix: &str,
+        start: Option<&str>,
+        page: Option<&str>,
+    ) -> Attempt<ListPage> {
+        let url = self.settings.list_url(prefix, start, page);
+        let resp = match self.send(&url).await {
+            Ok(r) => r,
+            Err(Attempt::Retry(w)) => return Attempt::Retry(w),
+            Err(Attempt::Fail(e)) => return Attempt::Fail(e),
+            Err(Attempt::Done(())) => unreachable_done(),
+        };
+        let status = resp.status();
+        if status != StatusCode::OK {
+            // A listing of a missing prefix is an empty page, never a 404; 404 here means the
+            // bucket is missing.
+            return self.status_outcome(status, "a listing");
+        }
+        let body = match http_body_util::Limited::new(resp.into_body(), 32 << 20)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return Attempt::Retry(format!("listing body: {e}")),
+        };
+        let mut raw = body.to_vec();
+        match simd_json::serde::from_slice::<ListPage>(&mut raw) {
+            Ok(p) => Attempt::Done(p),
+            Err(e) => Attempt::Fail(OriginError::Unavailable(format!(
+                "listing is not JSON: {e}"
+            ))),
+        }
+    }
+}
+
+fn unreachable_done() -> ! {
+    unreachable!("send never reports Done")
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListPage {
+    #[serde(default)]
+    items: Vec<ListItem>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ListItem {
+    name: String,
+}
+
+impl Origin for GcsOrigin {
+    fn backend(&self) -> &'static str {
+        "gcs"
+    }
+
+    fn get<'a>(&'a self, key: &'a str, max_size: u64) -> OriginFuture<'a, Object> {
+        let shared = self.shared.clone();
+        let key = key.to_string();
+        let task = self.runtime.spawn(async move {
+            let s = shared.clone();
+            shared
+                .with_retries("download", move |_| {
+                    let s = s.clone();
+                    let key = key.clone();
+                    async move { s.download_once(&key, max_size).await }
+                })
+                .await
+        });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("fetch task: {e}"))))
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+    ) -> OriginFuture<'a, Listing> {
+        let shared = self.shared.clone();
+        let prefix = prefix.to_string();
+        let start_after = start_after.map(str::to_string);
+        let task = self.runtime.spawn(async move {
+            let strip = shared.settings.prefix.clone();
+            let mut keys = Vec::new();
+            let mut page: Option<String> = None;
+            loop {
+                let s = shared.clone();
+                let (p, st, pg) = (prefix.clone(), start_after.clone(), page.clone());
+                let result = shared
+                    .with_retries("listing", move |_| {
+                        let (s, p, st, pg) = (s.clone(), p.clone(), st.clone(), pg.clone());
+                        async move { s.list_page_once(&p, st.as_deref(), pg.as_deref()).await }
+                    })
+                    .await?;
+                for item in result.items {
+                    let Some(key) = item.name.strip_prefix(strip.as_str()) else {
+                        continue;
+                    };
+                    // startOffset is inclusive; the trait's start is exclusive.
+                    if start_after.as_deref().is_some_and(|s| key <= s) {
+                        continue;
+                    }
+                    keys.push(key.to_string());
+                }
+                match result.next_page_token {
+                    Some(t) if !t.is_empty() => page = Some(t),
+                    _ => break,
+                }
+            }
+            keys.sort_unstable();
+            Ok(keys)
+        });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("listing task: {e}"))))
+        })
+    }
+
+    fn check_ready(&self) -> Result<(), String> {
+        if !self.shared.settings.authenticate {
+            return Ok(());
+        }
+        match self.shared.bearer() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let s = GcsSettings::from_url("gs://media", None).unwrap();
+        assert_eq!(s.base, "https://storage.googleapis.com");
+        assert!(s.authenticate);
+        assert_eq!(s.prefix, "");
+        assert_eq!(
+            s.media_url("live/cam 1/a+b%c ü.m4s"),
+            "https://storage.googleapis.com/storage/v1/b/media/o/live%2Fcam%201%2Fa%2Bb%25c%20%C3%BC.m4s?alt=media"
+        );
+        let s = GcsSettings::from_url("gs://media/some/root/", Some("127.0.0.1:4443")).unwrap();
+        assert_eq!(s.base, "http://127.0.0.1:4443");
+        assert!(!s.authenticate);
+        assert_eq!(s.prefix, "some/root/");
+        assert_eq!(
+            s.media_url("k"),
+            "http://127.0.0.1:4443/storage/v1/b/media/o/some%2Froot%2Fk?alt=media"
+        );
+        assert_eq!(
+            s.list_url("live/cam1/", Some("live/cam1/seg-0000000003.m4s"), Some("tok/+=")),
+            "http://127.0.0.1:4443/storage/v1/b/media/o?prefix=some%2Froot%2Flive%2Fcam1%2F&delimiter=%2F&fields=items(name)%2CnextPageToken&startOffset=some%2Froot%2Flive%2Fcam1%2Fseg-0000000003.m4s&pageToken=tok%2F%2B%3D"
+        );
+        let s = GcsSettings::from_url("gs://b-1", Some("http://localhost:9000/")).unwrap();
+        assert_eq!(s.base, "http://localhost:9000");
+        assert!(GcsSettings::from_url("gs://", None).is_err());
+        assert!(GcsSettings::from_url("gs://Bad_Bucket", None).is_err());
+        assert!(GcsSettings::from_url("s3://x", None).is_err());
+    }
+
+    #[test]
+    fn retry_policy() {
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [400, 401, 403, 404, 412, 200] {
+            assert!(!retryable(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        assert_eq!(b.delay(1, 0.999_999).as_millis(), 99);
+        assert_eq!(b.delay(3, 0.5), Duration::from_millis(200));
+        assert_eq!(b.delay(10, 1.0), Duration::from_secs(2));
+        assert_eq!(b.delay(60, 1.0), Duration::from_secs(2));
+        assert_eq!(b.delay(2, 0.0), Duration::ZERO);
+        let r = random_unit();
+        assert!((0.0..1.0).contains(&r));
+    }
+
+    #[test]
+    fn hashes() {
+        // crc32c("hello") = 0x9a71bb4c
+        assert_eq!(crc32c::crc32c(b"hello"), 0x9a71bb4c);
+        assert_eq!(
+            crc32c_of("crc32c=mnG7TA==,md5=XUFAKrxLKna5cZ2REBfFkg=="),
+            Some(0x9a71bb4c)
+        );
+        assert_eq!(crc32c_of("md5=XUFAKrxLKna5cZ2REBfFkg=="), None);
+        assert_eq!(crc32c_of("crc32c=!!"), None);
+    }
+}

@@ -1,0 +1,167 @@
+//! The GCS origin against fake-gcs-server on loopback (`STORAGE_EMULATOR_HOST`), with a
+//! fault-injecting proxy for retries.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::gcs::{FakeGcs, Fault, FaultProxy};
+use support::*;
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn objects_of_every_size_and_odd_names() {
+    let gcs = FakeGcs::start();
+    let sizes = [1usize, 64 * 1024, (1 << 20) + 7, 32 << 20];
+    for (i, n) in sizes.iter().enumerate() {
+        gcs.upload(&format!("root/vod/size-{i}.bin"), &data(*n, i as u8));
+    }
+    let odd = [
+        "vod/with space.bin",
+        "vod/100%.bin",
+        "vod/a+b=c&d.bin",
+        "vod/ünïcödé/文件.bin",
+        "vod/a/b/c/d/e/f/g/h.bin",
+        "vod/quote\"d.bin",
+    ];
+    for (i, k) in odd.iter().enumerate() {
+        gcs.upload(&format!("root/{k}"), &data(1000 + i, 9));
+    }
+    gcs.upload("outside-the-prefix.bin", b"no");
+    let r = Relay::start_gcs(
+        gcs.addr,
+        "gs://media/root",
+        &[("MEDIARELAY_MAX_OBJECT_SIZE", "33MiB")],
+    );
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    for (i, n) in sizes.iter().enumerate() {
+        c.send(json!({"op":"get","id":i,"key":format!("vod/size-{i}.bin")}));
+        let (m, p) = c.media();
+        assert_eq!(m["size"], *n);
+        assert!(m["generation"].as_u64().is_some(), "{m}");
+        assert!(p == data(*n, i as u8), "size {n}: bytes differ");
+    }
+    for (i, k) in odd.iter().enumerate() {
+        c.send(json!({"op":"get","id":100 + i,"key":k}));
+        let (m, p) = c.media();
+        assert_eq!(m["key"], *k);
+        assert_eq!(p, data(1000 + i, 9), "{k}");
+    }
+    c.send(json!({"op":"get","id":7,"key":"vod/nothing-here.bin"}));
+    assert_eq!(c.json()["code"], "not_found");
+    c.send(json!({"op":"get","id":8,"key":"outside-the-prefix.bin"}));
+    assert_eq!(c.json()["code"], "not_found");
+    gcs.upload("root/vod/huge.bin", &vec![1u8; 34 << 20]);
+    c.send(json!({"op":"get","id":9,"key":"vod/huge.bin"}));
+    let v = c.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(9), Some("too_large")),
+        "{v}"
+    );
+}
+
+#[test]
+fn concurrent_cold_gets_download_once() {
+    let gcs = FakeGcs::start();
+    gcs.upload("vod/cold.bin", &data(2 << 20, 3));
+    let r = Relay::start_gcs(gcs.addr, "gs://media", &[]);
+    let t = r.issue("*", &[]);
+    let mut clients: Vec<Client> = (0..100).map(|_| r.ws(&t)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(json!({"op":"get","id":i,"key":"vod/cold.bin"}));
+    }
+    for c in clients.iter_mut() {
+        assert_eq!(c.media().1.len(), 2 << 20);
+    }
+    assert_eq!(gcs.downloads("vod/cold.bin"), 1, "{}", gcs.log());
+}
+
+#[test]
+fn live_stream_from_a_bucket() {
+    let gcs = FakeGcs::start();
+    gcs.upload("live/cam1/init.mp4", b"INIT");
+    gcs.upload("live/cam1/seg-0000000001.m4s", &data(5000, 1));
+    let r = Relay::start_gcs(gcs.addr, "gs://media", &[]);
+    let t = r.issue("live/cam1", &[]);
+    let mut a = r.ws(&t);
+    let mut b = r.ws(&t);
+    for c in [&mut a, &mut b] {
+        c.send(json!({"op":"subscribe","id":1,"stream":"live/cam1","from":"start"}));
+        assert_eq!(c.json()["seq"], 1);
+        assert_eq!(c.media().1, b"INIT");
+        assert_eq!(c.media().1, data(5000, 1));
+    }
+    for seq in 2..=5u64 {
+        gcs.upload(&format!("live/cam1/.upload-{seq}"), b"temporary");
+        gcs.upload(
+            &format!("live/cam1/seg-{seq:010}.m4s"),
+            &data(70_000, seq as u8),
+        );
+        for c in [&mut a, &mut b] {
+            let (m, p) = c.media();
+            assert_eq!(m["seq"], seq);
+            assert_eq!(p, data(70_000, seq as u8));
+        }
+    }
+    // One download per segment however many subscribers.
+    for seq in 2..=5u64 {
+        assert_eq!(gcs.downloads(&format!("live/cam1/seg-{seq:010}.m4s")), 1);
+    }
+}
+
+#[test]
+fn retries_recover_and_fail_within_the_deadline() {
+    let gcs = FakeGcs::start();
+    for i in 0..4 {
+        gcs.upload(&format!("vod/r{i}.bin"), &data(300_000, i));
+    }
+    let proxy = FaultProxy::start(gcs.addr);
+    let r = Relay::start_gcs(
+        proxy.addr,
+        "gs://media",
+        &[
+            ("MEDIARELAY_ATTEMPT_TIMEOUT", "1s"),
+            ("MEDIARELAY_REQUEST_DEADLINE", "4s"),
+        ],
+    );
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    let cases = [
+        (Fault::Unavailable, 3),
+        (Fault::ResetMidBody, 2),
+        (Fault::Stall, 1),
+    ];
+    for (i, (fault, times)) in cases.iter().enumerate() {
+        proxy.push(*fault, *times);
+        let before = proxy.downloads.load(std::sync::atomic::Ordering::Relaxed);
+        c.send(json!({"op":"get","id":i,"key":format!("vod/r{i}.bin")}));
+        let (m, p) = c.media();
+        assert_eq!(m["id"], i, "{fault:?}");
+        assert_eq!(p, data(300_000, i as u8), "{fault:?}: wrong bytes");
+        let tries = proxy.downloads.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(tries, times + 1, "{fault:?}");
+    }
+    // An origin that keeps failing: `unavailable` within the deadline, relay still fine.
+    proxy.push(Fault::Unavailable, 1000);
+    let start = Instant::now();
+    c.send(json!({"op":"get","id":9,"key":"vod/r3.bin"}));
+    let v = c.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(9), Some("unavailable")),
+        "{v}"
+    );
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(http_get(r.admin, "/healthz").unwrap().0, 200);
+    c.send(json!({"op":"get","id":10,"key":"vod/r0.bin"}));
+    assert_eq!(c.media().0["id"], 10, "cached object still served");
+}

