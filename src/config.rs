@@ -211,6 +211,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_MAX_OBJECT_SIZE", "storage.max_object_size"),
     ("MEDIARELAY_REQUEST_DEADLINE", "storage.request_deadline"),
     ("MEDIARELAY_ATTEMPT_TIMEOUT", "storage.attempt_timeout"),
+    ("MEDIARELAY_MAX_INFLIGHT", "storage.max_inflight"),
+    ("MEDIARELAY_FETCH_THREADS", "storage.fetch_threads"),
     ("MEDIARELAY_TICKETS", "tickets.url"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),

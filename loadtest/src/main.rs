@@ -93,6 +93,23 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         stalled: usize,
     },
+    /// `get`s of the keys PREFIX0 .. PREFIX{count-1}, each key once (cold when nothing
+    /// fetched it before), over `connections` connections, one request in flight each;
+    /// reports bytes/s and per-get latency.
+    Gets {
+        #[arg(long, default_value = "vod/bench/")]
+        prefix: String,
+        /// Key suffix after the number.
+        #[arg(long, default_value = ".bin")]
+        suffix: String,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Write the latency distribution (HdrHistogram percentiles, microseconds) here.
+        #[arg(long)]
+        hgrm: Option<PathBuf>,
+    },
 }
 
 /// Counters shared by all client threads.
@@ -173,6 +190,13 @@ fn main() -> anyhow::Result<()> {
             &storage,
             (size, rate, count, duration),
         ),
+        Scenario::Gets {
+            prefix,
+            suffix,
+            count,
+            connections,
+            hgrm,
+        } => gets(&cli, threads, &prefix, &suffix, count, connections, hgrm),
     }
 }
 
@@ -700,6 +724,184 @@ fn fanout(
         report["server_rss_kib"] = a.rss_kib.into();
     }
     print_report(cli.json, &report);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gets(
+    cli: &Cli,
+    threads: usize,
+    prefix: &str,
+    suffix: &str,
+    count: usize,
+    connections: usize,
+    hgrm: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let totals = Arc::new(Totals::default());
+    *totals.lag.lock().map_err(|_| anyhow::anyhow!("lock"))? =
+        Some(Histogram::new_with_bounds(1, 60_000_000, 3)?);
+    let errors = Arc::new(AtomicU64::new(0));
+    let threads = threads.min(connections).max(1);
+    let per_thread = connections.div_ceil(threads);
+    let before = cli.server_pid.and_then(proc_sample);
+    let start = Instant::now();
+    let handles = {
+        let (next, totals, errors) = (next.clone(), totals.clone(), errors.clone());
+        let (addr, ticket, prefix, suffix) = (
+            cli.addr.clone(),
+            cli.ticket.clone(),
+            prefix.to_string(),
+            suffix.to_string(),
+        );
+        run_threads(threads, move |t| {
+            let (next, totals, errors) = (next.clone(), totals.clone(), errors.clone());
+            let (addr, ticket, prefix, suffix) =
+                (addr.clone(), ticket.clone(), prefix.clone(), suffix.clone());
+            async move {
+                let n = per_thread.min(connections.saturating_sub(t * per_thread));
+                let mut tasks = Vec::new();
+                for _ in 0..n {
+                    let (next, totals, errors) = (next.clone(), totals.clone(), errors.clone());
+                    let (addr, ticket, prefix, suffix) =
+                        (addr.clone(), ticket.clone(), prefix.clone(), suffix.clone());
+                    tasks.push(monoio::spawn(async move {
+                        let Ok((mut s, rest)) = open(&addr, &ticket).await else {
+                            totals.failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        };
+                        let mut fr = FrameReader::default();
+                        let mut seen = Vec::new();
+                        fr.feed(&rest, &mut seen);
+                        seen.clear();
+                        let mut hist =
+                            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+                        let mut buf = Vec::with_capacity(256 * 1024);
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                            if i >= count {
+                                break;
+                            }
+                            let msg =
+                                format!(r#"{{"op":"get","id":{i},"key":"{prefix}{i}{suffix}"}}"#);
+                            let sent = Instant::now();
+                            let (r, _) = s.write_all(masked_text(&msg)).await;
+                            if r.is_err() {
+                                break;
+                            }
+                            let mut done = false;
+                            while !done {
+                                let (r, b) = s.read(buf).await;
+                                buf = b;
+                                let Ok(n) = r else { return };
+                                if n == 0 {
+                                    return;
+                                }
+                                totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                                fr.feed(&buf[..n], &mut seen);
+                                buf.clear();
+                                for ev in seen.drain(..) {
+                                    match ev {
+                                        Seen::Media { .. } => {
+                                            totals.segments.fetch_add(1, Ordering::Relaxed);
+                                            done = true;
+                                        }
+                                        Seen::Text(t) => {
+                                            if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                                                eprintln!(
+                                                    "error reply: {}",
+                                                    String::from_utf8_lossy(&t)
+                                                );
+                                            }
+                                            done = true;
+                                        }
+                                        Seen::Close(_) => return,
+                                    }
+                                }
+                            }
+                            let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
+                        }
+                        if let Ok(mut h) = totals.lag.lock() {
+                            if let Some(h) = h.as_mut() {
+                                let _ = h.add(&hist);
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await;
+                }
+            }
+        })
+    };
+    for h in handles {
+        let _ = h.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = cli.server_pid.and_then(proc_sample);
+    let bytes = totals.bytes.load(Ordering::Relaxed);
+    let hist = totals.lag.lock().ok().and_then(|h| h.clone());
+    let mut report = serde_json::json!({
+        "scenario": "gets",
+        "connections": connections,
+        "gets": totals.segments.load(Ordering::Relaxed),
+        "errors": errors.load(Ordering::Relaxed),
+        "seconds": elapsed,
+        "received_bytes": bytes,
+        "bytes_per_s": bytes as f64 / elapsed,
+        "gets_per_s": totals.segments.load(Ordering::Relaxed) as f64 / elapsed,
+    });
+    if let Some(h) = &hist {
+        report["latency_ms"] = serde_json::json!({
+            "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p90": h.value_at_quantile(0.9) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+        });
+        if let Some(path) = hgrm {
+            write_hgrm(h, &path)?;
+        }
+    }
+    if let (Some(b), Some(a)) = (before, after) {
+        let cpu = a.cpu_s - b.cpu_s;
+        report["server_cpu_seconds"] = cpu.into();
+        report["server_cpu_seconds_per_gb"] = (cpu / (bytes as f64 / 1e9)).into();
+    }
+    print_report(cli.json, &report);
+    Ok(())
+}
+
+/// Percentile distribution in HdrHistogram's text format (values in milliseconds).
+fn write_hgrm(h: &Histogram<u64>, path: &std::path::Path) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let mut total = 0u64;
+    for v in h.iter_quantiles(1) {
+        let q = v.quantile_iterated_to();
+        total += v.count_since_last_iteration();
+        let inv = if q < 1.0 {
+            1.0 / (1.0 - q)
+        } else {
+            f64::INFINITY
+        };
+        let _ = writeln!(
+            out,
+            "{:12.3} {:14.12} {:10} {:14.2}",
+            v.value_iterated_to() as f64 / 1000.0,
+            q,
+            total,
+            inv
+        );
+    }
+    let _ = writeln!(
+        out,
+        "#[Mean    = {:12.3}, StdDeviation   = {:12.3}]\n#[Max     = {:12.3}, Total count    = {:12}]",
+        h.mean() / 1000.0,
+        h.stdev() / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    std::fs::write(path, out)?;
     Ok(())
 }
 

@@ -36,6 +36,10 @@ use tokio::sync::Semaphore;
 use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
 use crate::pool;
 
+/// Size of each read from an origin connection: large reads keep the number of body
+/// chunks (and wake-ups) per segment low.
+const READ_BUF: usize = 256 * 1024;
+
 /// Read-only scope for object downloads and listings.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
 
@@ -219,14 +223,20 @@ impl GcsOrigin {
             .enable_all()
             .build()
             .map_err(|e| format!("fetch runtime: {e}"))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        http.set_connect_timeout(Some(settings.attempt_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(settings.max_inflight)
+            .http1_read_buf_exact_size(READ_BUF)
             .build(connector);
         let shared = Arc::new(Shared {
             inflight: Semaphore::new(settings.max_inflight.max(1)),
@@ -552,13 +562,22 @@ impl Origin for GcsOrigin {
         let key = key.to_string();
         let task = self.runtime.spawn(async move {
             let s = shared.clone();
-            shared
+            let started = Instant::now();
+            let key_for_log = key.clone();
+            let r = shared
                 .with_retries("download", move |_| {
                     let s = s.clone();
                     let key = key.clone();
                     async move { s.download_once(&key, max_size).await }
                 })
-                .await
+                .await;
+            tracing::debug!(
+                key = %key_for_log,
+                micros = started.elapsed().as_micros() as u64,
+                ok = r.is_ok(),
+                "GCS download"
+            );
+            r
         });
         Box::pin(async move {
             task.await
