@@ -77,6 +77,8 @@ pub struct StorageConfig {
     pub max_inflight: usize,
     /// GCS: threads of the fetch runtime.
     pub fetch_threads: usize,
+    /// GCS: objects per listing page.
+    pub list_page_size: u32,
 }
 
 /// `[tickets]`: the ticket store and the auth-failure limiter.
@@ -161,6 +163,7 @@ impl Default for StorageConfig {
             attempt_timeout: Duration::from_secs(3),
             max_inflight: 64,
             fetch_threads: 1,
+            list_page_size: 1000,
         }
     }
 }
@@ -213,6 +216,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_ATTEMPT_TIMEOUT", "storage.attempt_timeout"),
     ("MEDIARELAY_MAX_INFLIGHT", "storage.max_inflight"),
     ("MEDIARELAY_FETCH_THREADS", "storage.fetch_threads"),
+    ("MEDIARELAY_LIST_PAGE_SIZE", "storage.list_page_size"),
     ("MEDIARELAY_TICKETS", "tickets.url"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
@@ -234,6 +238,7 @@ const INTEGER_SETTINGS: &[&str] = &[
     "tickets.auth_failure_limit",
     "storage.max_inflight",
     "storage.fetch_threads",
+    "storage.list_page_size",
 ];
 
 impl Config {
@@ -291,6 +296,9 @@ impl Config {
                 "storage.max_inflight",
                 "max_inflight and fetch_threads must be at least 1",
             );
+        }
+        if !(1..=1000).contains(&self.storage.list_page_size) {
+            return bad("storage.list_page_size", "must be between 1 and 1000");
         }
         if self.storage.attempt_timeout.is_zero() || self.storage.request_deadline.is_zero() {
             return bad("storage.request_deadline", "deadlines must be above zero");

@@ -77,6 +77,7 @@ pub fn open_origin(config: &Config) -> anyhow::Result<Arc<dyn origin::Origin>> {
         settings.attempt_timeout = config.storage.attempt_timeout;
         settings.max_inflight = config.storage.max_inflight;
         settings.threads = config.storage.fetch_threads;
+        settings.page_size = config.storage.list_page_size;
         let gcs = origin::gcs::GcsOrigin::start(settings).map_err(|e| anyhow::anyhow!(e))?;
         return Ok(Arc::new(gcs));
     }

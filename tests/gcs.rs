@@ -88,8 +88,19 @@ fn concurrent_cold_gets_download_once() {
 fn live_stream_from_a_bucket() {
     let gcs = FakeGcs::start();
     gcs.upload("live/cam1/init.mp4", b"INIT");
+    gcs.upload("live/cam1/a-playlist.m3u8", b"#EXTM3U");
+    gcs.upload("live/cam1/b-notes.txt", b"x");
+    gcs.upload(
+        "live/cam1/nested/seg-0000000009.m4s",
+        b"not a segment of this stream",
+    );
     gcs.upload("live/cam1/seg-0000000001.m4s", &data(5000, 1));
-    let r = Relay::start_gcs(gcs.addr, "gs://media", &[]);
+    // Two objects per listing page, so discovery follows nextPageToken.
+    let r = Relay::start_gcs(
+        gcs.addr,
+        "gs://media",
+        &[("MEDIARELAY_LIST_PAGE_SIZE", "2")],
+    );
     let t = r.issue("live/cam1", &[]);
     let mut a = r.ws(&t);
     let mut b = r.ws(&t);
@@ -111,6 +122,7 @@ fn live_stream_from_a_bucket() {
             assert_eq!(p, data(70_000, seq as u8));
         }
     }
+    assert!(gcs.log().contains("pageToken="), "discovery never paged");
     // One download per segment however many subscribers.
     for seq in 2..=5u64 {
         assert_eq!(gcs.downloads(&format!("live/cam1/seg-{seq:010}.m4s")), 1);
@@ -149,6 +161,20 @@ fn retries_recover_and_fail_within_the_deadline() {
         let tries = proxy.downloads.load(std::sync::atomic::Ordering::Relaxed) - before;
         assert_eq!(tries, times + 1, "{fault:?}");
     }
+    // Refused credentials: no retry, `unavailable`, and a log line that says so.
+    proxy.push(Fault::Forbidden, 1);
+    let before = proxy.downloads.load(std::sync::atomic::Ordering::Relaxed);
+    c.send(json!({"op":"get","id":8,"key":"vod/r3.bin"}));
+    assert_eq!(c.json()["code"], "unavailable");
+    assert_eq!(
+        proxy.downloads.load(std::sync::atomic::Ordering::Relaxed) - before,
+        1
+    );
+    assert!(
+        r.log_text().contains("refused the credentials"),
+        "{}",
+        r.log_text()
+    );
     // An origin that keeps failing: `unavailable` within the deadline, relay still fine.
     proxy.push(Fault::Unavailable, 1000);
     let start = Instant::now();

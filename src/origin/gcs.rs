@@ -69,6 +69,8 @@ pub struct GcsSettings {
     pub attempt_timeout: Duration,
     pub max_inflight: usize,
     pub threads: usize,
+    /// Objects per listing page (`maxResults`).
+    pub page_size: u32,
 }
 
 impl GcsSettings {
@@ -108,6 +110,7 @@ impl GcsSettings {
             attempt_timeout: Duration::from_secs(3),
             max_inflight: 64,
             threads: 1,
+            page_size: 1000,
         })
     }
 
@@ -124,10 +127,11 @@ impl GcsSettings {
     /// Listing URL for the children of `prefix` (a key prefix ending in `/`).
     pub fn list_url(&self, prefix: &str, start_offset: Option<&str>, page: Option<&str>) -> String {
         let mut url = format!(
-            "{}/storage/v1/b/{}/o?prefix={}&delimiter=%2F&fields=items(name)%2CnextPageToken",
+            "{}/storage/v1/b/{}/o?prefix={}&delimiter=%2F&maxResults={}&fields=items(name)%2CnextPageToken",
             self.base,
             encode(&self.bucket),
-            encode(&format!("{}{prefix}", self.prefix))
+            encode(&format!("{}{prefix}", self.prefix)),
+            self.page_size
         );
         if let Some(s) = start_offset {
             url.push_str("&startOffset=");
@@ -665,7 +669,7 @@ mod tests {
         );
         assert_eq!(
             s.list_url("live/cam1/", Some("live/cam1/seg-0000000003.m4s"), Some("tok/+=")),
-            "http://127.0.0.1:4443/storage/v1/b/media/o?prefix=some%2Froot%2Flive%2Fcam1%2F&delimiter=%2F&fields=items(name)%2CnextPageToken&startOffset=some%2Froot%2Flive%2Fcam1%2Fseg-0000000003.m4s&pageToken=tok%2F%2B%3D"
+            "http://127.0.0.1:4443/storage/v1/b/media/o?prefix=some%2Froot%2Flive%2Fcam1%2F&delimiter=%2F&maxResults=1000&fields=items(name)%2CnextPageToken&startOffset=some%2Froot%2Flive%2Fcam1%2Fseg-0000000003.m4s&pageToken=tok%2F%2B%3D"
         );
         let s = GcsSettings::from_url("gs://b-1", Some("http://localhost:9000/")).unwrap();
         assert_eq!(s.base, "http://localhost:9000");

@@ -166,6 +166,8 @@ pub enum Fault {
     ResetMidBody,
     /// Read the request and never answer.
     Stall,
+    /// Answer 403 (credentials refused).
+    Forbidden,
 }
 
 /// A loopback HTTP proxy that applies queued faults to the next download requests
@@ -246,6 +248,11 @@ fn handle(
         Some(Fault::Unavailable) => {
             let _ = client.write_all(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n",
+            );
+        }
+        Some(Fault::Forbidden) => {
+            let _ = client.write_all(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
             );
         }
         Some(Fault::Stall) => {
