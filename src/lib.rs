@@ -34,6 +34,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod demo;
+pub mod gcp;
 pub mod http;
 pub mod hub;
 pub mod metrics;

@@ -21,19 +21,17 @@
 //! `devstorage.read_only` fresh ahead of expiry; requests read it from memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::StatusCode;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
+use crate::gcp::{self, encode, random_unit, retryable, Backoff, HttpClient, TokenSource};
 use crate::pool;
 
 /// Size of each read from an origin connection: large reads keep the number of body
@@ -42,18 +40,6 @@ const READ_BUF: usize = 256 * 1024;
 
 /// Read-only scope for object downloads and listings.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
-
-/// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
-const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// Percent-encode an object name (or any value) as one path segment / query value.
-pub fn encode(s: &str) -> String {
-    utf8_percent_encode(s, ENCODE).to_string()
-}
 
 /// Settings of the GCS origin.
 #[derive(Debug, Clone)]
@@ -145,35 +131,6 @@ impl GcsSettings {
     }
 }
 
-/// Retry schedule: exponential backoff with full jitter.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The wait before retry number `attempt` (1-based), given a uniform `random` in [0, 1).
-    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
-        let cap = self
-            .initial
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-            .min(self.max);
-        cap.mul_f64(random.clamp(0.0, 1.0))
-    }
-}
-
-/// Whether a status is worth retrying (Cloud Storage's retry guidance).
-pub fn retryable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
-}
-
-fn random_unit() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::getrandom(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// The crc32c from an `X-Goog-Hash` header value (`crc32c=<b64>,md5=<b64>`).
 pub fn crc32c_of(header: &str) -> Option<u32> {
     use base64::Engine;
@@ -192,14 +149,10 @@ pub struct GcsStats {
     pub failures: AtomicU64,
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
 struct Shared {
     settings: GcsSettings,
     client: HttpClient,
-    token: RwLock<Option<String>>,
-    /// Why no token is available, when none is.
-    token_error: RwLock<Option<String>>,
+    tokens: Arc<TokenSource>,
     inflight: Semaphore,
     backoff: Backoff,
     stats: GcsStats,
@@ -227,40 +180,23 @@ impl GcsOrigin {
             .enable_all()
             .build()
             .map_err(|e| format!("fetch runtime: {e}"))?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        http.set_connect_timeout(Some(settings.attempt_timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(settings.max_inflight)
-            .http1_read_buf_exact_size(READ_BUF)
-            .build(connector);
+        let client = gcp::http_client(settings.max_inflight, settings.attempt_timeout, READ_BUF);
+        let tokens = if settings.authenticate {
+            TokenSource::google(SCOPE, runtime.handle())
+        } else {
+            TokenSource::fixed(None)
+        };
         let shared = Arc::new(Shared {
             inflight: Semaphore::new(settings.max_inflight.max(1)),
             settings,
             client,
-            token: RwLock::new(None),
-            token_error: RwLock::new(None),
+            tokens,
             backoff: Backoff {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(2),
             },
             stats: GcsStats::default(),
         });
-        if shared.settings.authenticate {
-            *shared
-                .token_error
-                .write()
-                .unwrap_or_else(|e| e.into_inner()) = Some("no access token yet".into());
-            runtime.spawn(refresh_tokens(shared.clone()));
-        }
         tracing::info!(
             bucket = %shared.settings.bucket,
             prefix = %shared.settings.prefix,
@@ -289,75 +225,11 @@ impl Drop for GcsOrigin {
     }
 }
 
-/// Keep an access token fresh: fetch one, sleep until five minutes before it expires, again.
-async fn refresh_tokens(shared: Arc<Shared>) {
-    let provider = loop {
-        match gcp_auth::provider().await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::error!("GCS credentials not found (retrying in 30s): {e}");
-                *shared
-                    .token_error
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(format!("no credentials: {e}"));
-                tokio::time::sleep(Duration::from_secs(30)).await;
-            }
-        }
-    };
-    let mut failures = 0u32;
-    loop {
-        match provider.token(&[SCOPE]).await {
-            Ok(token) => {
-                failures = 0;
-                *shared.token.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some(token.as_str().to_string());
-                *shared
-                    .token_error
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) = None;
-                let left = (token.expires_at() - chrono_now()).num_seconds().max(0) as u64;
-                let wait = left.saturating_sub(300).clamp(10, 3000);
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-            Err(e) => {
-                failures += 1;
-                if failures == 1 || failures % 10 == 0 {
-                    tracing::error!(failures, "GCS access token refresh failed: {e}");
-                }
-                *shared
-                    .token_error
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner()) =
-                    Some(format!("token refresh failed: {e}"));
-                let wait = Duration::from_secs(5 * u64::from(failures.min(12)));
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
-}
-
-fn chrono_now() -> chrono::DateTime<chrono::Utc> {
-    chrono::Utc::now()
-}
-
 impl Shared {
     fn bearer(&self) -> Result<Option<String>, OriginError> {
-        if !self.settings.authenticate {
-            return Ok(None);
-        }
-        let token = self.token.read().unwrap_or_else(|e| e.into_inner()).clone();
-        match token {
-            Some(t) => Ok(Some(format!("Bearer {t}"))),
-            None => {
-                let why = self
-                    .token_error
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .unwrap_or_default();
-                Err(OriginError::Unavailable(format!("GCS credentials: {why}")))
-            }
-        }
+        self.tokens
+            .header()
+            .map_err(|why| OriginError::Unavailable(format!("GCS credentials: {why}")))
     }
 
     /// Run `attempt` until it is done, fails for good, or the deadline passes.
@@ -412,7 +284,7 @@ impl Shared {
             Err(e) => return Err(Attempt::Fail(e)),
         }
         let req = req
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| Attempt::Fail(OriginError::Unavailable(format!("request: {e}"))))?;
         self.client
             .request(req)
@@ -676,27 +548,6 @@ mod tests {
         assert!(GcsSettings::from_url("gs://", None).is_err());
         assert!(GcsSettings::from_url("gs://Bad_Bucket", None).is_err());
         assert!(GcsSettings::from_url("s3://x", None).is_err());
-    }
-
-    #[test]
-    fn retry_policy() {
-        for s in [408, 429, 500, 502, 503, 504] {
-            assert!(retryable(StatusCode::from_u16(s).unwrap()), "{s}");
-        }
-        for s in [400, 401, 403, 404, 412, 200] {
-            assert!(!retryable(StatusCode::from_u16(s).unwrap()), "{s}");
-        }
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        assert_eq!(b.delay(1, 0.999_999).as_millis(), 99);
-        assert_eq!(b.delay(3, 0.5), Duration::from_millis(200));
-        assert_eq!(b.delay(10, 1.0), Duration::from_secs(2));
-        assert_eq!(b.delay(60, 1.0), Duration::from_secs(2));
-        assert_eq!(b.delay(2, 0.0), Duration::ZERO);
-        let r = random_unit();
-        assert!((0.0..1.0).contains(&r));
     }
 
     #[test]
