@@ -85,7 +85,8 @@ pub struct StorageConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TicketsConfig {
-    /// A JSON ticket file (`file://PATH` is accepted too).
+    /// A JSON ticket file (`file://PATH` is accepted too), or
+    /// `firestore://PROJECT[/DATABASE]/COLLECTION`.
     pub url: String,
     /// How often the ticket file is checked for changes.
     #[serde(deserialize_with = "duration")]
@@ -95,6 +96,24 @@ pub struct TicketsConfig {
     /// Window of the failure limiter.
     #[serde(deserialize_with = "duration")]
     pub auth_failure_window: Duration,
+    /// Firestore: incremental sync period.
+    #[serde(deserialize_with = "duration")]
+    pub sync_interval: Duration,
+    /// Firestore: full reload period (catches deleted documents).
+    #[serde(deserialize_with = "duration")]
+    pub full_resync_interval: Duration,
+    /// Firestore: where the snapshot is persisted for warm starts.
+    pub snapshot_file: PathBuf,
+    /// Firestore: documents per listing page.
+    pub page_size: u32,
+    /// Firestore: how long an upgrade waits for a point lookup of an unknown ticket.
+    #[serde(deserialize_with = "duration")]
+    pub lookup_timeout: Duration,
+    /// Firestore: how long a ticket found missing is not looked up again.
+    #[serde(deserialize_with = "duration")]
+    pub lookup_negative_ttl: Duration,
+    /// Firestore: point lookups per second, for the whole relay.
+    pub lookup_rate: u32,
 }
 
 /// `[connection]`: per-connection limits.
@@ -175,6 +194,13 @@ impl Default for TicketsConfig {
             reload_interval: Duration::from_millis(250),
             auth_failure_limit: 20,
             auth_failure_window: Duration::from_secs(60),
+            sync_interval: Duration::from_secs(1),
+            full_resync_interval: Duration::from_secs(600),
+            snapshot_file: PathBuf::from("./tickets.snapshot.json"),
+            page_size: 300,
+            lookup_timeout: Duration::from_secs(2),
+            lookup_negative_ttl: Duration::from_secs(5),
+            lookup_rate: 50,
         }
     }
 }
@@ -218,6 +244,17 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_FETCH_THREADS", "storage.fetch_threads"),
     ("MEDIARELAY_LIST_PAGE_SIZE", "storage.list_page_size"),
     ("MEDIARELAY_TICKETS", "tickets.url"),
+    (
+        "MEDIARELAY_AUTH_FAILURE_LIMIT",
+        "tickets.auth_failure_limit",
+    ),
+    ("MEDIARELAY_SYNC_INTERVAL", "tickets.sync_interval"),
+    (
+        "MEDIARELAY_FULL_RESYNC_INTERVAL",
+        "tickets.full_resync_interval",
+    ),
+    ("MEDIARELAY_TICKET_SNAPSHOT", "tickets.snapshot_file"),
+    ("MEDIARELAY_LOOKUP_RATE", "tickets.lookup_rate"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
     ("MEDIARELAY_MAX_MESSAGE", "connection.max_message"),
@@ -236,6 +273,8 @@ const INTEGER_SETTINGS: &[&str] = &[
     "connection.max_subscriptions",
     "connection.max_pending_gets",
     "tickets.auth_failure_limit",
+    "tickets.page_size",
+    "tickets.lookup_rate",
     "storage.max_inflight",
     "storage.fetch_threads",
     "storage.list_page_size",
@@ -296,6 +335,12 @@ impl Config {
                 "storage.max_inflight",
                 "max_inflight and fetch_threads must be at least 1",
             );
+        }
+        if !(1..=1000).contains(&self.tickets.page_size) {
+            return bad("tickets.page_size", "must be between 1 and 1000");
+        }
+        if self.tickets.sync_interval < Duration::from_millis(100) {
+            return bad("tickets.sync_interval", "must be at least 100ms");
         }
         if !(1..=1000).contains(&self.storage.list_page_size) {
             return bad("storage.list_page_size", "must be between 1 and 1000");

@@ -1,38 +1,79 @@
-//! The control plane: background work off the data path. A thread keeps the ticket
-//! snapshot current (re-reading the store when it changes, keeping the last good snapshot
-//! when a load fails), and the signal handler turns SIGTERM/SIGINT into a graceful drain.
+//! The control plane: background work off the data path. It keeps the ticket snapshot
+//! current (a thread re-reading the ticket file when it changes, or a tokio runtime syncing
+//! a Firestore collection), keeping the last good snapshot when a load fails, and turns
+//! SIGTERM/SIGINT into a graceful drain.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::config::Config;
+use crate::tickets::file::FileStore;
+use crate::tickets::firestore::{self, Firestore, FirestoreLookup, SyncSettings, Target};
 use crate::tickets::snapshot::TicketCell;
-use crate::tickets::TicketStore;
+use crate::tickets::Lookup;
 
-/// Load the store once now (so the relay starts ready when it can), then keep reloading
-/// it every `interval` on a background thread.
-pub fn start_ticket_refresh(
-    store: Box<dyn TicketStore>,
-    cell: Arc<TicketCell>,
-    interval: Duration,
-) -> std::io::Result<()> {
-    refresh(store.as_ref(), &cell);
+/// What the workers get from the control plane about tickets: the cell they read and, for
+/// stores that support it, the point-lookup service for tickets missing from the snapshot.
+pub type Tickets = (Arc<TicketCell>, Option<Arc<dyn Lookup>>);
+
+/// Start keeping the ticket snapshot for `config.tickets.url`.
+pub fn start_tickets(config: &Config) -> anyhow::Result<Tickets> {
+    let cell = Arc::new(TicketCell::default());
+    let t = &config.tickets;
+    if t.url.starts_with("firestore://") {
+        let target = Target::parse(&t.url).map_err(|e| anyhow::anyhow!("tickets: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let emulator = std::env::var("FIRESTORE_EMULATOR_HOST").ok();
+        let fs = Arc::new(Firestore::new(target, emulator.as_deref(), &handle));
+        let settings = SyncSettings {
+            sync_interval: t.sync_interval,
+            full_resync_interval: t.full_resync_interval,
+            snapshot_file: t.snapshot_file.clone(),
+            page_size: t.page_size,
+        };
+        let lookup: Arc<dyn Lookup> = Arc::new(FirestoreLookup::new(
+            fs.clone(),
+            cell.clone(),
+            handle,
+            t.lookup_negative_ttl,
+            f64::from(t.lookup_rate),
+        ));
+        tracing::info!(collection = %t.url, "tickets from Firestore");
+        let c = cell.clone();
+        std::thread::Builder::new()
+            .name("tickets".into())
+            .spawn(move || runtime.block_on(firestore::sync_forever(fs, c, settings)))?;
+        return Ok((cell, Some(lookup)));
+    }
+    let path = t.url.strip_prefix("file://").unwrap_or(&t.url);
+    let store = FileStore::new(path.into());
+    refresh(&store, &cell);
+    let (c, interval) = (cell.clone(), t.reload_interval);
     std::thread::Builder::new()
         .name("tickets".into())
         .spawn(move || loop {
             std::thread::sleep(interval);
-            refresh(store.as_ref(), &cell);
+            refresh(&store, &c);
         })?;
-    Ok(())
+    Ok((cell, None))
 }
 
-fn refresh(store: &dyn TicketStore, cell: &TicketCell) {
+fn refresh(store: &FileStore, cell: &TicketCell) {
+    use crate::tickets::TicketStore;
     match store.load_if_changed() {
         Ok(Some(records)) => {
             tracing::info!(tickets = records.len(), store = %store.describe(), "ticket snapshot loaded");
             cell.publish(records);
+            cell.mark_synced();
         }
-        Ok(None) => {}
-        Err(e) => tracing::error!("ticket store unreadable, keeping the last good snapshot: {e}"),
+        Ok(None) => cell.mark_synced(),
+        Err(e) => {
+            cell.sync_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("ticket store unreadable, keeping the last good snapshot: {e}")
+        }
     }
 }
 

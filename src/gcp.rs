@@ -122,7 +122,12 @@ impl TokenSource {
     pub fn header(&self) -> Result<Option<String>, String> {
         match &self.mode {
             Mode::Fixed(h) => Ok(h.clone()),
-            Mode::Google => match self.token.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Mode::Google => match self
+                .token
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
                 Some(t) => Ok(Some(format!("Bearer {t}"))),
                 None => Err(self
                     .error
@@ -166,7 +171,9 @@ async fn refresh(source: Arc<TokenSource>, scope: &'static str) {
                 *source.token.write().unwrap_or_else(|e| e.into_inner()) =
                     Some(token.as_str().to_string());
                 *source.error.write().unwrap_or_else(|e| e.into_inner()) = None;
-                let left = (token.expires_at() - chrono::Utc::now()).num_seconds().max(0) as u64;
+                let left = (token.expires_at() - chrono::Utc::now())
+                    .num_seconds()
+                    .max(0) as u64;
                 let wait = left.saturating_sub(300).clamp(10, 3000);
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
@@ -188,7 +195,10 @@ mod tests {
 
     #[test]
     fn encoding() {
-        assert_eq!(encode("live/cam 1/a+b%c ü"), "live%2Fcam%201%2Fa%2Bb%25c%20%C3%BC");
+        assert_eq!(
+            encode("live/cam 1/a+b%c ü"),
+            "live%2Fcam%201%2Fa%2Bb%25c%20%C3%BC"
+        );
         assert_eq!(encode("A-z_0.9~"), "A-z_0.9~");
     }
 

@@ -109,8 +109,16 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
                 respond_maybe(&stream, 200, "text/plain", b"ok\n", keep_alive, head_only).await
             }
             Route::Ready => {
+                let age = worker.shared.tickets.age().map(|d| d.as_secs_f64());
                 let (status, body) = match worker.shared.readiness() {
-                    Ok(()) => (200, br#"{"status":"ready"}"#.to_vec()),
+                    Ok(()) => (
+                        200,
+                        serde_json::to_vec(&serde_json::json!({
+                            "status": "ready",
+                            "ticket_snapshot_age_seconds": age,
+                        }))
+                        .unwrap_or_default(),
+                    ),
                     Err(reason) => (
                         503,
                         serde_json::to_vec(
@@ -212,10 +220,25 @@ async fn upgrade(
         return;
     }
     let ticket = find_ticket(headers, query);
-    let checked = shared
+    let mut checked = shared
         .tickets
         .load()
         .check(ticket.as_deref(), SystemTime::now());
+    // A ticket issued since the last sync: one bounded point lookup, for this connection only.
+    if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &shared.lookup, &ticket) {
+        let id = crate::tickets::ticket_id(t);
+        let wait = shared.config.tickets.lookup_timeout;
+        let found = match shared.tickets.get(&id) {
+            Some(r) => Some(r),
+            None => monoio::time::timeout(wait, lookup.find(id))
+                .await
+                .ok()
+                .flatten(),
+        };
+        if let Some(record) = found {
+            checked = record.validity(SystemTime::now()).map(|()| (id, record));
+        }
+    }
     drop(ticket);
     let (id, record) = match checked {
         Ok(ok) => ok,

@@ -101,9 +101,7 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let (tx, rx) = shutdown.unwrap_or_else(flume::unbounded);
     let origin = open_origin(&config)?;
-    let store = tickets::open_store(&config.tickets.url)?;
-    let cell = Arc::new(tickets::snapshot::TicketCell::default());
-    control::start_ticket_refresh(store, cell.clone(), config.tickets.reload_interval)?;
+    let (cell, lookup) = control::start_tickets(&config)?;
     let cache = Arc::new(cache::Cache::new(
         origin,
         config.storage.cache_size as usize,
@@ -113,5 +111,5 @@ pub fn serve(
     if signals {
         control::on_shutdown_signal(tx.clone())?;
     }
-    worker::run(config, cell, cache, metrics, rx)
+    worker::run(config, cell, lookup, cache, metrics, rx)
 }

@@ -264,11 +264,24 @@ impl Metrics {
             );
         }
         let snap = shared.tickets.load();
-        let age = snap
-            .built_at
-            .and_then(|t| t.elapsed().ok())
-            .map_or(0.0, |d| d.as_secs_f64());
-        let plain: [(&str, &str, &str, String); 11] = [
+        let age = shared.tickets.age().map_or(f64::NAN, |d| d.as_secs_f64());
+        let lookups = ["found", "missing", "rate_limited", "failed"]
+            .iter()
+            .zip(&shared.tickets.lookups)
+            .map(|(r, n)| {
+                (
+                    format!("result=\"{r}\""),
+                    n.load(Ordering::Relaxed).to_string(),
+                )
+            });
+        family(
+            &mut o,
+            "mediarelay_ticket_lookups_total",
+            "counter",
+            "Point lookups of tickets missing from the snapshot, by result.",
+            lookups.collect(),
+        );
+        let plain: [(&str, &str, &str, String); 12] = [
             (
                 "mediarelay_cache_hits_total",
                 "counter",
@@ -326,8 +339,18 @@ impl Metrics {
             (
                 "mediarelay_ticket_snapshot_age_seconds",
                 "gauge",
-                "Age of the current ticket snapshot.",
+                "Time since the ticket store was last read successfully (NaN: never).",
                 format!("{age:.3}"),
+            ),
+            (
+                "mediarelay_ticket_sync_errors_total",
+                "counter",
+                "Failed reads of the ticket store.",
+                shared
+                    .tickets
+                    .sync_errors
+                    .load(Ordering::Relaxed)
+                    .to_string(),
             ),
             (
                 "mediarelay_buffer_pool_idle_bytes",

@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, WorkerStats};
 use crate::notify::Notify;
 use crate::tickets::limits::{ConnCounts, FailureLimiter};
 use crate::tickets::snapshot::TicketCell;
-use crate::tickets::{Refusal, TicketId, TicketRecord};
+use crate::tickets::{Lookup, Refusal, TicketId, TicketRecord};
 use crate::ws::frame::{close, Parser};
 
 /// Size of each worker's scratch read buffer.
@@ -39,6 +39,8 @@ const TICKET_SWEEP: Duration = Duration::from_millis(250);
 pub struct Shared {
     pub config: Config,
     pub tickets: Arc<TicketCell>,
+    /// Point lookups of tickets missing from the snapshot (stores that have them).
+    pub lookup: Option<Arc<dyn Lookup>>,
     pub cache: Arc<Cache>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
@@ -164,13 +166,12 @@ impl Worker {
 
     /// Close connections whose ticket was revoked, deleted or has expired.
     fn sweep_tickets(&self) {
-        let snap = self.shared.tickets.load();
         let now = SystemTime::now();
         for (_, conn) in self.conns.borrow().iter() {
-            let verdict = match snap.get(&conn.ticket_id) {
+            let verdict = match self.shared.tickets.get(&conn.ticket_id) {
                 None => Err(Refusal::Revoked),
                 Some(r) => {
-                    if !Arc::ptr_eq(r, &conn.ticket.borrow()) {
+                    if !Arc::ptr_eq(&r, &conn.ticket.borrow()) {
                         *conn.ticket.borrow_mut() = r.clone();
                     }
                     r.validity(now)
@@ -213,6 +214,7 @@ impl Worker {
 pub fn run(
     config: Config,
     tickets: Arc<TicketCell>,
+    lookup: Option<Arc<dyn Lookup>>,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     shutdown: flume::Receiver<()>,
@@ -238,6 +240,7 @@ pub fn run(
         ),
         config,
         tickets,
+        lookup,
         cache,
         hub: hub.clone(),
         metrics,

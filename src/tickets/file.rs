@@ -115,12 +115,9 @@ pub fn parse(text: &[u8]) -> Result<Vec<(TicketId, TicketRecord)>, String> {
         .collect()
 }
 
-impl TicketStore for FileStore {
-    fn describe(&self) -> String {
-        format!("file {}", self.path.display())
-    }
-
-    fn load_if_changed(&self) -> Result<Option<Vec<(TicketId, TicketRecord)>>, StoreError> {
+impl FileStore {
+    /// The whole file, or `None` if it has not changed since the last call.
+    pub fn load_if_changed(&self) -> Result<Option<Vec<(TicketId, TicketRecord)>>, StoreError> {
         let stamp = match std::fs::metadata(&self.path) {
             Ok(m) => Some((
                 m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -142,6 +139,12 @@ impl TicketStore for FileStore {
         *seen = Some(stamp);
         drop(seen);
         self.read().map(Some)
+    }
+}
+
+impl TicketStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
     }
 
     fn insert(&self, id: TicketId, record: TicketRecord) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@
 //! records are keyed by its SHA-256 and carry the `uid` that logs show instead.
 
 pub mod file;
+pub mod firestore;
 pub mod limits;
 pub mod snapshot;
 
@@ -156,12 +157,11 @@ pub enum StoreError {
     NotFound(String),
 }
 
-/// A place tickets are kept: read by the control plane, written by the `ticket` CLI.
+/// A place tickets are kept, as the `ticket` CLI sees it. (Serving reads the store through
+/// the control plane: [`crate::control`].)
 pub trait TicketStore: Send + Sync {
     /// Where it is, for logs.
     fn describe(&self) -> String;
-    /// The whole collection, or `None` if it has not changed since the last call.
-    fn load_if_changed(&self) -> Result<Option<Vec<(TicketId, TicketRecord)>>, StoreError>;
     /// Add a record.
     fn insert(&self, id: TicketId, record: TicketRecord) -> Result<(), StoreError>;
     /// Mark a record revoked (and bump `updatedAt`).
@@ -170,15 +170,22 @@ pub trait TicketStore: Send + Sync {
     fn list(&self) -> Result<Vec<(TicketId, TicketRecord)>, StoreError>;
 }
 
-/// Open the store a `--tickets` value names.
+/// Open the store a `--tickets` value names: a JSON file, or `firestore://...`.
 pub fn open_store(url: &str) -> Result<Box<dyn TicketStore>, StoreError> {
     if url.starts_with("firestore://") {
-        return Err(StoreError::Io(format!(
-            "{url}: the Firestore ticket store is not built into this version; use a ticket file"
-        )));
+        return Ok(Box::new(firestore::FirestoreStore::open(url)?));
     }
     let path = url.strip_prefix("file://").unwrap_or(url);
     Ok(Box::new(file::FileStore::new(path.into())))
+}
+
+/// Looks up a ticket missing from the snapshot (off the hot path, bounded).
+pub trait Lookup: Send + Sync {
+    /// The record for `id`, or `None` if the store has none (or may not be asked now).
+    fn find(
+        &self,
+        id: TicketId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<std::sync::Arc<TicketRecord>>>>>;
 }
 
 /// RFC 3339 timestamps in serde.

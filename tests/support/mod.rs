@@ -2,6 +2,7 @@
 //! CLI, and talk to it with a real WebSocket client (tungstenite) or raw sockets.
 #![allow(dead_code)]
 
+pub mod firestore;
 pub mod gcs;
 
 use std::io::{Read, Write};
@@ -59,6 +60,27 @@ impl Relay {
         Relay::start_with(dir, true, env)
     }
 
+    /// Start with tickets from the fake Firestore at `emulator`, the snapshot persisted in
+    /// `dir` (reuse `dir` for a warm start).
+    pub fn start_firestore(
+        dir: tempfile::TempDir,
+        emulator: SocketAddr,
+        url: &str,
+        env: &[(&str, &str)],
+    ) -> Relay {
+        let host = emulator.to_string();
+        let snap = dir.path().join("tickets.snapshot.json");
+        let snap = snap.to_str().unwrap().to_string();
+        let mut all: Vec<(&str, &str)> = vec![
+            ("FIRESTORE_EMULATOR_HOST", host.as_str()),
+            ("MEDIARELAY_TICKETS", url),
+            ("MEDIARELAY_TICKET_SNAPSHOT", snap.as_str()),
+        ];
+        all.extend_from_slice(env);
+        std::fs::create_dir_all(dir.path().join("media")).unwrap();
+        Relay::start_with(dir, true, &all)
+    }
+
     fn start_with(dir: tempfile::TempDir, local_storage: bool, env: &[(&str, &str)]) -> Relay {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -69,8 +91,14 @@ impl Relay {
             .arg(addr.to_string())
             .arg("--admin")
             .arg(admin.to_string())
-            .arg("--tickets")
-            .arg(dir.path().join("tickets.json"))
+            .args(if env.iter().any(|(k, _)| *k == "MEDIARELAY_TICKETS") {
+                Vec::new()
+            } else {
+                vec![
+                    "--tickets".into(),
+                    dir.path().join("tickets.json").into_os_string(),
+                ]
+            })
             .arg("--workers")
             .arg("2")
             .env("MEDIARELAY_POLL_INTERVAL", "50ms")
