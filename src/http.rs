@@ -223,7 +223,8 @@ async fn upgrade(
     let mut checked = shared
         .tickets
         .load()
-        .check(ticket.as_deref(), SystemTime::now());
+        .check(ticket.as_deref(), SystemTime::now())
+        .map(|(id, r)| (id, r.clone()));
     // A ticket issued since the last sync: one bounded point lookup, for this connection only.
     if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &shared.lookup, &ticket) {
         let id = crate::tickets::ticket_id(t);

@@ -18,14 +18,38 @@ use arc_swap::ArcSwap;
 
 use super::{ticket_id, Refusal, TicketId, TicketRecord};
 
-type Map = HashMap<TicketId, Arc<TicketRecord>>;
+/// Hashes a ticket id by its first eight bytes. Ids are SHA-256 outputs, uniformly
+/// distributed, so re-hashing them (SipHash) would only add time to every check. Only the
+/// operator's tickets are ever inserted, so a client choosing tickets cannot lengthen chains.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(word);
+    }
+
+    fn write_usize(&mut self, _: usize) {
+        // The length prefix of a fixed-size id carries nothing.
+    }
+}
+
+type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+type Map = HashMap<TicketId, Arc<TicketRecord>, IdBuild>;
 
 /// Every ticket record, by id.
 #[derive(Default)]
 pub struct Snapshot {
     base: Arc<Map>,
     /// Changes since `base`: `None` marks a deletion.
-    delta: HashMap<TicketId, Option<Arc<TicketRecord>>>,
+    delta: HashMap<TicketId, Option<Arc<TicketRecord>>, IdBuild>,
     len: usize,
     /// Increases with every swap; workers re-check their connections when it moves.
     pub version: u64,
@@ -43,7 +67,7 @@ impl Snapshot {
         Snapshot {
             len: base.len(),
             base: Arc::new(base),
-            delta: HashMap::new(),
+            delta: HashMap::default(),
             version,
             built_at: Some(SystemTime::now()),
         }
@@ -119,17 +143,17 @@ impl Snapshot {
     }
 
     /// Check a presented ticket string. Hot path: one SHA-256, at most two probes, no
-    /// allocation.
+    /// allocation, no reference-count traffic (the caller clones the record it keeps).
     pub fn check(
         &self,
         ticket: Option<&str>,
         now: SystemTime,
-    ) -> Result<(TicketId, Arc<TicketRecord>), Refusal> {
+    ) -> Result<(TicketId, &Arc<TicketRecord>), Refusal> {
         let ticket = ticket.filter(|t| !t.is_empty()).ok_or(Refusal::Missing)?;
         let id = ticket_id(ticket);
         let record = self.get(&id).ok_or(Refusal::Invalid)?;
         record.validity(now)?;
-        Ok((id, record.clone()))
+        Ok((id, record))
     }
 }
 
@@ -151,7 +175,7 @@ impl Default for TicketCell {
     fn default() -> Self {
         TicketCell {
             current: ArcSwap::from_pointee(Snapshot::default()),
-            recent: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::default()),
             ready: AtomicBool::new(false),
             next_version: AtomicU64::new(1),
             synced_ms: AtomicU64::new(0),
@@ -165,6 +189,11 @@ impl TicketCell {
     /// The current snapshot.
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc` (for holding it across many checks).
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
     }
 
     /// The record for `id`: the snapshot's, or one a point lookup found.
