@@ -42,7 +42,7 @@ pub struct ServeArgs {
     /// Storage: a local directory, or gs://BUCKET[/PREFIX] [default: ./media].
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,
-    /// Ticket store: a JSON file [default: ./tickets.json].
+    /// Ticket store: a JSON file, or firestore://PROJECT[/DATABASE]/COLLECTION [default: ./tickets.json].
     #[arg(long, value_name = "FILE|URL")]
     pub tickets: Option<String>,
     /// Worker threads [default: number of CPUs].
