@@ -583,6 +583,11 @@ pub async fn sync_forever(fs: Arc<Firestore>, cell: Arc<TicketCell>, settings: S
     }
     let mut failures = 0u32;
     let mut last_full: Option<Instant> = None;
+    // The persisted file holds the whole collection: write it after a full load at once,
+    // and after incremental changes at most every PERSIST_EVERY.
+    const PERSIST_EVERY: Duration = Duration::from_secs(10);
+    let mut dirty = false;
+    let mut persisted_at: Option<Instant> = None;
     loop {
         let full_due = last_full.is_none_or(|t| t.elapsed() >= settings.full_resync_interval);
         let result = if full_due {
@@ -623,7 +628,11 @@ pub async fn sync_forever(fs: Arc<Firestore>, cell: Arc<TicketCell>, settings: S
                 }
                 failures = 0;
                 cell.mark_synced();
-                if changed {
+                dirty |= changed;
+                let due = full_due || persisted_at.is_none_or(|t| t.elapsed() >= PERSIST_EVERY);
+                if dirty && due {
+                    dirty = false;
+                    persisted_at = Some(Instant::now());
                     let (path, c, cl) =
                         (settings.snapshot_file.clone(), cursor.clone(), cell.clone());
                     let saved = tokio::task::spawn_blocking(move || persist(&path, &cl, &c)).await;
