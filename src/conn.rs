@@ -74,6 +74,8 @@ pub struct Conn {
     get_task: Cell<bool>,
     pub close_req: Cell<Option<CloseReq>>,
     pub closed: Cell<bool>,
+    /// The relay is draining: answer the `get`s in flight, take no new requests, then 1001.
+    pub draining: Cell<bool>,
 }
 
 impl Conn {
@@ -97,6 +99,7 @@ impl Conn {
             get_task: Cell::new(false),
             close_req: Cell::new(None),
             closed: Cell::new(false),
+            draining: Cell::new(false),
         }
     }
 
@@ -141,6 +144,11 @@ impl Conn {
         }
         drop(q);
         self.wake.notify();
+    }
+
+    /// Whether `get`s are being answered.
+    pub fn get_task_running(&self) -> bool {
+        self.get_task.get()
     }
 
     /// Ask the connection task to close (the first request wins).
@@ -189,7 +197,12 @@ pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>, stream: TcpStream, pending:
         if !close_queued {
             if let Some(req) = conn.close_req.get() {
                 let mut q = conn.queue.borrow_mut();
-                q.truncate_unstarted();
+                if req.code == close::GOING_AWAY {
+                    // Draining: replies already queued still go out before the close.
+                    q.drop_unstarted_segments();
+                } else {
+                    q.truncate_unstarted();
+                }
                 if let Some(reason) = req.reason {
                     let msg = Reply::Closing { reason };
                     q.push_keep(frame::text(&msg.to_json()), Bytes::new());
@@ -479,7 +492,17 @@ impl Reader {
 /// Act on one complete text message.
 fn message(worker: &Worker, conn: &Rc<Conn>, mut payload: BytesMut) {
     let cfg = &worker.shared.config.connection;
-    match protocol::parse(&mut payload) {
+    let request = protocol::parse(&mut payload);
+    if conn.draining.get() {
+        let id = match &request {
+            Request::Get { id, .. }
+            | Request::Subscribe { id, .. }
+            | Request::Unsubscribe { id, .. } => Some(*id),
+            Request::Bad { id, .. } => *id,
+        };
+        return conn.push_error(id, "unavailable", "the relay is shutting down");
+    }
+    match request {
         Request::Bad { id, message } => {
             worker.stats.request("bad", "bad_request");
             conn.push_error(id, "bad_request", &message);
@@ -605,6 +628,12 @@ async fn serve_gets(worker: Rc<Worker>, conn: Rc<Conn>) {
         }
     }
     conn.get_task.set(false);
+    if conn.draining.get() {
+        conn.request_close(CloseReq {
+            code: close::GOING_AWAY,
+            reason: Some("shutting_down"),
+        });
+    }
 }
 
 /// Start a subscription: wait for the stream's first listing, answer `subscribed`, send

@@ -180,6 +180,23 @@ impl SendQueue {
         });
     }
 
+    /// Drop live segments not yet started, keeping `get` replies and messages (used before
+    /// the drain's close frame: requests in flight still get their answer).
+    pub fn drop_unstarted_segments(&mut self) {
+        let keep_front = self.front_written > 0;
+        let mut idx = 0;
+        let bytes = &mut self.bytes;
+        self.frames.retain(|out| {
+            let i = idx;
+            idx += 1;
+            let drop = matches!(out.kind, Kind::Segment { .. }) && !(keep_front && i == 0);
+            if drop {
+                *bytes -= out.len();
+            }
+            !drop
+        });
+    }
+
     /// Drop everything not yet started (used before a close frame).
     pub fn truncate_unstarted(&mut self) {
         let keep = usize::from(self.front_written > 0);
@@ -356,5 +373,11 @@ mod tests {
         assert_eq!(q.len(), 1);
         q.truncate_unstarted();
         assert!(q.is_empty());
+        q.push_keep(b(10), b(100));
+        q.push_segment(1, 1, b(10), b(10), t);
+        q.push_keep(b(5), Bytes::new());
+        q.drop_unstarted_segments();
+        assert_eq!(seqs(&q), vec![Kind::Keep, Kind::Keep]);
+        assert_eq!(q.bytes(), 115);
     }
 }

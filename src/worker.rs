@@ -195,13 +195,23 @@ impl Worker {
         }
     }
 
+    /// Stop accepting; stop every live subscription; close each connection with 1001 after
+    /// the frame it is writing, or, when `get`s are in flight, after their replies.
     fn start_drain(&self) {
         self.stop_accepting.notify();
-        for (_, conn) in self.conns.borrow().iter() {
-            conn.request_close(CloseReq {
-                code: close::GOING_AWAY,
-                reason: Some("shutting_down"),
-            });
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for conn in conns {
+            conn.draining.set(true);
+            let subs: Vec<Rc<Sub>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+            for sub in subs {
+                self.remove_sub(&sub);
+            }
+            if !conn.get_task_running() {
+                conn.request_close(CloseReq {
+                    code: close::GOING_AWAY,
+                    reason: Some("shutting_down"),
+                });
+            }
         }
     }
 

@@ -234,6 +234,12 @@ fn sigterm_drains_with_1001_and_exits_0() {
     let mut c = r.ws(&t);
     c.send(json!({"op":"subscribe","id":1,"stream":"live/z"}));
     assert_eq!(c.json()["op"], "subscribed");
+    // A large `get` in flight (the client is not reading yet) still completes.
+    let big: Vec<u8> = (0..(32u32 << 20)).map(|i| (i % 253) as u8).collect();
+    r.put("vod/big.bin", &big);
+    let mut g = r.ws(&t);
+    g.send(json!({"op":"get","id":5,"key":"vod/big.bin"}));
+    std::thread::sleep(Duration::from_millis(300));
     r.signal("TERM");
     // While the drain runs (this client has not answered the close yet), /readyz says so.
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -255,6 +261,16 @@ fn sigterm_drains_with_1001_and_exits_0() {
     // Answer the close (tungstenite sends its reply on the next flush); the relay then
     // finishes at once instead of waiting out its close linger.
     let _ = c.ws.flush();
+    let (m, p) = g.media();
+    assert_eq!(m["id"], 5);
+    assert!(p == big, "the get in flight was cut short");
+    let (code, msgs) = g.close_code();
+    assert_eq!(code, Some(1001));
+    assert!(
+        msgs.iter().any(|m| m["reason"] == "shutting_down"),
+        "{msgs:?}"
+    );
+    let _ = g.ws.flush();
     let exit_started = Instant::now();
     let status = r
         .wait_exit(Duration::from_secs(12))
