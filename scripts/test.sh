@@ -15,3 +15,11 @@ cargo test --locked --all-targets
 # The epoll fallback driver runs the connection and fan-out tests too.
 MEDIARELAY_DRIVER=epoll cargo test --locked --test live --test requests
 MEDIARELAY_BIN="$PWD/target/debug/mediarelay" python3 -m pytest -q tests/python
+# The systemd unit passes systemd's own checks (pointed at the built binary).
+if command -v systemd-analyze >/dev/null 2>&1; then
+  unit_dir=$(mktemp -d)
+  sed "s|/usr/local/bin/mediarelay|$PWD/target/debug/mediarelay|" scripts/systemd/mediarelay.service >"$unit_dir/mediarelay.service"
+  systemd-analyze verify "$unit_dir/mediarelay.service"
+  rm -rf "$unit_dir"
+  echo "systemd unit verified"
+fi
