@@ -51,6 +51,13 @@ pub struct ServeArgs {
     /// io driver [default: auto].
     #[arg(long, value_enum)]
     pub driver: Option<DriverChoice>,
+    /// Log level or tracing filter (error, warn, info, debug, trace) [default: info;
+    /// RUST_LOG wins when set].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -303,16 +303,25 @@ async fn upgrade(
 /// Read until a complete request head is buffered.
 async fn read_head(worker: &Worker, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
     let fd = stream.as_raw_fd();
+    // Work per call stays linear in the head's size however it is split into packets: the
+    // end marker is searched only in new bytes, the partial parse runs every 512 bytes.
+    let mut scanned = 0usize;
+    let mut judged: Option<usize> = None;
     loop {
-        if let Some(n) = head_end(buf) {
-            return HeadRead::Complete(n);
+        let from = scanned.saturating_sub(3);
+        if let Some(n) = head_end(&buf[from..]) {
+            return HeadRead::Complete(from + n);
         }
+        scanned = buf.len();
         if buf.len() > MAX_HEAD {
             return HeadRead::TooLarge;
         }
         // Reject garbage early rather than wait for 16 KiB of it.
-        if let Some(verdict) = early_verdict(buf) {
-            return verdict;
+        if !buf.is_empty() && judged.is_none_or(|at| buf.len() >= at + 512) {
+            judged = Some(buf.len());
+            if let Some(verdict) = early_verdict(buf) {
+                return verdict;
+            }
         }
         let got = {
             let mut scratch = worker.scratch.borrow_mut();
@@ -328,7 +337,7 @@ async fn read_head(worker: &Worker, stream: &TcpStream, buf: &mut Vec<u8>) -> He
         };
         match got {
             Err(()) => return HeadRead::Closed,
-            Ok(()) if head_end(buf).is_some() || buf.len() > MAX_HEAD => continue,
+            Ok(()) if buf.len() > scanned => continue,
             Ok(()) => {
                 if stream.readable(false).await.is_err() {
                     return HeadRead::Closed;
