@@ -28,7 +28,7 @@ pub enum DriverChoice {
 }
 
 /// `[server]`: listeners and the worker threads.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Public listener (WebSocket, health).
@@ -50,7 +50,7 @@ pub struct ServerConfig {
 }
 
 /// `[storage]`: the origin, discovery and the segment cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// A local directory (`file://DIR` is accepted too), or `gs://BUCKET[/PREFIX]`.
@@ -82,7 +82,7 @@ pub struct StorageConfig {
 }
 
 /// `[tickets]`: the ticket store and the auth-failure limiter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TicketsConfig {
     /// A JSON ticket file (`file://PATH` is accepted too), or
@@ -117,7 +117,7 @@ pub struct TicketsConfig {
 }
 
 /// `[connection]`: per-connection limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionConfig {
     /// Bound of each connection's send queue.
@@ -136,7 +136,7 @@ pub struct ConnectionConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug`, `trace` or a tracing filter.
@@ -146,7 +146,7 @@ pub struct LogConfig {
 }
 
 /// Everything `serve` needs.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,

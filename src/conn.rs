@@ -182,7 +182,7 @@ pub async fn run(worker: Rc<Worker>, conn: Rc<Conn>, stream: TcpStream, pending:
     let mut close_deadline: Option<Instant> = None;
     let mut timer: Option<Pin<Box<monoio::time::Sleep>>> = None;
     let mut timer_at: Option<Instant> = None;
-    let stall_timeout = worker.shared.config.connection.stall_timeout;
+    let stall_timeout = worker.shared.config().connection.stall_timeout;
 
     loop {
         // 1. Write what we can.
@@ -398,7 +398,7 @@ impl Reader {
 
     /// Parse and act on every complete frame in `inbuf ++ data`.
     fn process(&mut self, worker: &Worker, conn: &Rc<Conn>, data: &[u8]) {
-        let max = worker.shared.config.connection.max_message as usize;
+        let max = worker.shared.config().connection.max_message as usize;
         if self.inbuf.is_empty() {
             let used = self.frames(worker, conn, data, max);
             if used < data.len() && conn.close_req.get().is_none() {
@@ -491,7 +491,8 @@ impl Reader {
 
 /// Act on one complete text message.
 fn message(worker: &Worker, conn: &Rc<Conn>, mut payload: BytesMut) {
-    let cfg = &worker.shared.config.connection;
+    let config = worker.shared.config();
+    let cfg = &config.connection;
     let request = protocol::parse(&mut payload);
     if conn.draining.get() {
         let id = match &request {

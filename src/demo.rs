@@ -28,7 +28,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ("tickets.url", args.tickets.display().to_string()),
     ];
     let config = Config::load(None, std::env::vars(), &overrides)?;
-    crate::init_logging(&config.log.level, &config.log.format);
+    let _ = crate::init_logging(&config.log.level, &config.log.format);
 
     let dir = args.storage.join(&args.stream);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -49,7 +49,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let (tx, rx) = flume::unbounded();
     control_c(tx.clone())?;
-    let relay = std::thread::spawn(move || crate::serve(config, Some((tx, rx)), false));
+    let relay = std::thread::spawn(move || crate::serve(config, Some((tx, rx)), false, None));
     let start = next_seq(&dir);
     let (stream, count) = (args.stream.clone(), args.count);
     std::thread::spawn(move || produce(&dir, start, count, size, interval));
@@ -90,7 +90,9 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn control_c(tx: flume::Sender<()>) -> std::io::Result<()> {
-    crate::control::on_shutdown_signal(tx)
+    // SIGHUP has nothing to reload in the demo: nobody listens on `reload`.
+    let (reload, _) = flume::unbounded();
+    crate::control::on_signals(tx, reload)
 }
 
 fn signal_self() {

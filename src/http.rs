@@ -38,7 +38,7 @@ enum HeadRead {
 /// Serve one accepted TCP connection.
 pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, which: Listener) {
     let _ = stream.set_nodelay(true);
-    let timeout = worker.shared.config.server.handshake_timeout;
+    let timeout = worker.shared.config().server.handshake_timeout;
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let deadline = Instant::now() + timeout;
@@ -228,7 +228,7 @@ async fn upgrade(
     // A ticket issued since the last sync: one bounded point lookup, for this connection only.
     if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &shared.lookup, &ticket) {
         let id = crate::tickets::ticket_id(t);
-        let wait = shared.config.tickets.lookup_timeout;
+        let wait = shared.config().tickets.lookup_timeout;
         let found = match shared.tickets.get(&id) {
             Some(r) => Some(r),
             None => monoio::time::timeout(wait, lookup.find(id))

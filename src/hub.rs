@@ -180,7 +180,8 @@ pub struct Hub {
     streams: Mutex<HashMap<Arc<str>, Arc<Stream>>>,
     inboxes: Vec<flume::Sender<WorkerMsg>>,
     cache: Arc<Cache>,
-    poll_interval: Duration,
+    /// Milliseconds between listings of a live stream (SIGHUP may change it).
+    poll_ms: AtomicU64,
     linger: Duration,
     /// Segments fetched and published, for metrics and tests.
     pub published: AtomicU64,
@@ -198,10 +199,16 @@ impl Hub {
             streams: Mutex::new(HashMap::new()),
             inboxes,
             cache,
-            poll_interval,
+            poll_ms: AtomicU64::new(poll_interval.as_millis() as u64),
             linger,
             published: AtomicU64::new(0),
         }
+    }
+
+    /// Change the listing period of live streams (from the next poll on).
+    pub fn set_poll_interval(&self, every: Duration) {
+        self.poll_ms
+            .store(every.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Number of live streams being followed.
@@ -301,7 +308,8 @@ impl Hub {
             } else {
                 idle_since = None;
             }
-            let backoff = self.poll_interval * (1 << failures.min(5));
+            let every = Duration::from_millis(self.poll_ms.load(Ordering::Relaxed));
+            let backoff = every * (1 << failures.min(5));
             monoio::time::sleep(backoff).await;
         }
     }

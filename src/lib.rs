@@ -52,18 +52,41 @@ use std::sync::Arc;
 
 use crate::config::Config;
 
-/// Set up logging from the config (`RUST_LOG` wins when set).
-pub fn init_logging(level: &str, format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// Changes the log filter of a running process.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send>;
+
+/// Set up logging from the config (`RUST_LOG` wins when set). Returns the setter SIGHUP uses
+/// to apply a new `log.level` (a no-op when `RUST_LOG` is set).
+pub fn init_logging(level: &str, format: &str) -> SetLogLevel {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_set = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = if format == "json" {
-        builder.json().try_init()
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
     } else {
-        builder.try_init()
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     };
+    Box::new(move |level: &str| {
+        if env_set {
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
+}
+
+/// What SIGHUP does: read the configuration again, and apply a new log level.
+pub struct Reloader {
+    pub read: Box<dyn Fn() -> Result<Config, String> + Send>,
+    pub set_log_level: SetLogLevel,
 }
 
 /// Open the origin the storage setting names: a directory, or `gs://BUCKET[/PREFIX]`
@@ -98,6 +121,7 @@ pub fn serve(
     config: Config,
     shutdown: Option<(flume::Sender<()>, flume::Receiver<()>)>,
     signals: bool,
+    reloader: Option<Reloader>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = shutdown.unwrap_or_else(flume::unbounded);
     let origin = open_origin(&config)?;
@@ -108,8 +132,10 @@ pub fn serve(
         config.storage.max_object_size,
     ));
     let metrics = Arc::new(metrics::Metrics::new(config.worker_count()));
+    let (reload_tx, reload_rx) = flume::unbounded();
     if signals {
-        control::on_shutdown_signal(tx.clone())?;
+        control::on_signals(tx.clone(), reload_tx)?;
     }
-    worker::run(config, cell, lookup, cache, metrics, rx)
+    let reload = reloader.map(|r| (reload_rx, r));
+    worker::run(config, cell, lookup, cache, metrics, rx, reload)
 }

@@ -65,8 +65,15 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    mediarelay::init_logging(&config.log.level, &config.log.format);
-    report(mediarelay::serve(config, None, true))
+    let set_log_level = mediarelay::init_logging(&config.log.level, &config.log.format);
+    let reloader = mediarelay::Reloader {
+        read: Box::new(move || {
+            Config::load(args.config.as_deref(), std::env::vars(), &overrides(&args))
+                .map_err(|e| e.to_string())
+        }),
+        set_log_level,
+    };
+    report(mediarelay::serve(config, None, true, Some(reloader)))
 }
 
 fn ticket(cmd: TicketCommand) -> ExitCode {

@@ -37,7 +37,8 @@ const TICKET_SWEEP: Duration = Duration::from_millis(250);
 
 /// State shared by every worker.
 pub struct Shared {
-    pub config: Config,
+    /// The running configuration; SIGHUP swaps in a new one (see [`apply_reload`]).
+    config: arc_swap::ArcSwap<Config>,
     pub tickets: Arc<TicketCell>,
     /// Point lookups of tickets missing from the snapshot (stores that have them).
     pub lookup: Option<Arc<dyn Lookup>>,
@@ -55,6 +56,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The running configuration.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     /// `/readyz`: storage usable, ticket snapshot loaded, listeners up, not draining.
     pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Acquire) {
@@ -106,7 +112,7 @@ impl Worker {
             conn_id,
             id,
             record,
-            self.shared.config.connection.send_queue as usize,
+            self.shared.config().connection.send_queue as usize,
         ));
         let slot = self.conns.borrow_mut().insert(conn.clone());
         self.slots.borrow_mut().insert(conn_id, slot);
@@ -228,6 +234,7 @@ pub fn run(
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     shutdown: flume::Receiver<()>,
+    reload: Option<(flume::Receiver<()>, crate::Reloader)>,
 ) -> anyhow::Result<()> {
     let n = config.worker_count();
     let mut inboxes = Vec::new();
@@ -248,7 +255,7 @@ pub fn run(
             config.tickets.auth_failure_limit,
             config.tickets.auth_failure_window,
         ),
-        config,
+        config: arc_swap::ArcSwap::from_pointee(config),
         tickets,
         lookup,
         cache,
@@ -295,8 +302,8 @@ pub fn run(
     if failed.is_none() {
         tracing::info!(
             workers = n,
-            listen = %shared.config.server.listen,
-            admin = %shared.config.server.admin,
+            listen = %shared.config().server.listen,
+            admin = %shared.config().server.admin,
             "mediarelay serving"
         );
         // Wait for a shutdown request or a worker failure.
@@ -306,6 +313,11 @@ pub fn run(
             }
             if let Ok(Err(e)) = ready_rx.try_recv() {
                 break Some(e);
+            }
+            if let Some((rx, reloader)) = &reload {
+                if rx.try_recv().is_ok() {
+                    apply_reload(&shared, &hub, reloader);
+                }
             }
         };
     }
@@ -320,6 +332,71 @@ pub fn run(
     }
 }
 
+/// SIGHUP: read the configuration again; apply what can change while running (log level,
+/// connection limits, timeouts, the live poll interval), keep the running value of
+/// everything else and say that it needs a restart. A configuration that does not load
+/// leaves the running one untouched.
+pub fn apply_reload(shared: &Shared, hub: &Hub, reloader: &crate::Reloader) {
+    let new = match (reloader.read)() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded, keeping the running one: {e}");
+            return;
+        }
+    };
+    let old = shared.config();
+    let mut merged = new.clone();
+    let mut applied: Vec<&str> = Vec::new();
+    let mut restart: Vec<&str> = Vec::new();
+    macro_rules! diff {
+        ($($s:ident . $f:ident => $live:expr),* $(,)?) => {$(
+            if old.$s.$f != new.$s.$f {
+                let name = concat!(stringify!($s), ".", stringify!($f));
+                if $live {
+                    applied.push(name);
+                } else {
+                    restart.push(name);
+                    merged.$s.$f = old.$s.$f.clone();
+                }
+            }
+        )*};
+    }
+    diff!(
+        server.listen => false, server.admin => false, server.workers => false,
+        server.driver => false, server.handshake_timeout => true,
+        server.drain_timeout => true, server.backlog => false,
+        storage.url => false, storage.poll_interval => true, storage.cache_size => false,
+        storage.max_object_size => false, storage.stream_linger => false,
+        storage.request_deadline => false, storage.attempt_timeout => false,
+        storage.max_inflight => false, storage.fetch_threads => false,
+        storage.list_page_size => false,
+        tickets.url => false, tickets.reload_interval => false,
+        tickets.auth_failure_limit => false, tickets.auth_failure_window => false,
+        tickets.sync_interval => false, tickets.full_resync_interval => false,
+        tickets.snapshot_file => false, tickets.page_size => false,
+        tickets.lookup_timeout => true, tickets.lookup_negative_ttl => false,
+        tickets.lookup_rate => false,
+        connection.send_queue => true, connection.stall_timeout => true,
+        connection.max_message => true, connection.max_subscriptions => true,
+        connection.max_pending_gets => true,
+        log.level => true, log.format => false,
+    );
+    if applied.contains(&"log.level") {
+        if let Err(e) = (reloader.set_log_level)(&merged.log.level) {
+            tracing::error!("SIGHUP: log.level `{}` not applied: {e}", merged.log.level);
+            merged.log.level = old.log.level.clone();
+            applied.retain(|n| *n != "log.level");
+        }
+    }
+    hub.set_poll_interval(merged.storage.poll_interval);
+    shared.config.store(Arc::new(merged));
+    tracing::info!(
+        applied = ?applied,
+        needs_restart = ?restart,
+        "SIGHUP: configuration reloaded"
+    );
+}
+
 /// Build this worker's runtime (io_uring, or epoll where allowed) and run it.
 fn worker_thread(
     index: usize,
@@ -328,7 +405,7 @@ fn worker_thread(
     pool: monoio::blocking::DefaultThreadPool,
     ready: &flume::Sender<Result<(), String>>,
 ) -> anyhow::Result<()> {
-    let choice = shared.config.server.driver;
+    let choice = shared.config().server.driver;
     if choice != DriverChoice::Epoll {
         let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
@@ -376,7 +453,8 @@ async fn worker_main(
     inbox: flume::Receiver<WorkerMsg>,
     ready: &flume::Sender<Result<(), String>>,
 ) -> anyhow::Result<()> {
-    let cfg = &shared.config.server;
+    let config = shared.config();
+    let cfg = &config.server;
     let public = listen(cfg.listen, cfg.backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let admin = if index == 0 {
@@ -424,7 +502,7 @@ async fn worker_main(
     // Graceful drain: stop accepting, ask every connection to close with 1001 after the
     // frame it is writing, and give them until the drain timeout.
     worker.start_drain();
-    let deadline = Instant::now() + shared.config.server.drain_timeout;
+    let deadline = Instant::now() + shared.config().server.drain_timeout;
     while worker.conn_count() > 0 && Instant::now() < deadline {
         monoio::time::sleep(Duration::from_millis(20)).await;
     }

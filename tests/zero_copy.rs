@@ -171,7 +171,7 @@ fn one_buffer_for_a_hundred_viewers() {
     let config = mediarelay::config::Config::load(None, Vec::new(), &overrides).unwrap();
     let (tx, rx) = flume::unbounded();
     let stop = tx.clone();
-    let relay = std::thread::spawn(move || mediarelay::serve(config, Some((tx, rx)), false));
+    let relay = std::thread::spawn(move || mediarelay::serve(config, Some((tx, rx)), false, None));
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline);

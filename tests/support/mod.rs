@@ -60,6 +60,18 @@ impl Relay {
         Relay::start_with(dir, true, env)
     }
 
+    /// Start with `--config` pointing at `dir/config.toml`, written from `toml`.
+    pub fn start_config(toml: &str, env: &[(&str, &str)]) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("media")).unwrap();
+        std::fs::write(dir.path().join("config.toml"), toml).unwrap();
+        Relay::start_with(dir, true, env)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
     /// Start with tickets from the fake Firestore at `emulator`, the snapshot persisted in
     /// `dir` (reuse `dir` for a warm start).
     pub fn start_firestore(
@@ -108,6 +120,9 @@ impl Relay {
             .stderr(std::fs::File::create(&log).unwrap());
         if local_storage {
             cmd.arg("--storage").arg(dir.path().join("media"));
+        }
+        if dir.path().join("config.toml").exists() {
+            cmd.arg("--config").arg(dir.path().join("config.toml"));
         }
         for (k, v) in env {
             cmd.env(k, v);
