@@ -14,9 +14,39 @@ use lru::LruCache;
 
 use crate::origin::{Object, Origin, OriginError};
 
+/// Upper bounds (seconds) of the origin fetch latency histogram's buckets.
+pub const FETCH_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Latency of origin object reads (a Prometheus histogram, cumulative at render time).
+#[derive(Default)]
+pub struct FetchLatency {
+    /// Per bucket (not cumulative); the last one is +Inf.
+    pub buckets: [AtomicU64; 14],
+    pub sum_micros: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl FetchLatency {
+    /// Record one fetch.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = FETCH_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(FETCH_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Counters for metrics.
 #[derive(Default)]
 pub struct CacheStats {
+    pub fetch_latency: FetchLatency,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub coalesced: AtomicU64,
@@ -139,7 +169,9 @@ impl Cache {
                     Some(obj) => Ok(obj),
                     None => {
                         this.stats.origin_gets.fetch_add(1, Ordering::Relaxed);
+                        let started = std::time::Instant::now();
                         let r = this.origin.get(&key, this.max_object).await;
+                        this.stats.fetch_latency.observe(started.elapsed());
                         match &r {
                             Ok(obj) => this.insert(obj),
                             Err(_) => {

@@ -211,6 +211,15 @@ impl Hub {
             .store(every.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Subscribers over all live streams.
+    pub fn subscriber_count(&self) -> usize {
+        self.streams.lock().map_or(0, |s| {
+            s.values()
+                .map(|st| st.subscribers.load(Ordering::Relaxed))
+                .sum()
+        })
+    }
+
     /// Number of live streams being followed.
     pub fn stream_count(&self) -> usize {
         self.streams.lock().map_or(0, |s| s.len())

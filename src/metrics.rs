@@ -263,6 +263,29 @@ impl Metrics {
                 vec![(backend.clone(), v.to_string())],
             );
         }
+        let fl = &cs.fetch_latency;
+        let mut cumulative = 0u64;
+        let mut samples = Vec::new();
+        for (i, b) in fl.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let le = crate::cache::FETCH_BUCKETS
+                .get(i)
+                .map_or("+Inf".to_string(), |v| v.to_string());
+            samples.push((format!("{backend},le=\"{le}\""), cumulative.to_string()));
+        }
+        let _ = writeln!(
+            o,
+            "# HELP mediarelay_origin_fetch_seconds Latency of origin object reads.\n# TYPE mediarelay_origin_fetch_seconds histogram"
+        );
+        for (labels, v) in samples {
+            let _ = writeln!(o, "mediarelay_origin_fetch_seconds_bucket{{{labels}}} {v}");
+        }
+        let _ = writeln!(
+            o,
+            "mediarelay_origin_fetch_seconds_sum{{{backend}}} {}\nmediarelay_origin_fetch_seconds_count{{{backend}}} {}",
+            fl.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            fl.count.load(Ordering::Relaxed)
+        );
         let snap = shared.tickets.load();
         let age = shared.tickets.age().map_or(f64::NAN, |d| d.as_secs_f64());
         let lookups = ["found", "missing", "rate_limited", "failed"]
@@ -281,7 +304,7 @@ impl Metrics {
             "Point lookups of tickets missing from the snapshot, by result.",
             lookups.collect(),
         );
-        let plain: [(&str, &str, &str, String); 12] = [
+        let plain: [(&str, &str, &str, String); 13] = [
             (
                 "mediarelay_cache_hits_total",
                 "counter",
@@ -317,6 +340,12 @@ impl Metrics {
                 "gauge",
                 "Objects held by the segment cache.",
                 l(&cs.entries).to_string(),
+            ),
+            (
+                "mediarelay_live_subscribers",
+                "gauge",
+                "Subscriptions to live streams.",
+                shared.hub.subscriber_count().to_string(),
             ),
             (
                 "mediarelay_live_streams",

@@ -103,3 +103,137 @@ fn tickets_never_reach_the_logs() {
     assert!(!log.contains(&t), "a ticket reached the log");
     assert!(!log.contains(&t[..20]), "part of a ticket reached the log");
 }
+
+/// Ask the relay for `n` gets of `key` and wait for each answer.
+fn gets(c: &mut Client, key: &str, n: usize) {
+    for i in 0..n {
+        c.send(json!({"op":"get","id":i,"key":key}));
+        let _ = c.recv();
+    }
+}
+
+fn which(bin: &str) -> std::path::PathBuf {
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "`{bin}` not found: scripts/test.sh installs Debian's prometheus package"
+    );
+    String::from_utf8(out.stdout).unwrap().trim().into()
+}
+
+#[test]
+fn metrics_pass_promtool_after_traffic() {
+    let r = Relay::start(&[]);
+    r.put("vod/a.bin", b"hello");
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    gets(&mut c, "vod/a.bin", 3);
+    gets(&mut c, "vod/missing", 2);
+    let _ = Client::try_connect(r.addr, Some("bad-ticket"));
+    let (status, body) = http_get(r.admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let mut p = std::process::Command::new(which("promtool"))
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    p.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+    // One read of the cached object, one per miss (misses are not cached).
+    assert!(
+        body.contains("mediarelay_origin_fetch_seconds_count{backend=\"fs\"} 3"),
+        "{body}"
+    );
+}
+
+#[test]
+fn prometheus_scrapes_what_the_traffic_did() {
+    let r = Relay::start(&[]);
+    r.put("vod/a.bin", &[7u8; 1000]);
+    let t = r.issue("*", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: relay\n    static_configs:\n      - targets: ['{}']\n",
+            r.admin
+        ),
+    )
+    .unwrap();
+    let mut prom = std::process::Command::new(which("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut c = r.ws(&t);
+    gets(&mut c, "vod/a.bin", 7);
+    gets(&mut c, "vod/missing", 3);
+    let prom_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let query = |q: &str| -> Option<f64> {
+        let (status, body) = http_get(
+            prom_addr,
+            &format!("/api/v1/query?query={}", support::gcs::encode(q)),
+        )
+        .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want = [
+        (
+            r#"sum(mediarelay_requests_total{op="get",result="ok"})"#,
+            7.0,
+        ),
+        (
+            r#"sum(mediarelay_requests_total{op="get",result="not_found"})"#,
+            3.0,
+        ),
+        (r#"sum(mediarelay_upgrades_total{result="ok"})"#, 1.0),
+        ("sum(mediarelay_connections)", 1.0),
+    ];
+    loop {
+        let last: Vec<Option<f64>> = want.iter().map(|(q, _)| query(q)).collect();
+        if want.iter().zip(&last).all(|((_, w), got)| *got == Some(*w)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = prom.kill();
+            panic!(
+                "Prometheus saw {last:?}, expected {:?}\n{}",
+                want.iter().map(|w| w.1).collect::<Vec<_>>(),
+                std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Bytes sent as Prometheus saw them cover the seven 1000-byte payloads.
+    let sent = query("sum(mediarelay_sent_bytes_total)").unwrap_or(0.0);
+    assert!(sent >= 7000.0, "{sent}");
+    let _ = prom.kill();
+    let _ = prom.wait();
+}
