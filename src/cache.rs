@@ -51,8 +51,8 @@ pub struct CacheStats {
     pub misses: AtomicU64,
     pub coalesced: AtomicU64,
     pub evictions: AtomicU64,
-    pub origin_gets: AtomicU64,
-    pub origin_errors: AtomicU64,
+    /// Origin object reads by result: ok, not_found, too_large, unavailable.
+    pub origin_results: [AtomicU64; 4],
     pub bytes: AtomicU64,
     pub entries: AtomicU64,
 }
@@ -168,16 +168,19 @@ impl Cache {
                 let result = match this.lookup(&key) {
                     Some(obj) => Ok(obj),
                     None => {
-                        this.stats.origin_gets.fetch_add(1, Ordering::Relaxed);
                         let started = std::time::Instant::now();
                         let r = this.origin.get(&key, this.max_object).await;
                         this.stats.fetch_latency.observe(started.elapsed());
-                        match &r {
-                            Ok(obj) => this.insert(obj),
-                            Err(_) => {
-                                this.stats.origin_errors.fetch_add(1, Ordering::Relaxed);
+                        let i = match &r {
+                            Ok(obj) => {
+                                this.insert(obj);
+                                0
                             }
-                        }
+                            Err(OriginError::NotFound) => 1,
+                            Err(OriginError::TooLarge { .. }) => 2,
+                            Err(OriginError::Unavailable(_)) => 3,
+                        };
+                        this.stats.origin_results[i].fetch_add(1, Ordering::Relaxed);
                         r
                     }
                 };

@@ -32,6 +32,11 @@ impl Counter {
         );
     }
 
+    /// Set (gauges sampled by their worker).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
     /// Current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -75,6 +80,8 @@ pub struct WorkerStats {
     pub skipped: Counter,
     pub slow_closes: Counter,
     pub revocation_closes: Counter,
+    /// Bytes waiting in this worker's send queues (sampled by its ticket sweep).
+    pub queued_bytes: Counter,
     requests: [[Counter; 8]; 4],
     upgrades: [Counter; 8],
     closes: [Counter; 9],
@@ -242,27 +249,17 @@ impl Metrics {
         let cs = &shared.cache.stats;
         let backend = format!("backend=\"{}\"", shared.cache.origin().backend());
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let origin: [(&str, &str, u64); 2] = [
-            (
-                "mediarelay_origin_requests_total",
-                "Origin object reads.",
-                l(&cs.origin_gets),
-            ),
-            (
-                "mediarelay_origin_errors_total",
-                "Origin object reads that failed.",
-                l(&cs.origin_errors),
-            ),
-        ];
-        for (name, help, v) in origin {
-            family(
-                &mut o,
-                name,
-                "counter",
-                help,
-                vec![(backend.clone(), v.to_string())],
-            );
-        }
+        let results = ["ok", "not_found", "too_large", "unavailable"]
+            .iter()
+            .zip(&cs.origin_results)
+            .map(|(r, n)| (format!("{backend},result=\"{r}\""), l(n).to_string()));
+        family(
+            &mut o,
+            "mediarelay_origin_requests_total",
+            "counter",
+            "Origin object reads by result (retries inside one read are not counted).",
+            results.collect(),
+        );
         let fl = &cs.fetch_latency;
         let mut cumulative = 0u64;
         let mut samples = Vec::new();

@@ -170,10 +170,13 @@ impl Worker {
         }
     }
 
-    /// Close connections whose ticket was revoked, deleted or has expired.
+    /// Close connections whose ticket was revoked, deleted or has expired; sample the bytes
+    /// waiting in send queues on the way.
     fn sweep_tickets(&self) {
         let now = SystemTime::now();
+        let mut queued = 0u64;
         for (_, conn) in self.conns.borrow().iter() {
+            queued += conn.queue.borrow().bytes() as u64;
             let verdict = match self.shared.tickets.get(&conn.ticket_id) {
                 None => Err(Refusal::Revoked),
                 Some(r) => {
@@ -199,6 +202,7 @@ impl Worker {
                 }
             }
         }
+        self.stats.queued_bytes.set(queued);
     }
 
     /// Stop accepting; stop every live subscription; close each connection with 1001 after
