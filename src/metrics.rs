@@ -1,6 +1,13 @@
 //! Metrics: per-worker counters written only by their own worker (a plain load and store,
 //! no locked instruction on the hot path) and summed when `/metrics` is scraped, plus the
-//! shared cache, hub and ticket figures. Rendered in the Prometheus text format 0.0.4.
+//! shared cache, hub and ticket figures. Rendered in the Prometheus text format 0.0.4,
+//! which PROTOCOL.md fixes for `/metrics`.
+//!
+//! The exposition is written here rather than by `prometheus-client`: that crate encodes
+//! OpenMetrics (counter families named without `_total`, a `# EOF` trailer), not 0.0.4, and
+//! its metric types own their values, so each scrape would first copy every per-worker
+//! figure into them. The output is checked by `promtool check metrics` and scraped by a
+//! real Prometheus in `tests/ops.rs`.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
