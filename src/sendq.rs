@@ -165,31 +165,24 @@ impl SendQueue {
 
     /// Drop every queued segment of `sub` except a partially written one.
     pub fn remove_sub(&mut self, sub: u32) {
-        let keep_front = self.front_written > 0;
-        let mut idx = 0;
-        let bytes = &mut self.bytes;
-        self.frames.retain(|out| {
-            let i = idx;
-            idx += 1;
-            let drop = matches!(out.kind, Kind::Segment { sub: s, .. } if s == sub)
-                && !(keep_front && i == 0);
-            if drop {
-                *bytes -= out.len();
-            }
-            !drop
-        });
+        self.drop_unstarted(|k| matches!(k, Kind::Segment { sub: s, .. } if s == sub));
     }
 
     /// Drop live segments not yet started, keeping `get` replies and messages (used before
     /// the drain's close frame: requests in flight still get their answer).
     pub fn drop_unstarted_segments(&mut self) {
+        self.drop_unstarted(|k| matches!(k, Kind::Segment { .. }));
+    }
+
+    /// Drop the frames whose kind matches `which`, except a partially written front frame.
+    fn drop_unstarted(&mut self, which: impl Fn(Kind) -> bool) {
         let keep_front = self.front_written > 0;
         let mut idx = 0;
         let bytes = &mut self.bytes;
         self.frames.retain(|out| {
-            let i = idx;
+            let started = keep_front && idx == 0;
             idx += 1;
-            let drop = matches!(out.kind, Kind::Segment { .. }) && !(keep_front && i == 0);
+            let drop = which(out.kind) && !started;
             if drop {
                 *bytes -= out.len();
             }

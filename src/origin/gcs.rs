@@ -273,7 +273,13 @@ impl Shared {
         }
     }
 
-    async fn send(&self, url: &str) -> Result<hyper::Response<hyper::body::Incoming>, Attempt<()>> {
+    /// GET `url`; a response other than 200 becomes the attempt's outcome (`what` names the
+    /// request in logs).
+    async fn get_ok<T>(
+        &self,
+        url: &str,
+        what: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Attempt<T>> {
         let mut req = hyper::Request::get(url).header(
             hyper::header::USER_AGENT,
             concat!("mediarelay/", env!("CARGO_PKG_VERSION")),
@@ -286,10 +292,15 @@ impl Shared {
         let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| Attempt::Fail(OriginError::Unavailable(format!("request: {e}"))))?;
-        self.client
+        let resp = self
+            .client
             .request(req)
             .await
-            .map_err(|e| Attempt::Retry(format!("connection: {e}")))
+            .map_err(|e| Attempt::Retry(format!("connection: {e}")))?;
+        match resp.status() {
+            StatusCode::OK => Ok(resp),
+            status => Err(self.status_outcome(status, what)),
+        }
     }
 
     /// Map a non-success status to the attempt's outcome.
@@ -312,16 +323,10 @@ impl Shared {
 
     async fn download_once(&self, key: &str, max: u64) -> Attempt<Object> {
         let url = self.settings.media_url(key);
-        let resp = match self.send(&url).await {
+        let resp = match self.get_ok(&url, "a download").await {
             Ok(r) => r,
-            Err(Attempt::Retry(w)) => return Attempt::Retry(w),
-            Err(Attempt::Fail(e)) => return Attempt::Fail(e),
-            Err(Attempt::Done(())) => unreachable_done(),
+            Err(outcome) => return outcome,
         };
-        let status = resp.status();
-        if status != StatusCode::OK {
-            return self.status_outcome(status, "a download");
-        }
         let headers = resp.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
@@ -381,18 +386,12 @@ impl Shared {
         page: Option<&str>,
     ) -> Attempt<ListPage> {
         let url = self.settings.list_url(prefix, start, page);
-        let resp = match self.send(&url).await {
+        // A listing of a missing prefix is an empty page, never a 404; a 404 here means the
+        // bucket is missing.
+        let resp = match self.get_ok(&url, "a listing").await {
             Ok(r) => r,
-            Err(Attempt::Retry(w)) => return Attempt::Retry(w),
-            Err(Attempt::Fail(e)) => return Attempt::Fail(e),
-            Err(Attempt::Done(())) => unreachable_done(),
+            Err(outcome) => return outcome,
         };
-        let status = resp.status();
-        if status != StatusCode::OK {
-            // A listing of a missing prefix is an empty page, never a 404; 404 here means the
-            // bucket is missing.
-            return self.status_outcome(status, "a listing");
-        }
         let body = match http_body_util::Limited::new(resp.into_body(), 32 << 20)
             .collect()
             .await
@@ -408,10 +407,6 @@ impl Shared {
             ))),
         }
     }
-}
-
-fn unreachable_done() -> ! {
-    unreachable!("send never reports Done")
 }
 
 #[derive(Deserialize, Default)]
