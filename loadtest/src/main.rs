@@ -93,6 +93,17 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         stalled: usize,
     },
+    /// Handshakes + ticket checks per second: `count` upgrades over `concurrency` clients, a
+    /// share of them with a bad ticket; reports the rate, latency and statuses.
+    Connect {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Share of attempts with an unknown ticket (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.1)]
+        bad_share: f64,
+    },
     /// `get`s of the keys PREFIX0 .. PREFIX{count-1}, each key once (cold when nothing
     /// fetched it before), over `connections` connections, one request in flight each;
     /// reports bytes/s and per-get latency.
@@ -190,6 +201,11 @@ fn main() -> anyhow::Result<()> {
             &storage,
             (size, rate, count, duration),
         ),
+        Scenario::Connect {
+            count,
+            concurrency,
+            bad_share,
+        } => connect(&cli, threads, count, concurrency, bad_share),
         Scenario::Gets {
             prefix,
             suffix,
@@ -722,6 +738,118 @@ fn fanout(
         report["server_cpu_seconds"] = cpu.into();
         report["server_cpu_seconds_per_gb"] = (cpu / (bytes as f64 / 1e9)).into();
         report["server_rss_kib"] = a.rss_kib.into();
+    }
+    print_report(cli.json, &report);
+    Ok(())
+}
+
+fn connect(
+    cli: &Cli,
+    threads: usize,
+    count: usize,
+    concurrency: usize,
+    bad_share: f64,
+) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let statuses: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
+    let hist: Arc<Mutex<Histogram<u64>>> =
+        Arc::new(Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?));
+    let before = cli.server_pid.and_then(proc_sample);
+    let start = Instant::now();
+    let threads = threads.min(concurrency).max(1);
+    let per_thread = concurrency.div_ceil(threads);
+    let bad_every = if bad_share > 0.0 {
+        (1.0 / bad_share).round().max(1.0) as u64
+    } else {
+        0
+    };
+    let handles = {
+        let (next, statuses, hist) = (next.clone(), statuses.clone(), hist.clone());
+        let (addr, ticket) = (cli.addr.clone(), cli.ticket.clone());
+        run_threads(threads, move |t| {
+            let (next, statuses, hist) = (next.clone(), statuses.clone(), hist.clone());
+            let (addr, ticket) = (addr.clone(), ticket.clone());
+            async move {
+                let n = per_thread.min(concurrency.saturating_sub(t * per_thread));
+                let mut tasks = Vec::new();
+                for _ in 0..n {
+                    let (next, statuses, hist) = (next.clone(), statuses.clone(), hist.clone());
+                    let (addr, ticket) = (addr.clone(), ticket.clone());
+                    tasks.push(monoio::spawn(async move {
+                        let mut local =
+                            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+                        let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= count as u64 {
+                                break;
+                            }
+                            let bad = bad_every > 0 && i % bad_every == 0;
+                            let t = if bad {
+                                format!("unknown-{i}")
+                            } else {
+                                ticket.clone()
+                            };
+                            let began = Instant::now();
+                            let status = match open(&addr, &t).await {
+                                Ok((s, _)) => {
+                                    drop(s);
+                                    "101".to_string()
+                                }
+                                Err(e) => {
+                                    let e = e.to_string();
+                                    e.split_whitespace()
+                                        .find(|w| {
+                                            w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit())
+                                        })
+                                        .map_or_else(|| "error".to_string(), str::to_string)
+                                }
+                            };
+                            let _ = local.record(began.elapsed().as_micros().max(1) as u64);
+                            *seen.entry(status).or_default() += 1;
+                        }
+                        if let Ok(mut h) = hist.lock() {
+                            let _ = h.add(&local);
+                        }
+                        if let Ok(mut s) = statuses.lock() {
+                            for (k, v) in seen {
+                                *s.entry(k).or_default() += v;
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await;
+                }
+            }
+        })
+    };
+    for h in handles {
+        let _ = h.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = cli.server_pid.and_then(proc_sample);
+    let h = hist.lock().map_err(|_| anyhow::anyhow!("lock"))?.clone();
+    let statuses = statuses
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .clone();
+    let mut report = serde_json::json!({
+        "scenario": "connect",
+        "attempts": h.len(),
+        "seconds": elapsed,
+        "handshakes_per_s": h.len() as f64 / elapsed,
+        "statuses": statuses,
+        "handshake_ms": {
+            "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+        },
+    });
+    if let (Some(b), Some(a)) = (before, after) {
+        let cpu = a.cpu_s - b.cpu_s;
+        report["server_cpu_seconds"] = cpu.into();
+        report["server_cpu_us_per_handshake"] = (cpu * 1e6 / h.len().max(1) as f64).into();
     }
     print_report(cli.json, &report);
     Ok(())
