@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::DriverChoice;
-
 /// mediarelay: relays media segments from object storage to many WebSocket clients.
 #[derive(Parser, Debug)]
 #[command(name = "mediarelay", version, about, long_about = None)]
@@ -48,9 +46,9 @@ pub struct ServeArgs {
     /// Worker threads [default: number of CPUs].
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
-    /// io driver [default: auto].
-    #[arg(long, value_enum)]
-    pub driver: Option<DriverChoice>,
+    /// io driver: auto (io_uring, else epoll), uring or epoll [default: auto].
+    #[arg(long, value_name = "auto|uring|epoll")]
+    pub driver: Option<String>,
     /// Log level or tracing filter (error, warn, info, debug, trace) [default: info;
     /// RUST_LOG wins when set].
     #[arg(long, value_name = "LEVEL")]

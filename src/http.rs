@@ -106,7 +106,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         let head_only = method == "HEAD";
         match route {
             Route::Health => {
-                respond_maybe(&stream, 200, "text/plain", b"ok\n", keep_alive, head_only).await
+                respond_maybe(&stream, 200, "text/plain", b"ok", keep_alive, head_only).await
             }
             Route::Ready => {
                 let age = worker.shared.tickets.age().map(|d| d.as_secs_f64());

@@ -44,16 +44,9 @@ pub fn overrides(args: &ServeArgs) -> Vec<(&'static str, String)> {
     add("storage.url", &args.storage);
     add("tickets.url", &args.tickets);
     add("server.workers", &args.workers);
+    add("server.driver", &args.driver);
     add("log.level", &args.log_level);
     add("log.format", &args.log_format);
-    if let Some(d) = args.driver {
-        let name = match d {
-            mediarelay::config::DriverChoice::Auto => "auto",
-            mediarelay::config::DriverChoice::Uring => "uring",
-            mediarelay::config::DriverChoice::Epoll => "epoll",
-        };
-        o.push(("server.driver", name.to_string()));
-    }
     o
 }
 

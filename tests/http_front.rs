@@ -12,10 +12,7 @@ use support::*;
 fn health_ready_metrics_and_errors() {
     let r = Relay::start(&[]);
     for addr in [r.addr, r.admin] {
-        assert_eq!(
-            http_get(addr, "/healthz").unwrap(),
-            (200, "ok\n".to_string())
-        );
+        assert_eq!(http_get(addr, "/healthz").unwrap(), (200, "ok".to_string()));
         let (s, body) = http_get(addr, "/readyz").unwrap();
         assert_eq!(s, 200);
         assert!(body.contains("ready"));
@@ -89,6 +86,13 @@ fn silent_client_is_dropped_after_the_handshake_timeout() {
 
 #[test]
 fn bad_config_is_one_line_and_exit_2() {
+    let out = cli(&["serve", "--driver", "fast"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("server.driver") && err.trim().lines().count() == 1,
+        "{err}"
+    );
     let out = cli(&["serve", "--workers", "many"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
