@@ -93,6 +93,28 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         stalled: usize,
     },
+    /// VOD: `connections` clients each keeping `inflight` `get`s of random keys
+    /// (PREFIX{0..keys}SUFFIX) outstanding, until `count` replies or `duration` seconds.
+    Vod {
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 1)]
+        inflight: usize,
+        #[arg(long, default_value = "vod/bench/")]
+        prefix: String,
+        #[arg(long, default_value = ".bin")]
+        suffix: String,
+        /// Size of the key set.
+        #[arg(long, default_value_t = 100)]
+        keys: usize,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, default_value_t = 30.0)]
+        duration: f64,
+        /// Write the latency distribution (HdrHistogram percentiles, ms) here.
+        #[arg(long)]
+        hgrm: Option<PathBuf>,
+    },
     /// Handshakes + ticket checks per second: `count` upgrades over `concurrency` clients, a
     /// share of them with a bad ticket; reports the rate, latency and statuses.
     Connect {
@@ -206,6 +228,29 @@ fn main() -> anyhow::Result<()> {
             concurrency,
             bad_share,
         } => connect(&cli, threads, count, concurrency, bad_share),
+        Scenario::Vod {
+            connections,
+            inflight,
+            prefix,
+            suffix,
+            keys,
+            count,
+            duration,
+            hgrm,
+        } => vod(
+            &cli,
+            threads,
+            VodArgs {
+                connections,
+                inflight,
+                prefix,
+                suffix,
+                keys,
+                count,
+                duration,
+                hgrm,
+            },
+        ),
         Scenario::Gets {
             prefix,
             suffix,
@@ -738,6 +783,180 @@ fn fanout(
         report["server_cpu_seconds"] = cpu.into();
         report["server_cpu_seconds_per_gb"] = (cpu / (bytes as f64 / 1e9)).into();
         report["server_rss_kib"] = a.rss_kib.into();
+    }
+    print_report(cli.json, &report);
+    Ok(())
+}
+
+struct VodArgs {
+    connections: usize,
+    inflight: usize,
+    prefix: String,
+    suffix: String,
+    keys: usize,
+    count: u64,
+    duration: f64,
+    hgrm: Option<PathBuf>,
+}
+
+fn vod(cli: &Cli, threads: usize, a: VodArgs) -> anyhow::Result<()> {
+    let a = Arc::new(a);
+    let issued = Arc::new(AtomicU64::new(0));
+    let totals = Arc::new(Totals::default());
+    *totals.lag.lock().map_err(|_| anyhow::anyhow!("lock"))? =
+        Some(Histogram::new_with_bounds(1, 60_000_000, 3)?);
+    let errors = Arc::new(AtomicU64::new(0));
+    let threads = threads.min(a.connections).max(1);
+    let per_thread = a.connections.div_ceil(threads);
+    let before = cli.server_pid.and_then(proc_sample);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(a.duration);
+    let handles = {
+        let (issued, totals, errors, a) =
+            (issued.clone(), totals.clone(), errors.clone(), a.clone());
+        let (addr, ticket) = (cli.addr.clone(), cli.ticket.clone());
+        run_threads(threads, move |t| {
+            let (issued, totals, errors, a) =
+                (issued.clone(), totals.clone(), errors.clone(), a.clone());
+            let (addr, ticket) = (addr.clone(), ticket.clone());
+            async move {
+                let n = per_thread.min(a.connections.saturating_sub(t * per_thread));
+                let mut tasks = Vec::new();
+                for c in 0..n {
+                    let (issued, totals, errors, a) =
+                        (issued.clone(), totals.clone(), errors.clone(), a.clone());
+                    let (addr, ticket) = (addr.clone(), ticket.clone());
+                    tasks.push(monoio::spawn(async move {
+                        let Ok((mut s, rest)) = open(&addr, &ticket).await else {
+                            totals.failed.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        };
+                        // xorshift, seeded per connection
+                        let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((t * 7919 + c) as u64 + 1);
+                        let key_count = a.keys.max(1) as u64;
+                        let mut key = move || {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            (rng % key_count) as usize
+                        };
+                        let mut sent: std::collections::VecDeque<Instant> = Default::default();
+                        let mut fr = FrameReader::default();
+                        let mut seen = Vec::new();
+                        fr.feed(&rest, &mut seen);
+                        seen.clear();
+                        let mut hist =
+                            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
+                        let mut buf = Vec::with_capacity(256 * 1024);
+                        let mut id = 0u64;
+                        loop {
+                            // Top up to `inflight` outstanding requests.
+                            let mut out = Vec::new();
+                            while sent.len() < a.inflight
+                                && Instant::now() < deadline
+                                && issued.fetch_add(1, Ordering::Relaxed) < a.count
+                            {
+                                let msg = format!(
+                                    r#"{{"op":"get","id":{id},"key":"{}{}{}"}}"#,
+                                    a.prefix,
+                                    key(),
+                                    a.suffix
+                                );
+                                id += 1;
+                                out.extend_from_slice(&masked_text(&msg));
+                                sent.push_back(Instant::now());
+                            }
+                            if !out.is_empty() {
+                                let (r, _) = s.write_all(out).await;
+                                if r.is_err() {
+                                    break;
+                                }
+                            }
+                            if sent.is_empty() {
+                                break;
+                            }
+                            let (r, b) = s.read(buf).await;
+                            buf = b;
+                            let Ok(n) = r else { break };
+                            if n == 0 {
+                                break;
+                            }
+                            totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            fr.feed(&buf[..n], &mut seen);
+                            buf.clear();
+                            for ev in seen.drain(..) {
+                                let done = match ev {
+                                    Seen::Media { .. } => {
+                                        totals.segments.fetch_add(1, Ordering::Relaxed);
+                                        true
+                                    }
+                                    Seen::Text(t) => {
+                                        if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                                            eprintln!(
+                                                "error reply: {}",
+                                                String::from_utf8_lossy(&t)
+                                            );
+                                        }
+                                        true
+                                    }
+                                    Seen::Close(_) => false,
+                                };
+                                if done {
+                                    if let Some(t0) = sent.pop_front() {
+                                        let _ = hist.record(t0.elapsed().as_micros().max(1) as u64);
+                                    }
+                                }
+                            }
+                        }
+                        if let Ok(mut h) = totals.lag.lock() {
+                            if let Some(h) = h.as_mut() {
+                                let _ = h.add(&hist);
+                            }
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await;
+                }
+            }
+        })
+    };
+    for h in handles {
+        let _ = h.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let after = cli.server_pid.and_then(proc_sample);
+    let bytes = totals.bytes.load(Ordering::Relaxed);
+    let hist = totals.lag.lock().ok().and_then(|h| h.clone());
+    let replies = totals.segments.load(Ordering::Relaxed);
+    let mut report = serde_json::json!({
+        "scenario": "vod",
+        "connections": a.connections,
+        "inflight": a.inflight,
+        "gets": replies,
+        "errors": errors.load(Ordering::Relaxed),
+        "failed_connections": totals.failed.load(Ordering::Relaxed),
+        "seconds": elapsed,
+        "received_bytes": bytes,
+        "bytes_per_s": bytes as f64 / elapsed,
+        "gets_per_s": replies as f64 / elapsed,
+    });
+    if let Some(h) = &hist {
+        report["latency_ms"] = serde_json::json!({
+            "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
+            "p90": h.value_at_quantile(0.9) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "p999": h.value_at_quantile(0.999) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+        });
+        if let Some(path) = &a.hgrm {
+            write_hgrm(h, path)?;
+        }
+    }
+    if let (Some(b), Some(af)) = (before, after) {
+        let cpu = af.cpu_s - b.cpu_s;
+        report["server_cpu_seconds"] = cpu.into();
+        report["server_cpu_seconds_per_gb"] = (cpu / (bytes as f64 / 1e9)).into();
     }
     print_report(cli.json, &report);
     Ok(())
