@@ -249,15 +249,31 @@ fn main() -> anyhow::Result<()> {
                 count,
                 duration,
                 hgrm,
+                sequential: false,
             },
         ),
+        // `gets` is `vod` with one request in flight and every key taken once, in order.
         Scenario::Gets {
             prefix,
             suffix,
             count,
             connections,
             hgrm,
-        } => gets(&cli, threads, &prefix, &suffix, count, connections, hgrm),
+        } => vod(
+            &cli,
+            threads,
+            VodArgs {
+                connections,
+                inflight: 1,
+                prefix,
+                suffix,
+                keys: count,
+                count: count as u64,
+                duration: 24.0 * 3600.0,
+                hgrm,
+                sequential: true,
+            },
+        ),
     }
 }
 
@@ -797,6 +813,8 @@ struct VodArgs {
     count: u64,
     duration: f64,
     hgrm: Option<PathBuf>,
+    /// Take keys 0, 1, 2, ... (each once over all connections) instead of at random.
+    sequential: bool,
 }
 
 fn vod(cli: &Cli, threads: usize, a: VodArgs) -> anyhow::Result<()> {
@@ -852,15 +870,15 @@ fn vod(cli: &Cli, threads: usize, a: VodArgs) -> anyhow::Result<()> {
                         loop {
                             // Top up to `inflight` outstanding requests.
                             let mut out = Vec::new();
-                            while sent.len() < a.inflight
-                                && Instant::now() < deadline
-                                && issued.fetch_add(1, Ordering::Relaxed) < a.count
-                            {
+                            while sent.len() < a.inflight && Instant::now() < deadline {
+                                let i = issued.fetch_add(1, Ordering::Relaxed);
+                                if i >= a.count {
+                                    break;
+                                }
+                                let k = if a.sequential { i as usize } else { key() };
                                 let msg = format!(
-                                    r#"{{"op":"get","id":{id},"key":"{}{}{}"}}"#,
-                                    a.prefix,
-                                    key(),
-                                    a.suffix
+                                    r#"{{"op":"get","id":{id},"key":"{}{k}{}"}}"#,
+                                    a.prefix, a.suffix
                                 );
                                 id += 1;
                                 out.extend_from_slice(&masked_text(&msg));
@@ -930,7 +948,7 @@ fn vod(cli: &Cli, threads: usize, a: VodArgs) -> anyhow::Result<()> {
     let hist = totals.lag.lock().ok().and_then(|h| h.clone());
     let replies = totals.segments.load(Ordering::Relaxed);
     let mut report = serde_json::json!({
-        "scenario": "vod",
+        "scenario": if a.sequential { "gets" } else { "vod" },
         "connections": a.connections,
         "inflight": a.inflight,
         "gets": replies,
@@ -1069,150 +1087,6 @@ fn connect(
         let cpu = a.cpu_s - b.cpu_s;
         report["server_cpu_seconds"] = cpu.into();
         report["server_cpu_us_per_handshake"] = (cpu * 1e6 / h.len().max(1) as f64).into();
-    }
-    print_report(cli.json, &report);
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gets(
-    cli: &Cli,
-    threads: usize,
-    prefix: &str,
-    suffix: &str,
-    count: usize,
-    connections: usize,
-    hgrm: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let next = Arc::new(AtomicU64::new(0));
-    let totals = Arc::new(Totals::default());
-    *totals.lag.lock().map_err(|_| anyhow::anyhow!("lock"))? =
-        Some(Histogram::new_with_bounds(1, 60_000_000, 3)?);
-    let errors = Arc::new(AtomicU64::new(0));
-    let threads = threads.min(connections).max(1);
-    let per_thread = connections.div_ceil(threads);
-    let before = cli.server_pid.and_then(proc_sample);
-    let start = Instant::now();
-    let handles = {
-        let (next, totals, errors) = (next.clone(), totals.clone(), errors.clone());
-        let (addr, ticket, prefix, suffix) = (
-            cli.addr.clone(),
-            cli.ticket.clone(),
-            prefix.to_string(),
-            suffix.to_string(),
-        );
-        run_threads(threads, move |t| {
-            let (next, totals, errors) = (next.clone(), totals.clone(), errors.clone());
-            let (addr, ticket, prefix, suffix) =
-                (addr.clone(), ticket.clone(), prefix.clone(), suffix.clone());
-            async move {
-                let n = per_thread.min(connections.saturating_sub(t * per_thread));
-                let mut tasks = Vec::new();
-                for _ in 0..n {
-                    let (next, totals, errors) = (next.clone(), totals.clone(), errors.clone());
-                    let (addr, ticket, prefix, suffix) =
-                        (addr.clone(), ticket.clone(), prefix.clone(), suffix.clone());
-                    tasks.push(monoio::spawn(async move {
-                        let Ok((mut s, rest)) = open(&addr, &ticket).await else {
-                            totals.failed.fetch_add(1, Ordering::Relaxed);
-                            return;
-                        };
-                        let mut fr = FrameReader::default();
-                        let mut seen = Vec::new();
-                        fr.feed(&rest, &mut seen);
-                        seen.clear();
-                        let mut hist =
-                            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("hist");
-                        let mut buf = Vec::with_capacity(256 * 1024);
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                            if i >= count {
-                                break;
-                            }
-                            let msg =
-                                format!(r#"{{"op":"get","id":{i},"key":"{prefix}{i}{suffix}"}}"#);
-                            let sent = Instant::now();
-                            let (r, _) = s.write_all(masked_text(&msg)).await;
-                            if r.is_err() {
-                                break;
-                            }
-                            let mut done = false;
-                            while !done {
-                                let (r, b) = s.read(buf).await;
-                                buf = b;
-                                let Ok(n) = r else { return };
-                                if n == 0 {
-                                    return;
-                                }
-                                totals.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                                fr.feed(&buf[..n], &mut seen);
-                                buf.clear();
-                                for ev in seen.drain(..) {
-                                    match ev {
-                                        Seen::Media { .. } => {
-                                            totals.segments.fetch_add(1, Ordering::Relaxed);
-                                            done = true;
-                                        }
-                                        Seen::Text(t) => {
-                                            if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                                                eprintln!(
-                                                    "error reply: {}",
-                                                    String::from_utf8_lossy(&t)
-                                                );
-                                            }
-                                            done = true;
-                                        }
-                                        Seen::Close(_) => return,
-                                    }
-                                }
-                            }
-                            let _ = hist.record(sent.elapsed().as_micros().max(1) as u64);
-                        }
-                        if let Ok(mut h) = totals.lag.lock() {
-                            if let Some(h) = h.as_mut() {
-                                let _ = h.add(&hist);
-                            }
-                        }
-                    }));
-                }
-                for t in tasks {
-                    t.await;
-                }
-            }
-        })
-    };
-    for h in handles {
-        let _ = h.join();
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let after = cli.server_pid.and_then(proc_sample);
-    let bytes = totals.bytes.load(Ordering::Relaxed);
-    let hist = totals.lag.lock().ok().and_then(|h| h.clone());
-    let mut report = serde_json::json!({
-        "scenario": "gets",
-        "connections": connections,
-        "gets": totals.segments.load(Ordering::Relaxed),
-        "errors": errors.load(Ordering::Relaxed),
-        "seconds": elapsed,
-        "received_bytes": bytes,
-        "bytes_per_s": bytes as f64 / elapsed,
-        "gets_per_s": totals.segments.load(Ordering::Relaxed) as f64 / elapsed,
-    });
-    if let Some(h) = &hist {
-        report["latency_ms"] = serde_json::json!({
-            "p50": h.value_at_quantile(0.5) as f64 / 1000.0,
-            "p90": h.value_at_quantile(0.9) as f64 / 1000.0,
-            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max": h.max() as f64 / 1000.0,
-        });
-        if let Some(path) = hgrm {
-            write_hgrm(h, &path)?;
-        }
-    }
-    if let (Some(b), Some(a)) = (before, after) {
-        let cpu = a.cpu_s - b.cpu_s;
-        report["server_cpu_seconds"] = cpu.into();
-        report["server_cpu_seconds_per_gb"] = (cpu / (bytes as f64 / 1e9)).into();
     }
     print_report(cli.json, &report);
     Ok(())
