@@ -8,14 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::*;
 
-const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-
 fn upgrade(r: &Relay, auth: &str, query: &str) -> (u16, String) {
-    raw_http(
-        r.addr,
-        format!("GET /ws{query} HTTP/1.1\r\nHost: x\r\n{UPGRADE}{auth}\r\n").as_bytes(),
-    )
-    .unwrap()
+    raw_upgrade(r.addr, auth, query)
 }
 
 #[test]
@@ -24,14 +18,7 @@ fn refusals_before_upgrade() {
     let good = r.issue("live/*", &[]);
     let expired = r.issue("live/*", &["--ttl", "1s"]);
     let revoked = r.issue("live/*", &[]);
-    let out = cli(&[
-        "ticket",
-        "revoke",
-        "--tickets",
-        r.tickets().to_str().unwrap(),
-        &revoked,
-    ]);
-    assert!(out.status.success());
+    r.revoke(&[&revoked]);
     std::thread::sleep(Duration::from_millis(1500));
 
     assert_eq!(
@@ -123,18 +110,7 @@ fn revocation_closes_connected_clients_with_4401() {
     c.send(json!({"op":"subscribe","id":1,"stream":"live/x"}));
     assert_eq!(c.json()["op"], "subscribed");
     let start = Instant::now();
-    let out = cli(&[
-        "ticket",
-        "revoke",
-        "--tickets",
-        r.tickets().to_str().unwrap(),
-        &t,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    r.revoke(&[&t]);
     let (code, msgs) = c.close_code();
     assert_eq!(code, Some(4401));
     assert!(
@@ -174,19 +150,7 @@ fn revocation_by_id_and_expiry_while_connected() {
     };
     assert!(text.contains(&id), "{text}");
     let mut c2 = r.ws(&t2);
-    let out = cli(&[
-        "ticket",
-        "revoke",
-        "--tickets",
-        r.tickets().to_str().unwrap(),
-        "--id",
-        &id,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    r.revoke(&["--id", &id]);
     assert_eq!(c2.close_code().0, Some(4401));
 }
 
@@ -208,7 +172,6 @@ fn issue_prints_only_the_ticket() {
         "--max-connections",
         "3",
     ]);
-    assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1);
     assert_eq!(stdout.trim().len(), 43);

@@ -63,15 +63,7 @@ fn plant(fs: &FakeFirestore, n: usize) -> Vec<String> {
 }
 
 fn upgrade_status(r: &Relay, ticket: &str) -> u16 {
-    raw_http(
-        r.addr,
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {ticket}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap()
-    .0
+    raw_upgrade(r.addr, &format!("Authorization: Bearer {ticket}\r\n"), "").0
 }
 
 #[test]

@@ -184,6 +184,19 @@ impl Relay {
         t
     }
 
+    /// Revoke a ticket (or, with `--id`, an id) with the CLI.
+    pub fn revoke(&self, args: &[&str]) {
+        let tickets = self.tickets();
+        let mut all = vec!["ticket", "revoke", "--tickets", tickets.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = cli(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn ws(&self, ticket: &str) -> Client {
         Client::connect(self.addr, Some(ticket))
     }
@@ -286,6 +299,19 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16, Strin
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// A raw WebSocket upgrade request to `/ws{query}` with `extra` header lines (each ending in
+/// CRLF); returns (status, body).
+pub fn raw_upgrade(addr: SocketAddr, extra: &str, query: &str) -> (u16, String) {
+    raw_http(
+        addr,
+        format!(
+            "GET /ws{query} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap()
 }
 
 /// What a client received.
