@@ -3,8 +3,8 @@
 //!
 //! Each stream a client subscribes to gets one [`Stream`] per relay process, shared by all
 //! workers, and one poller task (on the worker that first asked) that lists the stream's
-//! prefix every `poll_interval`, fetches each new segment **once** through the cache, lays
-//! out its frame prefix once ([`Seg`]), and hands that one segment to every worker that has
+//! prefix every `poll_interval` (and at once when the origin reports a change), fetches
+//! each new segment **once** through the cache, lays out its frame prefix once ([`Seg`]), and hands that one segment to every worker that has
 //! subscribers ([`WorkerMsg::Segment`]). Each worker then queues the same buffers to its
 //! own subscribers ([`crate::conn`]), so a segment costs one origin read and one buffer
 //! however many viewers follow it. The poller stops when the stream has had no subscriber
@@ -278,7 +278,16 @@ impl Hub {
         let mut first = true;
         let mut idle_since: Option<Instant> = None;
         let mut failures = 0u32;
+        let origin = self.cache.origin().clone();
+        let mut changes = None;
         loop {
+            if changes.is_none() {
+                changes = origin.watch(&prefix);
+            }
+            // Listen before listing, so a change during the listing is not missed.
+            let changed = changes
+                .as_ref()
+                .map(|e: &Arc<event_listener::Event>| e.listen());
             match self
                 .discover(&stream, &prefix, &init, &mut last_seg_key, first)
                 .await
@@ -310,6 +319,8 @@ impl Hub {
                     let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
                     if stream.subscribers.load(Ordering::Acquire) == 0 {
                         streams.remove(&stream.name);
+                        drop(streams);
+                        origin.unwatch(&prefix);
                         tracing::debug!(stream = %stream.name, "stream released");
                         return;
                     }
@@ -319,7 +330,16 @@ impl Hub {
             }
             let every = Duration::from_millis(self.poll_ms.load(Ordering::Relaxed));
             let backoff = every * (1 << failures.min(5));
-            monoio::time::sleep(backoff).await;
+            match changed {
+                // Wake at the next change or poll, whichever comes first.
+                Some(changed) if failures == 0 => {
+                    monoio::select! {
+                        _ = monoio::time::sleep(backoff) => {}
+                        _ = changed => {}
+                    }
+                }
+                _ => monoio::time::sleep(backoff).await,
+            }
         }
     }
 

@@ -4,7 +4,8 @@
 //! ([`crate::sys::open_beneath`]), so nothing outside the root is ever opened, whatever
 //! symlinks the directory holds; sizes come from `statx` and bytes from `read` on the
 //! worker's io_uring (through monoio), straight into a pooled buffer. Directory listings
-//! (stream discovery) run on the blocking pool, never on a worker.
+//! (stream discovery) run on the blocking pool, never on a worker; inotify wakes discovery
+//! when a segment is renamed into a stream's directory ([`super::watch`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -173,6 +174,16 @@ pub fn content_type(key: &str) -> Option<&'static str> {
 impl Origin for FsOrigin {
     fn backend(&self) -> &'static str {
         "fs"
+    }
+
+    fn watch(&self, prefix: &str) -> Option<Arc<event_listener::Event>> {
+        super::watch::DirWatcher::get()?.watch(&self.root.join(prefix))
+    }
+
+    fn unwatch(&self, prefix: &str) {
+        if let Some(w) = super::watch::DirWatcher::get() {
+            w.unwatch(&self.root.join(prefix));
+        }
     }
 
     fn get<'a>(&'a self, key: &'a str, max_size: u64) -> OriginFuture<'a, Object> {

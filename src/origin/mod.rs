@@ -10,6 +10,7 @@
 
 pub mod fs;
 pub mod gcs;
+pub mod watch;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -132,6 +133,15 @@ pub trait Origin: Send + Sync + 'static {
 
     /// Whether the origin is usable (for `/readyz`); `Err` carries the reason.
     fn check_ready(&self) -> Result<(), String>;
+
+    /// A wake-up raised when objects may have appeared under `prefix` (a stream), where the
+    /// backend can tell (the local directory, through inotify). `None`: discovery polls.
+    fn watch(&self, _prefix: &str) -> Option<Arc<event_listener::Event>> {
+        None
+    }
+
+    /// Stop the wake-ups for `prefix`.
+    fn unwatch(&self, _prefix: &str) {}
 }
 
 /// Validate a client-supplied key per PROTOCOL.md: `/`-separated, at most 1024 bytes,

@@ -1,0 +1,150 @@
+//! Change wake-ups for the local-directory origin: one inotify instance per process and one
+//! thread blocked reading it, a watch per live stream directory (added by the stream's
+//! poller, removed when the stream is released). A segment renamed into place wakes the
+//! poller at once instead of at its next poll, so discovery does not batch segments up to
+//! `poll_interval` apart. Polling stays as the fallback (a directory that does not exist
+//! yet, inotify limits, network filesystems that send no events).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use event_listener::Event;
+use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
+
+/// The process's directory watcher.
+pub struct DirWatcher {
+    watches: Mutex<Watches>,
+    /// Watched directory -> its descriptor and the event its poller listens to.
+    by_dir: Mutex<HashMap<String, (WatchDescriptor, Arc<Event>)>>,
+    /// Descriptor -> event, read by the inotify thread.
+    by_wd: Arc<Mutex<HashMap<WatchDescriptor, Arc<Event>>>>,
+}
+
+impl DirWatcher {
+    /// The shared watcher, started on first use; `None` where inotify is unavailable.
+    pub fn get() -> Option<&'static DirWatcher> {
+        static WATCHER: OnceLock<Option<DirWatcher>> = OnceLock::new();
+        WATCHER
+            .get_or_init(|| match DirWatcher::start() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("inotify unavailable, stream discovery polls only: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    fn start() -> std::io::Result<DirWatcher> {
+        let mut inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        let by_wd: Arc<Mutex<HashMap<WatchDescriptor, Arc<Event>>>> = Arc::default();
+        let map = by_wd.clone();
+        std::thread::Builder::new()
+            .name("mediarelay-inotify".into())
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match inotify.read_events_blocking(&mut buf) {
+                        Ok(events) => {
+                            let map = map.lock().unwrap_or_else(|e| e.into_inner());
+                            for ev in events {
+                                if let Some(event) = map.get(&ev.wd) {
+                                    event.notify(usize::MAX);
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::warn!("inotify read failed, stream discovery polls only: {e}");
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(DirWatcher {
+            watches: Mutex::new(watches),
+            by_dir: Mutex::default(),
+            by_wd,
+        })
+    }
+
+    /// Wake-ups for files renamed into or written in `dir`; `None` if it cannot be watched
+    /// (yet: it may not exist).
+    pub fn watch(&self, dir: &Path) -> Option<Arc<Event>> {
+        let key = dir.to_string_lossy().into_owned();
+        let mut by_dir = self.by_dir.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, event)) = by_dir.get(&key) {
+            return Some(event.clone());
+        }
+        let mask = WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::ONLYDIR;
+        let wd = self
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(dir, mask)
+            .ok()?;
+        let event = Arc::new(Event::new());
+        self.by_wd
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(wd.clone(), event.clone());
+        by_dir.insert(key, (wd, event.clone()));
+        Some(event)
+    }
+
+    /// Stop watching `dir`.
+    pub fn unwatch(&self, dir: &Path) {
+        let key = dir.to_string_lossy().into_owned();
+        let removed = self
+            .by_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        if let Some((wd, _)) = removed {
+            self.by_wd
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&wd);
+            // Fails harmlessly if the directory is gone (the kernel dropped the watch).
+            let _ = self
+                .watches
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(wd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_listener::Listener;
+    use std::time::Duration;
+
+    #[test]
+    fn a_rename_into_a_watched_directory_wakes_the_listener() {
+        let Some(w) = DirWatcher::get() else {
+            return; // no inotify in this sandbox: polling covers it
+        };
+        let dir = std::env::temp_dir().join(format!("mediarelay-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let event = w.watch(&dir).expect("watch an existing directory");
+        let listener = event.listen();
+        std::fs::write(dir.join(".tmp"), b"x").unwrap();
+        std::fs::rename(dir.join(".tmp"), dir.join("seg-0000000001.bin")).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            listener.wait();
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "no wake-up"
+        );
+        w.unwatch(&dir);
+        assert!(w.watch(&dir.join("missing")).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
