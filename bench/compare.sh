@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark, one run on this machine, loopback only, every step bounded:
+#   mediarelay   vs  nginx (Debian, sendfile; vod over HTTP/1.1 keep-alive)
+#                    Node.js ws, uWebSockets.js, NestJS + socket.io (bench/peers/)
+#                    iperf3 over loopback (single stream and -P 4): the physical reference
+# Every configuration runs --runs times (default 3), servers alternating (the order
+# rotates each round), all driven by the same load client (mediarelay-load), each server
+# restarted at the start of every round. Writes raw reports to bench/results/ (one JSON
+# line per run) and the summary to bench/RESULTS.md (bench/summarize.py).
+#
+#   bench/compare.sh                 the full run (about 15 minutes on 2 cores)
+#   bench/compare.sh --quick         small N, one round, summary to bench/results/QUICK.md
+#   bench/compare.sh --runs 5 --only vod-1m,idle
+#
+# Installs what it needs: nginx-light and iperf3 from apt (when missing; needs root),
+# the peers' npm packages (npm ci in bench/peers), the release binaries (cargo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+runs=3 quick=0 only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=$2; shift 2 ;;
+    --quick) quick=1; runs=1; shift ;;
+    --only) only=$2; shift 2 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--only workload,...]" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "compare: $*" >&2; }
+
+# --- install ---------------------------------------------------------------------------
+if ! command -v nginx >/dev/null || ! command -v iperf3 >/dev/null; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  log "installing nginx-light and iperf3 (apt)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nginx-light iperf3 >/dev/null
+fi
+log "installing the peers' npm packages"
+(cd bench/peers && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+log "building release binaries"
+cargo build --release --workspace --locked 2>&1 | tail -1 >&2
+relay_bin=$root/target/release/mediarelay
+load_bin=$root/target/release/mediarelay-load
+
+# --- scratch: objects, ticket ----------------------------------------------------------
+work=$(mktemp -d /tmp/mediarelay-compare.XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+media=$work/media
+mkdir -p "$media/vod/large" "$media/vod/small" "$media/live"
+for i in $(seq 0 99); do
+  head -c 1048576 /dev/urandom >"$media/vod/large/$i.bin"
+  head -c 65536 /dev/urandom >"$media/vod/small/$i.bin"
+done
+chmod -R a+rX "$media"
+ticket=$("$relay_bin" ticket issue --tickets "$work/tickets.json" --uid bench --streams '*' --ttl 3h)
+echo "$ticket" >"$work/ticket"
+
+out_dir=$root/bench/results
+mkdir -p "$out_dir"
+if [ "$quick" = 1 ]; then raw=$out_dir/quick.jsonl; md=$out_dir/QUICK.md; else raw=$out_dir/runs.jsonl; md=$root/bench/RESULTS.md; fi
+: >"$raw"
+
+# --- servers ---------------------------------------------------------------------------
+# port per server; start_NAME sets server_pids (comma-separated) for --server-pid.
+declare -A port=([mediarelay]=18080 [nginx]=18081 [ws]=18082 [uws]=18083 [nest]=18084)
+declare -A server_pids
+
+wait_port() {
+  for _ in $(seq 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  log "nothing listens on $1"; return 1
+}
+
+start_mediarelay() {
+  MEDIARELAY_LOG_LEVEL=warn MEDIARELAY_AUTH_FAILURE_LIMIT=0 "$relay_bin" serve \
+    --listen "127.0.0.1:${port[mediarelay]}" --admin 127.0.0.1:19080 \
+    --storage "$media" --tickets "$work/tickets.json" &
+  pids+=($!); server_pids[mediarelay]=$!
+  wait_port "${port[mediarelay]}"
+}
+
+start_nginx() {
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log stderr error;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  tcp_nodelay on;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  open_file_cache max=1000 inactive=60s;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  default_type application/octet-stream;
+  server {
+    listen 127.0.0.1:${port[nginx]} reuseport;
+    root $media;
+  }
+}
+EOF
+  nginx -e stderr -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+  local master=$!
+  pids+=($master)
+  wait_port "${port[nginx]}"
+  server_pids[nginx]=$(echo "$master" $(pgrep -P "$master") | tr ' ' ',')
+}
+
+start_node() { # name script
+  node "bench/peers/$2" --port "${port[$1]}" --storage "$media" --tickets "$work/tickets.json" >/dev/null &
+  pids+=($!); server_pids[$1]=$!
+  wait_port "${port[$1]}"
+}
+start_ws() { start_node ws ws-server.js; }
+start_uws() { start_node uws uws-server.js; }
+start_nest() { start_node nest nest-server.js; }
+
+stop_all() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+
+# --- workloads -------------------------------------------------------------------------
+if [ "$quick" = 1 ]; then
+  subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 connect_n=2000 mixed_subs=100 iperf_t=1
+else
+  subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 connect_n=20000 mixed_subs=900 iperf_t=5
+fi
+proto_of() { [ "$1" = nest ] && echo socketio || echo relay; }
+
+# run_load WORKLOAD SERVER RUN ARGS...: one load run, its JSON report appended to $raw.
+run_load() {
+  local workload=$1 server=$2 run=$3; shift 3
+  local report
+  log "round $run: $workload on $server"
+  if report=$(timeout 300 "$load_bin" --addr "127.0.0.1:${port[$server]}" --ticket-file "$work/ticket" \
+      --proto "$(proto_of "$server")" --server-pid "${server_pids[$server]}" --json "$@" 2>"$work/load.err"); then
+    printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","report":%s}\n' \
+      "$workload" "$server" "$run" "$*" "$report" >>"$raw"
+  else
+    log "$workload on $server failed: $(tail -3 "$work/load.err")"
+    printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","error":true}\n' "$workload" "$server" "$run" "$*" >>"$raw"
+  fi
+}
+
+wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+
+rotate() { # round list... -> the list rotated by round
+  local r=$1; shift
+  local a=("$@") n=$#
+  for ((i = 0; i < n; i++)); do echo "${a[$(((i + r) % n))]}"; done
+}
+
+ws_servers=(mediarelay uws ws nest)
+vod_servers=(mediarelay nginx uws ws nest)
+
+for run in $(seq 1 "$runs"); do
+  max_bps=""
+  stop_all
+  for s in mediarelay nginx ws uws nest; do "start_$s"; done
+  # Warm every cache: each object once.
+  for s in "${ws_servers[@]}"; do
+    for p in large small; do
+      "$load_bin" --addr "127.0.0.1:${port[$s]}" --ticket-file "$work/ticket" --proto "$(proto_of "$s")" \
+        gets --prefix "vod/$p/" --count 100 --connections 4 >/dev/null 2>&1 || log "warm-up of $s failed"
+    done
+  done
+  if wanted idle; then
+    for s in $(rotate "$run" "${ws_servers[@]}"); do
+      run_load idle "$s" "$run" idle --connections "$idle_n" --hold 2
+    done
+  fi
+  for w in vod-1m vod-64k; do
+    wanted "$w" || continue
+    prefix=vod/large/; [ "$w" = vod-64k ] && prefix=vod/small/
+    for s in $(rotate "$run" "${vod_servers[@]}"); do
+      http=(); [ "$s" = nginx ] && http=(--http)
+      run_load "$w" "$s" "$run" vod --connections 100 --inflight 2 --prefix "$prefix" --keys 100 \
+        --count "$vod_count" --duration 20 "${http[@]}"
+    done
+  done
+  for w in fanout-64k fanout-1m; do
+    wanted "$w" || continue
+    if [ "$w" = fanout-64k ]; then size=65536 rate=50 count=$fan64_count; else size=1048576 rate=20 count=$fan1m_count; fi
+    for s in $(rotate "$run" "${ws_servers[@]}"); do
+      run_load "$w" "$s" "$run" fanout --subscribers "$subs" --storage "$media" --stream "live/$w-$s-$run" \
+        --size "$size" --rate "$rate" --count "$count" --duration 60
+      if [ "$w" = fanout-64k ] && [ "$s" = mediarelay ]; then
+        max_bps=$(tail -1 "$raw" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("report",{}).get("received_bytes_per_s",""))')
+      fi
+    done
+  done
+  if wanted fanout-half && [ -n "$max_bps" ]; then
+    # Half of the maximum: the 64 KiB fan-out above asks for more than the machine delivers,
+    # so what mediarelay delivered there is its maximum; run at half of that rate.
+    half=$(python3 -c "print(round($max_bps / 2 / ($subs * 65536), 1))")
+    run_load fanout-half mediarelay "$run" fanout --subscribers "$subs" --storage "$media" \
+      --stream "live/half-$run" --size 65536 --rate "$half" --count "$fan64_count" --duration 60
+  fi
+  if wanted mixed; then
+    for s in $(rotate "$run" "${ws_servers[@]}"); do
+      run_load mixed "$s" "$run" mixed --subscribers "$mixed_subs" --slow 50 --stalled 50 \
+        --storage "$media" --stream "live/mixed-$s-$run" --size 65536 --rate 25 --count "$fan64_count" --duration 60
+    done
+  fi
+  if wanted connect; then
+    for s in $(rotate "$run" "${ws_servers[@]}"); do
+      run_load connect "$s" "$run" connect --count "$connect_n" --concurrency 64 --bad-share 0.1
+    done
+  fi
+  if wanted iperf3; then
+    for p in 1 4; do
+      iperf3 -s -B 127.0.0.1 -p 15201 -1 >/dev/null 2>&1 &
+      sleep 0.3
+      if r=$(iperf3 -c 127.0.0.1 -p 15201 -t "$iperf_t" -P "$p" -J 2>/dev/null); then
+        bps=$(echo "$r" | python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
+        printf '{"workload":"iperf3-P%s","server":"iperf3","run":%s,"args":"-c 127.0.0.1 -t %s -P %s","report":{"received_bytes_per_s":%s}}\n' \
+          "$p" "$run" "$iperf_t" "$p" "$(python3 -c "print($bps/8)")" >>"$raw"
+      fi
+    done
+  fi
+done
+stop_all
+
+machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
+versions="mediarelay $(git describe --always --dirty 2>/dev/null || echo '?'), nginx $(nginx -v 2>&1 | cut -d/ -f2), node $(node --version), iperf3 $(iperf3 --version | head -1 | awk '{print $2}')"
+python3 bench/summarize.py "$raw" "$md" --machine "$machine" --versions "$versions" --runs "$runs" --quick "$quick"
+log "wrote $md (raw reports: $raw)"
+failed=$(grep -c '"error":true' "$raw" || true)
+if [ "$failed" -gt 0 ]; then
+  log "$failed load runs failed (see above)"
+  [ "$quick" = 1 ] && exit 1
+fi

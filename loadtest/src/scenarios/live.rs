@@ -1,0 +1,490 @@
+//! `fanout` and `mixed`: subscribers on live streams while a producer writes segments into
+//! the server's storage directory (temporary name, then rename: what an uploader does).
+//!
+//! `fanout`: N subscribers on S streams; segments of `--size` bytes at `--rate` per second
+//! (`--rate 0`: the next segment as soon as every subscriber has the previous one).
+//! `mixed`: the same with slow readers (each reading at most `--slow-rate` bytes/s) and
+//! stalled ones (never reading) beside the normal ones; the report says whether the normal
+//! ones got every segment, nothing skipped, nothing closed.
+//!
+//! Reports delivered bytes/s and messages/s, the delivery lag from each segment's meta `ts`
+//! (p50 .. max), handshake latency, `skipped` messages, errors and close codes by kind, and
+//! with `--server-pid` the server's CPU seconds per GB delivered.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use serde_json::{json, Value};
+
+use super::{run_threads, share, Kinds};
+use crate::report::{add_server_cpu, histogram, percentiles_ms, round, write_hgrm, Progress};
+use crate::wire::{classify, masked_text, Msg, Seen, Target};
+use crate::Common;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    #[arg(long, default_value_t = 100)]
+    pub subscribers: usize,
+    /// Stream name (with --streams S > 1: NAME-0 .. NAME-{S-1}).
+    #[arg(long, default_value = "live/load")]
+    pub stream: String,
+    /// Number of live streams; subscriber i follows stream i % S.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+    /// The server's storage directory (the producer writes segments there).
+    #[arg(long)]
+    pub storage: PathBuf,
+    /// Segment size in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub size: usize,
+    /// Segments per second per stream (0: each as soon as every normal subscriber has the
+    /// previous one).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Segments to write per stream.
+    #[arg(long, default_value_t = 100)]
+    pub count: u64,
+    /// Upper bound of the whole run (seconds).
+    #[arg(long, default_value_t = 120.0)]
+    pub duration: f64,
+    /// Extra subscribers that never read (stalled viewers).
+    #[arg(long, default_value_t = 0)]
+    pub stalled: usize,
+    /// Write the lag distribution (HdrHistogram percentiles, ms) here.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub live: Args,
+    /// Slow readers among the subscribers.
+    #[arg(long, default_value_t = 10)]
+    pub slow: usize,
+    /// Bytes per second each slow reader takes.
+    #[arg(long, default_value_t = 256 << 10)]
+    pub slow_rate: u64,
+}
+
+/// What one class of subscribers (normal or slow) saw.
+struct Class {
+    connected: AtomicU64,
+    failed: AtomicU64,
+    subscribed: AtomicU64,
+    bytes: AtomicU64,
+    segments: AtomicU64,
+    skipped: AtomicU64,
+    closes: Kinds,
+    errors: Kinds,
+    lag: Mutex<Histogram<u64>>,
+}
+
+impl Class {
+    fn new() -> Class {
+        Class {
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            subscribed: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            segments: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            closes: Kinds::default(),
+            errors: Kinds::default(),
+            lag: Mutex::new(histogram()),
+        }
+    }
+
+    fn json(&self, expected: u64) -> Value {
+        let lag = self
+            .lag
+            .lock()
+            .map(|h| percentiles_ms(&h))
+            .unwrap_or_default();
+        json!({
+            "subscribers": self.subscribed.load(Ordering::Relaxed),
+            "failed_connections": self.failed.load(Ordering::Relaxed),
+            "segments_delivered": self.segments.load(Ordering::Relaxed),
+            "segments_expected": expected,
+            "received_bytes": self.bytes.load(Ordering::Relaxed),
+            "skipped_messages": self.skipped.load(Ordering::Relaxed),
+            "errors": self.errors.json(),
+            "closes": self.closes.json(),
+            "lag_ms": lag,
+        })
+    }
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn stream_name(a: &Args, i: usize) -> String {
+    if a.streams <= 1 {
+        a.stream.clone()
+    } else {
+        format!("{}-{i}", a.stream)
+    }
+}
+
+struct Shared {
+    target: Target,
+    args: Args,
+    normal: Class,
+    slow: Class,
+    handshakes: Mutex<Histogram<u64>>,
+    stop: AtomicBool,
+    last_delivery: AtomicU64,
+    slow_rate: u64,
+}
+
+pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Value> {
+    let (slow, slow_rate) = mixed.as_ref().map_or((0, 0), |m| (m.slow, m.slow_rate));
+    let normal_n = a.subscribers;
+    let sh = Arc::new(Shared {
+        target: c.target.clone(),
+        args: a.clone(),
+        normal: Class::new(),
+        slow: Class::new(),
+        handshakes: Mutex::new(histogram()),
+        stop: AtomicBool::new(false),
+        last_delivery: AtomicU64::new(0),
+        slow_rate,
+    });
+    let threads = c.threads;
+    let handles = {
+        let sh = sh.clone();
+        run_threads(threads, move |t| {
+            let sh = sh.clone();
+            async move {
+                let a = &sh.args;
+                let mut tasks = Vec::new();
+                let (n, first) = share(normal_n, threads, t);
+                for i in first..first + n {
+                    tasks.push(monoio::spawn(subscriber(sh.clone(), i, false)));
+                }
+                let (n, first) = share(slow, threads, t);
+                for i in first..first + n {
+                    tasks.push(monoio::spawn(subscriber(sh.clone(), normal_n + i, true)));
+                }
+                // Stalled viewers: subscribe, then never read.
+                let mut held = Vec::new();
+                let (n, first) = share(a.stalled, threads, t);
+                for i in first..first + n {
+                    if let Ok(mut ws) = sh.target.open().await {
+                        let sub = sh
+                            .target
+                            .subscribe(1, &stream_name(a, i % a.streams.max(1)));
+                        let (r, _) = ws.s.write_all(sub).await;
+                        if r.is_ok() {
+                            held.push(ws);
+                        }
+                    }
+                }
+                for t in tasks {
+                    t.await;
+                }
+                drop(held);
+            }
+        })
+    };
+
+    // Wait for every subscriber (bounded), then produce.
+    let t0 = Instant::now();
+    let ready =
+        |cl: &Class| cl.subscribed.load(Ordering::Relaxed) + cl.failed.load(Ordering::Relaxed);
+    while (ready(&sh.normal) < normal_n as u64 || ready(&sh.slow) < slow as u64)
+        && t0.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let normal_subs = sh.normal.subscribed.load(Ordering::Relaxed);
+    eprintln!(
+        "{} subscribers ready ({} slow, {} failed) in {:.1}s",
+        normal_subs + sh.slow.subscribed.load(Ordering::Relaxed),
+        sh.slow.subscribed.load(Ordering::Relaxed),
+        sh.normal.failed.load(Ordering::Relaxed) + sh.slow.failed.load(Ordering::Relaxed),
+        t0.elapsed().as_secs_f64()
+    );
+    let streams = a.streams.max(1);
+    let dirs: Vec<PathBuf> = (0..streams)
+        .map(|i| a.storage.join(stream_name(&a, i)))
+        .collect();
+    let mut firsts = Vec::new();
+    for d in &dirs {
+        std::fs::create_dir_all(d)?;
+        firsts.push(next_seq(d));
+    }
+    let before = c.server.sample();
+    let start = Instant::now();
+    let start_us = now_micros();
+    let deadline = start + Duration::from_secs_f64(a.duration);
+    let produced = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let (sh, produced) = (sh.clone(), produced.clone());
+        let total = a.count;
+        Progress::start(move || {
+            let p = produced.load(Ordering::Relaxed);
+            let got = sh.normal.segments.load(Ordering::Relaxed);
+            let bytes =
+                sh.normal.bytes.load(Ordering::Relaxed) + sh.slow.bytes.load(Ordering::Relaxed);
+            let secs = start.elapsed().as_secs_f64();
+            let p99 = sh
+                .normal
+                .lag
+                .lock()
+                .map(|h| h.value_at_quantile(0.99) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            (
+                Some(p as f64 / total.max(1) as f64),
+                format!(
+                    "produced {p}/{total}  delivered {got}  {}  skipped {}  lag p99 {p99:.1} ms",
+                    crate::report::si(bytes as f64 / secs, "B/s"),
+                    sh.normal.skipped.load(Ordering::Relaxed)
+                        + sh.slow.skipped.load(Ordering::Relaxed),
+                ),
+            )
+        })
+    };
+    let interval = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
+    let mut payload = vec![0u8; a.size.max(8)];
+    payload.truncate(a.size);
+    for i in 0..a.count {
+        if Instant::now() > deadline {
+            break;
+        }
+        if a.rate > 0.0 {
+            let due = start + interval.mul_f64(i as f64);
+            if let Some(w) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(w);
+            }
+        } else {
+            // As fast as the normal subscribers take them.
+            let want = i * normal_subs;
+            while sh.normal.segments.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        for (d, first) in dirs.iter().zip(&firsts) {
+            let seq = first + i;
+            if payload.len() >= 8 {
+                payload[..8].copy_from_slice(&seq.to_be_bytes());
+            }
+            let tmp = d.join(format!(".seg-{seq:010}.tmp"));
+            std::fs::write(&tmp, &payload)?;
+            std::fs::rename(&tmp, d.join(format!("seg-{seq:010}.bin")))?;
+        }
+        produced.fetch_add(1, Ordering::Relaxed);
+    }
+    let count = produced.load(Ordering::Relaxed);
+    // Wait until the normal subscribers have everything produced, or nothing more has
+    // arrived for a second (segments were skipped), or the deadline.
+    let expected = count * normal_subs;
+    let mut last_seen = (sh.normal.segments.load(Ordering::Relaxed), Instant::now());
+    while sh.normal.segments.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        let n = sh.normal.segments.load(Ordering::Relaxed);
+        if n != last_seen.0 {
+            last_seen = (n, Instant::now());
+        } else if last_seen.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+    }
+    let after = c.server.sample();
+    // Throughput over the delivery period: first segment written to last one received.
+    let last = sh.last_delivery.load(Ordering::Relaxed);
+    let elapsed = if last > start_us {
+        (last - start_us) as f64 / 1e6
+    } else {
+        start.elapsed().as_secs_f64()
+    };
+    sh.stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    drop(progress);
+
+    let bytes = sh.normal.bytes.load(Ordering::Relaxed) + sh.slow.bytes.load(Ordering::Relaxed);
+    let messages =
+        sh.normal.segments.load(Ordering::Relaxed) + sh.slow.segments.load(Ordering::Relaxed);
+    let normal = sh.normal.json(expected);
+    let mut report = json!({
+        "scenario": if mixed.is_some() { "mixed" } else { "fanout" },
+        "streams": streams,
+        "subscribers": normal_subs,
+        "segment_size": a.size,
+        "rate_per_s": a.rate,
+        "segments_produced": count,
+        "seconds": round(elapsed, 3),
+        "received_bytes": bytes,
+        "received_bytes_per_s": round(bytes as f64 / elapsed, 0),
+        "received_gbit_per_s": round(bytes as f64 * 8.0 / elapsed / 1e9, 3),
+        "segments_per_s": round(messages as f64 / elapsed, 1),
+    });
+    for k in [
+        "segments_delivered",
+        "segments_expected",
+        "skipped_messages",
+        "errors",
+        "closes",
+        "lag_ms",
+    ] {
+        report[k] = normal[k].clone();
+    }
+    if let Ok(h) = sh.handshakes.lock() {
+        report["handshake_ms"] = percentiles_ms(&h);
+    }
+    if let Some(m) = &mixed {
+        let slow_json = sh.slow.json(0);
+        report["slow"] = json!({
+            "subscribers": slow_json["subscribers"],
+            "read_bytes_per_s_each": m.slow_rate,
+            "segments_delivered": slow_json["segments_delivered"],
+            "skipped_messages": slow_json["skipped_messages"],
+            "closes": slow_json["closes"],
+            "errors": slow_json["errors"],
+        });
+        report["stalled_subscribers"] = a.stalled.into();
+        let unaffected = sh.normal.segments.load(Ordering::Relaxed) == expected
+            && sh.normal.skipped.load(Ordering::Relaxed) == 0
+            && sh.normal.closes.total() == 0
+            && sh.normal.errors.total() == 0;
+        report["normal_unaffected"] = unaffected.into();
+    } else if a.stalled > 0 {
+        report["stalled_subscribers"] = a.stalled.into();
+    }
+    add_server_cpu(&mut report, before, after, bytes);
+    if let Some(path) = &a.hgrm {
+        if let Ok(h) = sh.normal.lag.lock() {
+            write_hgrm(&h, path)?;
+        }
+    }
+    Ok(report)
+}
+
+/// One subscriber: open, subscribe, read until told to stop; a slow one reads at most
+/// `slow_rate` bytes per second.
+async fn subscriber(sh: Arc<Shared>, i: usize, slow: bool) {
+    let class = if slow { &sh.slow } else { &sh.normal };
+    let began = Instant::now();
+    let mut ws = match sh.target.open().await {
+        Ok(ws) => ws,
+        Err(e) => {
+            if class.failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                eprintln!("subscriber: {e}");
+            }
+            return;
+        }
+    };
+    if let Ok(mut h) = sh.handshakes.lock() {
+        let _ = h.record(began.elapsed().as_micros().max(1) as u64);
+    }
+    class.connected.fetch_add(1, Ordering::Relaxed);
+    let a = &sh.args;
+    let sub = sh
+        .target
+        .subscribe(1, &stream_name(a, i % a.streams.max(1)));
+    let (r, _) = ws.s.write_all(sub).await;
+    if r.is_err() {
+        class.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let mut lags = histogram();
+    let mut closes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    class.bytes.fetch_add(ws.received, Ordering::Relaxed);
+    // A slow reader takes `slow_rate / 20` bytes every 50 ms.
+    let chunk = if slow {
+        (sh.slow_rate / 20).max(1) as usize
+    } else {
+        256 << 10
+    };
+    let mut buf = Vec::with_capacity(chunk);
+    let mut events = std::mem::take(&mut ws.pending);
+    'read: loop {
+        for ev in events.drain(..) {
+            match ev {
+                Seen::Media { ts } => {
+                    let now = now_micros();
+                    let _ = lags.record(now.saturating_sub(ts).max(1));
+                    // Merge now and then, so the progress line sees the lag as it goes.
+                    if lags.len() >= 32 {
+                        if let Ok(mut h) = class.lag.lock() {
+                            let _ = h.add(&lags);
+                        }
+                        lags.reset();
+                    }
+                    class.segments.fetch_add(1, Ordering::Relaxed);
+                    if !slow {
+                        sh.last_delivery.store(now, Ordering::Relaxed);
+                    }
+                }
+                Seen::Text(t) => match classify(&t) {
+                    Msg::Subscribed => {
+                        class.subscribed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Msg::Skipped => {
+                        class.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Msg::Error(code) => *errors.entry(code).or_default() += 1,
+                    Msg::Ping => {
+                        let (r, _) = ws.s.write_all(masked_text("3")).await;
+                        if r.is_err() {
+                            break 'read;
+                        }
+                    }
+                    Msg::Closing | Msg::Other => {}
+                },
+                Seen::Close(code) => *closes.entry(code.to_string()).or_default() += 1,
+            }
+        }
+        if sh.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if slow {
+            monoio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Wait for data with a timeout (cancel-safe: nothing is consumed), then read
+        // without one: cancelling an in-flight io_uring read could lose bytes.
+        let ready = monoio::time::timeout(Duration::from_millis(200), ws.s.readable(false)).await;
+        if ready.is_err() {
+            continue;
+        }
+        let (r, b) = ws.s.read(buf).await;
+        buf = b;
+        let Ok(n) = r else { break };
+        if n == 0 {
+            break;
+        }
+        class.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        ws.fr.feed(&buf[..n], &mut events);
+        buf.clear();
+    }
+    if let Ok(mut h) = class.lag.lock() {
+        let _ = h.add(&lags);
+    }
+    class.closes.add_all(closes);
+    class.errors.add_all(errors);
+}
+
+/// The next free sequence number in a stream directory.
+fn next_seq(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            n.strip_prefix("seg-")?.get(..10)?.parse::<u64>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+        + 1
+}
