@@ -241,6 +241,7 @@ pub fn run(
     reload: Option<(flume::Receiver<()>, crate::Reloader)>,
 ) -> anyhow::Result<()> {
     let n = config.worker_count();
+    ensure_unshared(config.server.listen)?;
     let mut inboxes = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..n {
@@ -443,9 +444,32 @@ fn worker_thread(
     rt.block_on(worker_main(index, shared, inbox, ready))
 }
 
-fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// The workers' public listeners share one address through `SO_REUSEPORT`, which would also
+/// let a second relay process (a stale one, a typo in a unit file) join the group and
+/// silently take a share of the connections. Binding once without `SO_REUSEPORT` first
+/// fails with "address in use" exactly when any other socket holds the address.
+fn ensure_unshared(addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(anyhow::anyhow!(
+            "cannot listen on {addr}: the address is in use (is another relay running?)"
+        )),
+        Err(e) => Err(anyhow::anyhow!("cannot listen on {addr}: {e}")),
+    }
+}
+
+/// A worker's public listener: one per worker on the same address (`SO_REUSEPORT`), the
+/// kernel spreading connections over them; or, `shared == false`, the admin listener, which
+/// no other socket may share.
+fn listen(addr: SocketAddr, backlog: u32, shared: bool) -> std::io::Result<TcpListener> {
     let opts = ListenerOpts::new()
-        .reuse_port(true)
+        .reuse_port(shared)
         .reuse_addr(true)
         .backlog(backlog.min(i32::MAX as u32) as i32);
     TcpListener::bind_with_config(addr, &opts)
@@ -459,11 +483,11 @@ async fn worker_main(
 ) -> anyhow::Result<()> {
     let config = shared.config();
     let cfg = &config.server;
-    let public = listen(cfg.listen, cfg.backlog)
+    let public = listen(cfg.listen, cfg.backlog, true)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let admin = if index == 0 {
         Some(
-            listen(cfg.admin, 128)
+            listen(cfg.admin, 128, false)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin))?,
         )
     } else {

@@ -227,3 +227,39 @@ fn prometheus_scrapes_what_the_traffic_did() {
     let _ = prom.kill();
     let _ = prom.wait();
 }
+
+#[test]
+fn a_second_relay_on_the_same_address_is_refused() {
+    let first = Relay::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |listen: String, admin: String| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mediarelay"))
+            .args(["serve", "--listen", &listen, "--admin", &admin])
+            .arg("--storage")
+            .arg(dir.path().join("media"))
+            .arg("--tickets")
+            .arg(dir.path().join("tickets.json"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Same public address: SO_REUSEPORT would let it in; the relay refuses.
+    let free = format!("127.0.0.1:{}", free_port());
+    let (code, err) = run(first.addr.to_string(), free.clone());
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("address is in use"), "{err}");
+    // Same admin address.
+    let (code, err) = run(
+        format!("127.0.0.1:{}", free_port()),
+        first.admin.to_string(),
+    );
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains(&first.admin.to_string()), "{err}");
+    // The first relay still serves every connection.
+    let t = first.issue("*", &[]);
+    let clients: Vec<Client> = (0..20).map(|_| first.ws(&t)).collect();
+    assert_eq!(clients.len(), 20);
+}
