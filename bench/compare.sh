@@ -82,6 +82,16 @@ wait_port() {
   log "nothing listens on $1"; return 1
 }
 
+# Refuse to start if anything already listens on a benchmark port: with SO_REUSEPORT a
+# leftover server could silently share the port and take part of the load.
+ensure_free() {
+  for p in "${port[@]}" 19080 15201; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      log "127.0.0.1:$p is already in use: stop whatever listens there first"; exit 1
+    fi
+  done
+}
+
 start_mediarelay() {
   MEDIARELAY_LOG_LEVEL=warn MEDIARELAY_AUTH_FAILURE_LIMIT=0 "$relay_bin" serve \
     --listen "127.0.0.1:${port[mediarelay]}" --admin 127.0.0.1:19080 \
@@ -176,6 +186,7 @@ vod_servers=(mediarelay nginx uws ws nest)
 for run in $(seq 1 "$runs"); do
   max_bps=""
   stop_all
+  ensure_free
   for s in mediarelay nginx ws uws nest; do "start_$s"; done
   # Warm every cache: each object once.
   for s in "${ws_servers[@]}"; do
