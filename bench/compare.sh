@@ -151,11 +151,19 @@ stop_all() {
 
 # --- workloads -------------------------------------------------------------------------
 if [ "$quick" = 1 ]; then
-  subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 connect_n=2000 mixed_subs=100 iperf_t=1
+  subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 connect_n=2000 mixed_subs=100 iperf_t=1 loop_mb=256
 else
-  subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 connect_n=20000 mixed_subs=900 iperf_t=5
+  subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 connect_n=20000 mixed_subs=900 iperf_t=5 loop_mb=2048
 fi
 proto_of() { [ "$1" = nest ] && echo socketio || echo relay; }
+
+# alive SERVER: every process of SERVER still runs (a server that died mid-run fails it).
+alive() {
+  local p
+  for p in ${server_pids[$1]//,/ }; do
+    kill -0 "$p" 2>/dev/null || { echo "$1 exited during the run" >>"$work/load.err"; return 1; }
+  done
+}
 
 # run_load WORKLOAD SERVER RUN ARGS...: one load run, its JSON report appended to $raw.
 run_load() {
@@ -163,7 +171,8 @@ run_load() {
   local report
   log "round $run: $workload on $server"
   if report=$(timeout 300 "$load_bin" --addr "127.0.0.1:${port[$server]}" --ticket-file "$work/ticket" \
-      --proto "$(proto_of "$server")" --server-pid "${server_pids[$server]}" --json "$@" 2>"$work/load.err"); then
+      --proto "$(proto_of "$server")" --server-pid "${server_pids[$server]}" --json "$@" 2>"$work/load.err") \
+      && alive "$server"; then
     printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","report":%s}\n' \
       "$workload" "$server" "$run" "$*" "$report" >>"$raw"
   else
@@ -248,6 +257,12 @@ for run in $(seq 1 "$runs"); do
           "$p" "$run" "$iperf_t" "$p" "$(python3 -c "print($bps/8)")" >>"$raw"
       fi
     done
+  fi
+  if wanted loopback; then
+    # The kernel's own cost per GB through one loopback connection, by send, sendfile and
+    # MSG_ZEROCOPY: the floor under every server's CPU-s/GB above.
+    python3 bench/loopback_copy.py --size 1048576 --total-mb "$loop_mb" --run "$run" >>"$raw" \
+      || log "loopback_copy.py failed"
   fi
 done
 stop_all

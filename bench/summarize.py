@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-SERVERS = ["mediarelay", "nginx", "uws", "ws", "nest", "iperf3"]
+SERVERS = ["mediarelay", "nginx", "uws", "ws", "nest", "iperf3", "send", "sendfile", "zerocopy"]
 NAMES = {
     "mediarelay": "mediarelay",
     "nginx": "nginx (sendfile, HTTP/1.1)",
@@ -20,6 +20,9 @@ NAMES = {
     "ws": "Node.js ws",
     "nest": "NestJS + socket.io",
     "iperf3": "iperf3",
+    "send": "send(2), copied",
+    "sendfile": "sendfile(2) from a memfd",
+    "zerocopy": "send(2) with MSG_ZEROCOPY",
 }
 
 # workload -> (title, [(metric path, label, unit scale, lower is better)])
@@ -41,6 +44,8 @@ WORKLOADS = {
         ("server_cpu_seconds_per_gb", "server CPU-s/GB", 1, True),
         ("lag_ms.p50", "lag p50 ms", 1, True),
         ("lag_ms.p99", "lag p99 ms", 1, True),
+        ("e2e_lag_ms.p50", "end-to-end lag p50 ms", 1, True),
+        ("e2e_lag_ms.p99", "end-to-end lag p99 ms", 1, True),
         ("delivered_share", "segments delivered", 1, False),
         ("server_rss_kib", "server RSS MiB", 1 / 1024, True),
     ]),
@@ -49,6 +54,8 @@ WORKLOADS = {
         ("server_cpu_seconds_per_gb", "server CPU-s/GB", 1, True),
         ("lag_ms.p50", "lag p50 ms", 1, True),
         ("lag_ms.p99", "lag p99 ms", 1, True),
+        ("e2e_lag_ms.p50", "end-to-end lag p50 ms", 1, True),
+        ("e2e_lag_ms.p99", "end-to-end lag p99 ms", 1, True),
         ("delivered_share", "segments delivered", 1, False),
         ("server_rss_kib", "server RSS MiB", 1 / 1024, True),
     ]),
@@ -58,11 +65,13 @@ WORKLOADS = {
         ("server_cpu_seconds_per_gb", "server CPU-s/GB", 1, True),
         ("lag_ms.p50", "lag p50 ms", 1, True),
         ("lag_ms.p99", "lag p99 ms", 1, True),
+        ("e2e_lag_ms.p99", "end-to-end lag p99 ms", 1, True),
     ]),
     "mixed": ("mixed, 900 normal + 50 slow (256 KiB/s) + 50 stalled subscribers, 64 KiB at 25/s", [
         ("normal_unaffected", "normal unaffected (share of runs)", 1, False),
         ("delivered_share", "normal: segments delivered", 1, False),
         ("lag_ms.p99", "normal: lag p99 ms", 1, True),
+        ("e2e_lag_ms.p99", "normal: end-to-end lag p99 ms", 1, True),
         ("server_cpu_seconds_per_gb", "server CPU-s/GB", 1, True),
         ("slow.skipped_messages", "slow: skipped messages", 1, False),
         ("server_rss_kib", "server RSS MiB", 1 / 1024, True),
@@ -74,10 +83,15 @@ WORKLOADS = {
     "connect": ("connect: upgrades with ticket check, 64 concurrent, 10% bad tickets", [
         ("handshakes_per_s", "handshakes/s", 1, False),
         ("server_cpu_us_per_handshake", "server CPU us/handshake", 1, True),
+        ("client_cpu_us_per_handshake", "load client CPU us/handshake", 1, True),
         ("handshake_ms.p99", "handshake p99 ms", 1, True),
     ]),
     "iperf3-P1": ("iperf3 over loopback, one stream", [("received_bytes_per_s", "GB/s", 1e-9, False)]),
     "iperf3-P4": ("iperf3 over loopback, -P 4", [("received_bytes_per_s", "GB/s", 1e-9, False)]),
+    "loopback-1m": ("the kernel's cost of one loopback connection, 1 MiB writes (bench/loopback_copy.py)", [
+        ("received_bytes_per_s", "GB/s", 1e-9, False),
+        ("server_cpu_seconds_per_gb", "sender CPU-s/GB", 1, True),
+    ]),
 }
 
 
@@ -153,7 +167,11 @@ def main():
     w("driven by the same load client (`mediarelay-load`) on the same machine, over loopback.")
     w("CPU-s/GB is the server's own CPU (utime + stime of its processes, from /proc) per GB the")
     w("client received; the load client shares the machine, so throughput alone may measure the")
-    w("client. Ratios are peer / mediarelay.\n")
+    w("client. Ratios are peer / mediarelay. Delivery lag is the client's clock at the last byte")
+    w("of a segment minus the meta `ts` the server stamped when it had the segment ready to send")
+    w("(PROTOCOL.md); end-to-end lag starts instead when the load client's producer renamed the")
+    w("segment into the storage directory, so it also counts the server's discovery, its read of")
+    w("the file, and any backlog it holds before stamping `ts`.\n")
     w(f"- Machine: {a.machine}")
     w(f"- Versions: {a.versions}")
     w("- Servers: mediarelay with its defaults (8 MiB send queue, 512 MiB cache), the peers in")
@@ -185,10 +203,18 @@ def main():
             fail = f" ({failures[(workload, s)]} failed runs)" if failures.get((workload, s)) else ""
             w(f"| {NAMES.get(s, s)}{fail} | " + " | ".join(cells) + " |")
         w("")
-        w("Commands (`mediarelay-load --addr 127.0.0.1:PORT --ticket-file T --server-pid PIDS --json` plus):\n")
+        reference = workload.startswith(("iperf3", "loopback"))
+        if reference:
+            w("Commands:\n")
+        else:
+            w("Commands (`mediarelay-load --addr 127.0.0.1:PORT --ticket-file T --server-pid PIDS --json` plus):\n")
         for s in servers:
             if (workload, s) in args:
-                w(f"- {NAMES.get(s, s)}: `{args[(workload, s)]}`")
+                cmd = args[(workload, s)]
+                if workload.startswith("iperf3"):
+                    w(f"- {NAMES.get(s, s)}: `iperf3 {cmd}` (server: `iperf3 -s -B 127.0.0.1 -1`)")
+                else:
+                    w(f"- {NAMES.get(s, s)}: `{cmd}`")
         w("")
 
     # Targets.

@@ -24,6 +24,8 @@ const server = http.createServer((req, res) => {
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 4096 });
 
 server.on('upgrade', (req, socket, head) => {
+  // Until `ws` owns the socket, its errors (a client resetting a refused upgrade) are ours.
+  socket.on('error', () => socket.destroy());
   if (!req.url.startsWith('/ws') || !c.ticketOk(tickets, req.headers.authorization, req.url)) {
     socket.end('HTTP/1.1 401 Unauthorized\r\ncontent-length: 26\r\n\r\n{"error":"ticket_invalid"}');
     return;

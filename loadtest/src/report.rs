@@ -61,6 +61,11 @@ impl Server {
     }
 }
 
+/// This process's own CPU seconds (the load client's), to show when it is the bottleneck.
+pub fn own_cpu_s() -> Option<f64> {
+    proc_sample(std::process::id()).map(|s| s.cpu_s)
+}
+
 fn proc_sample(pid: u32) -> Option<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;

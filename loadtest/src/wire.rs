@@ -7,6 +7,7 @@
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use std::os::fd::AsRawFd;
 
 /// Which dialect the server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +73,7 @@ impl Target {
             if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                 if !head.starts_with(b"HTTP/1.1 101") {
                     let line = String::from_utf8_lossy(&head[..head.len().min(80)]).to_string();
+                    linger_zero(&s);
                     anyhow::bail!("upgrade refused: {line}");
                 }
                 break head.split_off(p + 4);
@@ -99,6 +101,28 @@ impl Target {
     }
 }
 
+/// Makes closing `s` send a reset (SO_LINGER 0) instead of a FIN, so the client's side
+/// leaves no TIME_WAIT socket behind. A handshake-rate run opens tens of thousands of
+/// connections from one address; with FIN closes the kernel's ephemeral-port search in
+/// `connect()` walks their TIME_WAIT sockets and becomes most of the client's CPU.
+pub fn linger_zero(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is this stream's open socket for the duration of the call, and the
+    // option value is a properly sized, initialised `linger`.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 /// An upgraded connection: the socket, its frame reader and frames parsed but not yet
 /// handed out.
 pub struct Ws {
@@ -110,6 +134,11 @@ pub struct Ws {
 }
 
 impl Ws {
+    /// Close with a reset instead of a FIN (see [`linger_zero`]).
+    pub fn reset(self) {
+        linger_zero(&self.s);
+    }
+
     async fn wait_text(&mut self, want: impl Fn(&[u8]) -> bool) -> anyhow::Result<()> {
         let mut buf = Vec::with_capacity(4096);
         loop {
@@ -178,7 +207,9 @@ pub fn classify(text: &[u8]) -> Msg {
     } else if has(b"\"closing\"") {
         Msg::Closing
     } else if has(b"\"error\"") || has(b"\"error_reply\"") {
-        let code = serde_json::from_slice::<serde_json::Value>(text)
+        // socket.io frames carry the Engine.IO/socket.io packet types ("42") before the JSON.
+        let json_start = text.iter().position(|b| !b.is_ascii_digit()).unwrap_or(0);
+        let code = serde_json::from_slice::<serde_json::Value>(&text[json_start..])
             .ok()
             .and_then(|v| {
                 // socket.io: ["error_reply", {...}]; relay: {...}
@@ -195,9 +226,10 @@ pub fn classify(text: &[u8]) -> Msg {
 /// A server frame, as far as a load client cares.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Seen {
-    /// A binary media frame; `ts` from its meta (0 when absent).
+    /// A binary media frame; `ts` and `seq` from its meta (0 when absent).
     Media {
         ts: u64,
+        seq: u64,
     },
     Text(Vec<u8>),
     Close(u16),
@@ -291,12 +323,18 @@ impl FrameReader {
         self.in_frame = false;
         match self.opcode {
             2 => {
-                let ts = (self.start.len() > 4)
+                let meta = (self.start.len() > 4)
                     .then(|| serde_json::from_slice::<serde_json::Value>(&self.start[4..]).ok())
-                    .flatten()
-                    .and_then(|m| m.get("ts").and_then(|v| v.as_u64()))
-                    .unwrap_or(0);
-                out.push(Seen::Media { ts });
+                    .flatten();
+                let field = |k: &str| {
+                    meta.as_ref()
+                        .and_then(|m| m.get(k).and_then(|v| v.as_u64()))
+                        .unwrap_or(0)
+                };
+                out.push(Seen::Media {
+                    ts: field("ts"),
+                    seq: field("seq"),
+                });
             }
             1 => out.push(Seen::Text(std::mem::take(&mut self.start))),
             8 => {
@@ -394,7 +432,7 @@ mod tests {
     }
 
     fn media(ts: u64, size: usize) -> Vec<u8> {
-        let meta = format!(r#"{{"stream":"s","seq":1,"key":"k","size":{size},"ts":{ts}}}"#);
+        let meta = format!(r#"{{"stream":"s","seq":{ts},"key":"k","size":{size},"ts":{ts}}}"#);
         let mut p = (meta.len() as u32).to_be_bytes().to_vec();
         p.extend_from_slice(meta.as_bytes());
         p.resize(p.len() + size, 7);
@@ -411,9 +449,9 @@ mod tests {
         wire.extend(media(43, 0));
         wire.extend(server_frame(8, &4408u16.to_be_bytes()));
         let want = vec![
-            Seen::Media { ts: 42 },
+            Seen::Media { ts: 42, seq: 42 },
             Seen::Text(br#"{"op":"skipped","stream":"s","from":1,"to":2}"#.to_vec()),
-            Seen::Media { ts: 43 },
+            Seen::Media { ts: 43, seq: 43 },
             Seen::Close(4408),
         ];
         for chunk in [1, 3, 7, 4096, wire.len()] {

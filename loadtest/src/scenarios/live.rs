@@ -8,13 +8,16 @@
 //! ones got every segment, nothing skipped, nothing closed.
 //!
 //! Reports delivered bytes/s and messages/s, the delivery lag from each segment's meta `ts`
-//! (p50 .. max), handshake latency, `skipped` messages, errors and close codes by kind, and
+//! (p50 .. max; the server's clock starts when it has the segment ready to send), the
+//! end-to-end lag from the moment the producer renamed the segment into place (what a viewer
+//! sees: it includes the server's discovery and fetch, and any backlog it holds before it
+//! stamps `ts`), handshake latency, `skipped` messages, errors and close codes by kind, and
 //! with `--server-pid` the server's CPU seconds per GB delivered.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -83,6 +86,8 @@ struct Class {
     closes: Kinds,
     errors: Kinds,
     lag: Mutex<Histogram<u64>>,
+    /// Lag from the producer's rename to the last byte received.
+    e2e: Mutex<Histogram<u64>>,
 }
 
 impl Class {
@@ -97,12 +102,28 @@ impl Class {
             closes: Kinds::default(),
             errors: Kinds::default(),
             lag: Mutex::new(histogram()),
+            e2e: Mutex::new(histogram()),
+        }
+    }
+
+    /// Adds a subscriber's local histograms to the class's, and empties them.
+    fn merge(&self, lag: &mut Histogram<u64>, e2e: &mut Histogram<u64>) {
+        for (mine, local) in [(&self.lag, lag), (&self.e2e, e2e)] {
+            if let Ok(mut h) = mine.lock() {
+                let _ = h.add(&*local);
+            }
+            local.reset();
         }
     }
 
     fn json(&self, expected: u64) -> Value {
         let lag = self
             .lag
+            .lock()
+            .map(|h| percentiles_ms(&h))
+            .unwrap_or_default();
+        let e2e = self
+            .e2e
             .lock()
             .map(|h| percentiles_ms(&h))
             .unwrap_or_default();
@@ -116,6 +137,7 @@ impl Class {
             "errors": self.errors.json(),
             "closes": self.closes.json(),
             "lag_ms": lag,
+            "e2e_lag_ms": e2e,
         })
     }
 }
@@ -143,6 +165,27 @@ struct Shared {
     stop: AtomicBool,
     last_delivery: AtomicU64,
     slow_rate: u64,
+    /// Per stream, the first sequence number the producer writes.
+    firsts: OnceLock<Vec<u64>>,
+    /// Unix microseconds at which segment `firsts[s] + i` of stream `s` was renamed into
+    /// place, at `s * count + i` (0 until then).
+    written: Vec<AtomicU64>,
+}
+
+impl Shared {
+    /// When the producer renamed segment `seq` of stream `s` into place (None for a segment
+    /// it did not write in this run).
+    fn written_at(&self, s: usize, seq: u64) -> Option<u64> {
+        let first = self.firsts.get()?.get(s)?;
+        let i = seq.checked_sub(*first)?;
+        if i >= self.args.count {
+            return None;
+        }
+        let at = self
+            .written
+            .get(s * self.args.count as usize + i as usize)?;
+        Some(at.load(Ordering::Relaxed)).filter(|&w| w > 0)
+    }
 }
 
 pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Value> {
@@ -157,6 +200,10 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
         stop: AtomicBool::new(false),
         last_delivery: AtomicU64::new(0),
         slow_rate,
+        firsts: OnceLock::new(),
+        written: (0..a.streams.max(1) as u64 * a.count)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
     });
     let threads = c.threads;
     let handles = {
@@ -222,6 +269,7 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
         std::fs::create_dir_all(d)?;
         firsts.push(next_seq(d));
     }
+    let _ = sh.firsts.set(firsts.clone());
     let before = c.server.sample();
     let start = Instant::now();
     let start_us = now_micros();
@@ -272,13 +320,15 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
-        for (d, first) in dirs.iter().zip(&firsts) {
+        for (s, (d, first)) in dirs.iter().zip(&firsts).enumerate() {
             let seq = first + i;
             if payload.len() >= 8 {
                 payload[..8].copy_from_slice(&seq.to_be_bytes());
             }
             let tmp = d.join(format!(".seg-{seq:010}.tmp"));
             std::fs::write(&tmp, &payload)?;
+            // Stamped just before the segment becomes visible, so no delivery precedes it.
+            sh.written[s * a.count as usize + i as usize].store(now_micros(), Ordering::Relaxed);
             std::fs::rename(&tmp, d.join(format!("seg-{seq:010}.bin")))?;
         }
         produced.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +385,7 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
         "errors",
         "closes",
         "lag_ms",
+        "e2e_lag_ms",
     ] {
         report[k] = normal[k].clone();
     }
@@ -397,6 +448,8 @@ async fn subscriber(sh: Arc<Shared>, i: usize, slow: bool) {
         return;
     }
     let mut lags = histogram();
+    let mut e2e = histogram();
+    let stream_ix = i % a.streams.max(1);
     let mut closes: BTreeMap<String, u64> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     class.bytes.fetch_add(ws.received, Ordering::Relaxed);
@@ -411,15 +464,15 @@ async fn subscriber(sh: Arc<Shared>, i: usize, slow: bool) {
     'read: loop {
         for ev in events.drain(..) {
             match ev {
-                Seen::Media { ts } => {
+                Seen::Media { ts, seq } => {
                     let now = now_micros();
                     let _ = lags.record(now.saturating_sub(ts).max(1));
+                    if let Some(w) = sh.written_at(stream_ix, seq) {
+                        let _ = e2e.record(now.saturating_sub(w).max(1));
+                    }
                     // Merge now and then, so the progress line sees the lag as it goes.
                     if lags.len() >= 32 {
-                        if let Ok(mut h) = class.lag.lock() {
-                            let _ = h.add(&lags);
-                        }
-                        lags.reset();
+                        class.merge(&mut lags, &mut e2e);
                     }
                     class.segments.fetch_add(1, Ordering::Relaxed);
                     if !slow {
@@ -467,9 +520,7 @@ async fn subscriber(sh: Arc<Shared>, i: usize, slow: bool) {
         ws.fr.feed(&buf[..n], &mut events);
         buf.clear();
     }
-    if let Ok(mut h) = class.lag.lock() {
-        let _ = h.add(&lags);
-    }
+    class.merge(&mut lags, &mut e2e);
     class.closes.add_all(closes);
     class.errors.add_all(errors);
 }
