@@ -7,7 +7,7 @@
 //!  origin (fs dir / GCS)            control plane (control)
 //!        │ one read per segment           │ ticket file → snapshot swap
 //!        ▼                                ▼
-//!  cache (LRU + single-flight) ◄── hub (one poller per stream) ──► worker inboxes
+//!  cache (LRU + single-flight) ◄── hub (a poller per stream, own thread) ──► worker inboxes
 //!        │  pooled buffer → Bytes           (one Seg, shared)          │
 //!        ▼                                                              ▼
 //!  conn (per connection: send queue of shared Bytes, writev) ◄── worker (monoio runtime,

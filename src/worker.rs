@@ -273,6 +273,21 @@ pub fn run(
         workers: n,
     });
     let pool = monoio::blocking::DefaultThreadPool::new(2);
+    // The live streams' pollers get a runtime of their own, so discovery and origin fetches
+    // keep up with the live edge however busy the workers are with sending.
+    let hub_thread = {
+        let (hub, streams, pool) = (hub.clone(), hub.route_pollers(), pool.clone());
+        let driver = shared.config().server.driver;
+        std::thread::Builder::new()
+            .name("hub".into())
+            .spawn(move || {
+                let main = crate::hub::run_pollers(hub.clone(), streams);
+                if let Err(e) = block_on(driver, &pool, false, |_| {}, main) {
+                    tracing::error!("live streams' thread: {e}");
+                    hub.stop_pollers();
+                }
+            })?
+    };
     let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();
     let mut threads = Vec::new();
     for (index, inbox) in receivers.into_iter().enumerate() {
@@ -331,6 +346,8 @@ pub fn run(
     for t in threads {
         let _ = t.join();
     }
+    hub.stop_pollers();
+    let _ = hub_thread.join();
     match failed {
         Some(e) => Err(anyhow::anyhow!(e)),
         None => Ok(()),
@@ -410,7 +427,28 @@ fn worker_thread(
     pool: monoio::blocking::DefaultThreadPool,
     ready: &flume::Sender<Result<(), String>>,
 ) -> anyhow::Result<()> {
-    let choice = shared.config().server.driver;
+    let driver = shared.config().server.driver;
+    let metrics = shared.metrics.clone();
+    let main = worker_main(index, shared, inbox, ready);
+    let on_driver = |name: &'static str| {
+        let _ = metrics.drivers[index].set(name);
+        if index == 0 {
+            tracing::info!("io driver: {name}");
+        }
+    };
+    block_on(driver, &pool, index == 0, on_driver, main)?
+}
+
+/// Run `main` to completion on a new monoio runtime of the configured driver: io_uring, or
+/// epoll where io_uring cannot be set up and the configuration allows it. `on_driver` hears
+/// which one before `main` starts; `loud` logs the fallback.
+fn block_on<F: std::future::Future>(
+    choice: DriverChoice,
+    pool: &monoio::blocking::DefaultThreadPool,
+    loud: bool,
+    on_driver: impl FnOnce(&'static str),
+    main: F,
+) -> anyhow::Result<F::Output> {
     if choice != DriverChoice::Epoll {
         let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
@@ -419,14 +457,11 @@ fn worker_thread(
             .build();
         match built {
             Ok(mut rt) => {
-                let _ = shared.metrics.drivers[index].set("io_uring");
-                if index == 0 {
-                    tracing::info!("io driver: io_uring");
-                }
-                return rt.block_on(worker_main(index, shared, inbox, ready));
+                on_driver("io_uring");
+                return Ok(rt.block_on(main));
             }
             Err(e) if choice == DriverChoice::Auto => {
-                if index == 0 {
+                if loud {
                     tracing::warn!("io_uring unavailable ({e}); falling back to epoll");
                 }
             }
@@ -435,13 +470,10 @@ fn worker_thread(
     }
     let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
-        .attach_thread_pool(Box::new(pool))
+        .attach_thread_pool(Box::new(pool.clone()))
         .build()?;
-    let _ = shared.metrics.drivers[index].set("epoll");
-    if index == 0 {
-        tracing::info!("io driver: epoll");
-    }
-    rt.block_on(worker_main(index, shared, inbox, ready))
+    on_driver("epoll");
+    Ok(rt.block_on(main))
 }
 
 /// The workers' public listeners share one address through `SO_REUSEPORT`, which would also
