@@ -555,7 +555,15 @@ async fn worker_main(
     });
     while let Ok(msg) = inbox.recv_async().await {
         match msg {
-            WorkerMsg::Segment(stream, seg) => worker.deliver(&stream, &seg),
+            WorkerMsg::Segment(stream, seg) => {
+                worker.deliver(&stream, &seg);
+                // With more segments waiting (a listing found several at once), let the
+                // connections start writing this one first: queued behind the next, it
+                // could be dropped for room even for viewers that keep up.
+                if !inbox.is_empty() {
+                    yield_once().await;
+                }
+            }
             WorkerMsg::Drain => break,
         }
     }
@@ -609,4 +617,19 @@ async fn accept_error(e: std::io::Error) {
     // Out of descriptors or memory: back off instead of spinning.
     tracing::warn!("accept failed: {e}");
     monoio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Let every other ready task run once before this one goes on (monoio 0.2 has no public
+/// `yield_now`): wake ourselves and return `Pending` once.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
 }

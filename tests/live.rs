@@ -135,8 +135,11 @@ fn concurrent_cold_gets_read_the_origin_once() {
 /// segment in order; a stalled one is closed with 4408.
 #[test]
 fn slow_consumers() {
+    // Room for two 256 KiB segments with their heads: the stream's directory does not exist
+    // when the relay starts watching it, so the first listing may find segments 1 and 2
+    // together, and a burst must not make the fast reader skip.
     let r = Relay::start(&[
-        ("MEDIARELAY_SEND_QUEUE", "512KiB"),
+        ("MEDIARELAY_SEND_QUEUE", "640KiB"),
         ("MEDIARELAY_STALL_TIMEOUT", "2s"),
     ]);
     let s = "live/fast";
