@@ -259,8 +259,8 @@ for run in $(seq 1 "$runs"); do
     done
   fi
   if wanted loopback; then
-    # The kernel's own cost per GB through one loopback connection, by send, sendfile and
-    # MSG_ZEROCOPY: the floor under every server's CPU-s/GB above.
+    # The kernel's own cost per GB of send(2) through one loopback connection: the floor
+    # under the CPU-s/GB of every server above that copies with send/writev.
     python3 bench/loopback_copy.py --size 1048576 --total-mb "$loop_mb" --run "$run" >>"$raw" \
       || log "loopback_copy.py failed"
   fi

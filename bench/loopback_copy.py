@@ -1,18 +1,16 @@
 #!/usr/bin/env python3
-"""The kernel's own cost of pushing bytes through one loopback TCP connection, by the three
-ways a server can hand it a buffer: send(2) (the kernel copies the bytes into its socket
-buffers), sendfile(2) from a memfd (page references, no copy on the sending side) and
-send(2) with MSG_ZEROCOPY (user pages pinned and referenced).
-
-One sender process, one receiver process draining into a reused buffer; the figure is the
-sender's CPU seconds (user + system, from os.times()) per GB received, the same measure
+"""The kernel's own cost of pushing bytes through one loopback TCP connection with send(2):
+one sender process writing the same buffer over and over (the kernel copies it into its
+socket buffers each time), one receiver process draining into a reused buffer. The figure
+is the sender's CPU seconds (user + system, from os.times()) per GB received, the measure
 bench/compare.sh reports for the servers. On loopback the receiving side's TCP processing
 runs in the sender's context (softirq), so this is the floor for any server on this machine
-that writes each byte once: what is left of a server's CPU-s/GB above it is the server's own.
+that hands the kernel each byte with a copying send: what is left of a server's CPU-s/GB
+above it is the server's own.
 
     python3 bench/loopback_copy.py --size 1048576 --total-mb 2048 --run 1
 
-prints one JSON line per way, in bench/compare.sh's raw-report format.
+prints one JSON line in bench/compare.sh's raw-report format.
 """
 import argparse
 import json
@@ -20,9 +18,6 @@ import multiprocessing as mp
 import os
 import socket
 import time
-
-MSG_ZEROCOPY = 0x4000000
-SO_ZEROCOPY = 60
 
 
 def drain(port, ready):
@@ -37,50 +32,20 @@ def drain(port, ready):
         pass
 
 
-def reap_zerocopy(sock, block=False):
-    """Reads MSG_ZEROCOPY completion notifications off the error queue."""
-    flags = socket.MSG_ERRQUEUE | (0 if block else socket.MSG_DONTWAIT)
-    try:
-        while True:
-            sock.recvmsg(1, 4096, flags)
-            flags |= socket.MSG_DONTWAIT
-    except OSError:
-        pass
-
-
-def measure(way, size, count, port):
+def measure(size, count, port):
     ready = mp.Queue()
     rx = mp.Process(target=drain, args=(port, ready))
     rx.start()
     ready.get()
     sock = socket.create_connection(("127.0.0.1", port))
     data = os.urandom(size)
-    mfd = os.memfd_create("segment")
-    os.write(mfd, data)
-    if way == "zerocopy":
-        sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
     t0, w0 = os.times(), time.monotonic()
-    for i in range(count):
-        off = 0
-        if way == "send":
-            sock.sendall(data)
-        elif way == "sendfile":
-            while off < size:
-                off += os.sendfile(sock.fileno(), mfd, off, size - off)
-        else:
-            view = memoryview(data)
-            while off < size:
-                try:
-                    off += sock.send(view[off:], MSG_ZEROCOPY)
-                except OSError:  # ENOBUFS: too many notifications pending
-                    reap_zerocopy(sock, block=True)
-            if i % 8 == 0:
-                reap_zerocopy(sock)
+    for _ in range(count):
+        sock.sendall(data)
     sock.shutdown(socket.SHUT_WR)
     rx.join()
     t1, w1 = os.times(), time.monotonic()
     sock.close()
-    os.close(mfd)
     gb = size * count / 1e9
     user, system = t1.user - t0.user, t1.system - t0.system
     return {
@@ -94,21 +59,20 @@ def measure(way, size, count, port):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=1 << 20, help="bytes per write")
-    ap.add_argument("--total-mb", type=int, default=2048, help="MiB per way")
+    ap.add_argument("--total-mb", type=int, default=2048, help="MiB to send")
     ap.add_argument("--run", type=int, default=1, help="round number for the report")
     ap.add_argument("--port", type=int, default=15301)
     a = ap.parse_args()
     count = max(1, (a.total_mb << 20) // a.size)
     workload = f"loopback-{a.size >> 10}k" if a.size < (1 << 20) else f"loopback-{a.size >> 20}m"
-    for i, way in enumerate(["send", "sendfile", "zerocopy"]):
-        report = measure(way, a.size, count, a.port + i)
-        print(json.dumps({
-            "workload": workload,
-            "server": way,
-            "run": a.run,
-            "args": f"python3 bench/loopback_copy.py --size {a.size} --total-mb {a.total_mb}",
-            "report": report,
-        }), flush=True)
+    report = measure(a.size, count, a.port)
+    print(json.dumps({
+        "workload": workload,
+        "server": "send",
+        "run": a.run,
+        "args": f"python3 bench/loopback_copy.py --size {a.size} --total-mb {a.total_mb}",
+        "report": report,
+    }), flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-SERVERS = ["mediarelay", "nginx", "uws", "ws", "nest", "iperf3", "send", "sendfile", "zerocopy"]
+SERVERS = ["mediarelay", "nginx", "uws", "ws", "nest", "iperf3", "send"]
 NAMES = {
     "mediarelay": "mediarelay",
     "nginx": "nginx (sendfile, HTTP/1.1)",
@@ -20,9 +20,7 @@ NAMES = {
     "ws": "Node.js ws",
     "nest": "NestJS + socket.io",
     "iperf3": "iperf3",
-    "send": "send(2), copied",
-    "sendfile": "sendfile(2) from a memfd",
-    "zerocopy": "send(2) with MSG_ZEROCOPY",
+    "send": "send(2) in a loop",
 }
 
 # workload -> (title, [(metric path, label, unit scale, lower is better)])
@@ -88,7 +86,7 @@ WORKLOADS = {
     ]),
     "iperf3-P1": ("iperf3 over loopback, one stream", [("received_bytes_per_s", "GB/s", 1e-9, False)]),
     "iperf3-P4": ("iperf3 over loopback, -P 4", [("received_bytes_per_s", "GB/s", 1e-9, False)]),
-    "loopback-1m": ("the kernel's cost of one loopback connection, 1 MiB writes (bench/loopback_copy.py)", [
+    "loopback-1m": ("the kernel's cost of send(2) through one loopback connection, 1 MiB writes (bench/loopback_copy.py)", [
         ("received_bytes_per_s", "GB/s", 1e-9, False),
         ("server_cpu_seconds_per_gb", "sender CPU-s/GB", 1, True),
     ]),
