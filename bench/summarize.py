@@ -172,8 +172,8 @@ def main():
     w("the file, and any backlog it holds before stamping `ts`.\n")
     w(f"- Machine: {a.machine}")
     w(f"- Versions: {a.versions}")
-    w("- Servers: mediarelay with its defaults (2 MiB send queue, 512 MiB cache), the peers in")
-    w("  `bench/peers/` with the same 2 MiB per-connection send limit; nginx: `sendfile on`,")
+    w("- Servers: mediarelay with its defaults (8 MiB send queue, 512 MiB cache), the peers in")
+    w("  `bench/peers/` with the same 8 MiB per-connection send limit; nginx: `sendfile on`,")
     w("  `tcp_nopush on`, `open_file_cache`, `worker_processes auto`, access log off (the config")
     w("  is written by `bench/compare.sh`).\n")
 

@@ -208,7 +208,7 @@ impl Default for TicketsConfig {
 impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
-            send_queue: 2 << 20,
+            send_queue: 8 << 20,
             stall_timeout: Duration::from_secs(10),
             max_message: 4096,
             max_subscriptions: 16,
@@ -469,7 +469,7 @@ mod tests {
         assert_eq!(c.tickets.url, "./tickets.json");
         assert_eq!(c.storage.poll_interval, Duration::from_millis(200));
         assert_eq!(c.storage.cache_size, 512 << 20);
-        assert_eq!(c.connection.send_queue, 2 << 20);
+        assert_eq!(c.connection.send_queue, 8 << 20);
         assert_eq!(c.connection.max_message, 4096);
         assert_eq!(c.connection.max_subscriptions, 16);
     }

@@ -14,7 +14,7 @@ const path = require('node:path');
 
 /** `--port N --storage DIR --tickets FILE [--send-queue BYTES]` */
 function parseArgs(argv = process.argv.slice(2)) {
-  const out = { port: 8080, storage: './media', tickets: './tickets.json', sendQueue: 2 << 20 };
+  const out = { port: 8080, storage: './media', tickets: './tickets.json', sendQueue: 8 << 20 };
   for (let i = 0; i < argv.length; i += 2) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (v === undefined) throw new Error(`missing value for ${k}`);
