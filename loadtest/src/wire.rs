@@ -105,7 +105,7 @@ impl Target {
 /// leaves no TIME_WAIT socket behind. A handshake-rate run opens tens of thousands of
 /// connections from one address; with FIN closes the kernel's ephemeral-port search in
 /// `connect()` walks their TIME_WAIT sockets and becomes most of the client's CPU.
-pub fn linger_zero(s: &TcpStream) {
+fn linger_zero(s: &TcpStream) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,

@@ -117,16 +117,8 @@ impl Class {
     }
 
     fn json(&self, expected: u64) -> Value {
-        let lag = self
-            .lag
-            .lock()
-            .map(|h| percentiles_ms(&h))
-            .unwrap_or_default();
-        let e2e = self
-            .e2e
-            .lock()
-            .map(|h| percentiles_ms(&h))
-            .unwrap_or_default();
+        let pct =
+            |h: &Mutex<Histogram<u64>>| h.lock().map(|h| percentiles_ms(&h)).unwrap_or_default();
         json!({
             "subscribers": self.subscribed.load(Ordering::Relaxed),
             "failed_connections": self.failed.load(Ordering::Relaxed),
@@ -136,8 +128,8 @@ impl Class {
             "skipped_messages": self.skipped.load(Ordering::Relaxed),
             "errors": self.errors.json(),
             "closes": self.closes.json(),
-            "lag_ms": lag,
-            "e2e_lag_ms": e2e,
+            "lag_ms": pct(&self.lag),
+            "e2e_lag_ms": pct(&self.e2e),
         })
     }
 }
@@ -168,22 +160,25 @@ struct Shared {
     /// Per stream, the first sequence number the producer writes.
     firsts: OnceLock<Vec<u64>>,
     /// Unix microseconds at which segment `firsts[s] + i` of stream `s` was renamed into
-    /// place, at `s * count + i` (0 until then).
-    written: Vec<AtomicU64>,
+    /// place (0 until then); see [`Shared::written`].
+    written_us: Vec<AtomicU64>,
 }
 
 impl Shared {
+    /// The rename time slot of the `i`-th segment the producer writes to stream `s`.
+    fn written(&self, s: usize, i: u64) -> Option<&AtomicU64> {
+        if i >= self.args.count {
+            return None;
+        }
+        self.written_us
+            .get(s * self.args.count as usize + i as usize)
+    }
+
     /// When the producer renamed segment `seq` of stream `s` into place (None for a segment
     /// it did not write in this run).
     fn written_at(&self, s: usize, seq: u64) -> Option<u64> {
         let first = self.firsts.get()?.get(s)?;
-        let i = seq.checked_sub(*first)?;
-        if i >= self.args.count {
-            return None;
-        }
-        let at = self
-            .written
-            .get(s * self.args.count as usize + i as usize)?;
+        let at = self.written(s, seq.checked_sub(*first)?)?;
         Some(at.load(Ordering::Relaxed)).filter(|&w| w > 0)
     }
 }
@@ -201,7 +196,7 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
         last_delivery: AtomicU64::new(0),
         slow_rate,
         firsts: OnceLock::new(),
-        written: (0..a.streams.max(1) as u64 * a.count)
+        written_us: (0..a.streams.max(1) as u64 * a.count)
             .map(|_| AtomicU64::new(0))
             .collect(),
     });
@@ -328,7 +323,9 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
             let tmp = d.join(format!(".seg-{seq:010}.tmp"));
             std::fs::write(&tmp, &payload)?;
             // Stamped just before the segment becomes visible, so no delivery precedes it.
-            sh.written[s * a.count as usize + i as usize].store(now_micros(), Ordering::Relaxed);
+            if let Some(at) = sh.written(s, i) {
+                at.store(now_micros(), Ordering::Relaxed);
+            }
             std::fs::rename(&tmp, d.join(format!("seg-{seq:010}.bin")))?;
         }
         produced.fetch_add(1, Ordering::Relaxed);
