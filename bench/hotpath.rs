@@ -13,12 +13,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use mediarelay::cache::Cache;
-use mediarelay::hub::Seg;
+use mediarelay::fanout::sendq::SendQueue;
+use mediarelay::fanout::Seg;
+use mediarelay::origin::cache::Cache;
 use mediarelay::origin::fs::FsOrigin;
 use mediarelay::origin::{headroom_for, Object};
 use mediarelay::protocol::{parse, Reply};
-use mediarelay::sendq::SendQueue;
 use mediarelay::sys::MAX_IOV;
 
 fn segment_object(size: usize) -> Object {
@@ -32,7 +32,7 @@ fn segment_object(size: usize) -> Object {
 fn bench(c: &mut Criterion) {
     let obj = segment_object(1 << 20);
     c.bench_function("segment frame prefix (1 MiB, once per segment)", |b| {
-        b.iter(|| black_box(Seg::build("live/cam1", 42, black_box(&obj))))
+        b.iter(|| black_box(Seg::build("live/cam1", 42, black_box(&obj))));
     });
 
     let seg = Seg::build("live/cam1", 42, &obj);
@@ -46,7 +46,7 @@ fn bench(c: &mut Criterion) {
             let total: usize = parts[..n].iter().map(|p| p.len()).sum();
             black_box(n);
             q.advance(total, now);
-        })
+        });
     });
 
     let get = br#"{"op":"get","id":7,"key":"vod/movie/seg-0000000001.m4s"}"#;
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             buf.copy_from_slice(get);
             black_box(parse(&mut buf))
-        })
+        });
     });
     let sub = br#"{"op":"subscribe","id":1,"stream":"live/cam1","from":"live"}"#;
     c.bench_function("parse a subscribe", |b| {
@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             buf.copy_from_slice(sub);
             black_box(parse(&mut buf))
-        })
+        });
     });
     c.bench_function("encode a skipped reply", |b| {
         b.iter(|| {
@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
                 }
                 .to_json(),
             )
-        })
+        });
     });
 
     // A cache holding 1,000 objects, filled through the real origin on a worker runtime.
@@ -102,7 +102,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % keys.len();
             black_box(cache.lookup(&keys[i]).is_some())
-        })
+        });
     });
 }
 

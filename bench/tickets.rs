@@ -26,7 +26,7 @@ unsafe impl GlobalAlloc for Counting {
         System.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
+        System.dealloc(p, l);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         ALLOCS.fetch_add(1, Ordering::Relaxed);
@@ -112,7 +112,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = i.wrapping_add(1);
             black_box(snap.check(Some(black_box(&probe[i & 1023])), now).is_ok())
-        })
+        });
     });
     c.bench_function("ticket check, unknown ticket", |b| {
         b.iter(|| {
@@ -123,10 +123,10 @@ fn bench(c: &mut Criterion) {
                 )
                 .is_err(),
             )
-        })
+        });
     });
     c.bench_function("snapshot load (arc-swap guard)", |b| {
-        b.iter(|| black_box(cell.load().len()))
+        b.iter(|| black_box(cell.load().len()));
     });
 }
 

@@ -1,150 +1,18 @@
 //! The `mediarelay` binary: parses the command line and runs a subcommand.
 
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use clap::Parser;
-use mediarelay::cli::{Cli, Command, ServeArgs, TicketCommand};
-use mediarelay::config::Config;
-use mediarelay::tickets::{self, TicketRecord};
+use mediarelay::cli::{self, Cli, Command};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(args) => serve(args),
-        Command::Ticket(cmd) => ticket(cmd),
-        Command::Demo(args) => report(mediarelay::demo::demo(args)),
-        Command::Watch(args) => report(mediarelay::demo::watch(args)),
+    match Cli::parse().command {
+        Command::Serve(args) => cli::commands::serve(args),
+        Command::Ticket(cmd) => cli::commands::ticket(cmd),
+        Command::Demo(args) => cli::commands::report(cli::demo::demo(args)),
+        Command::Watch(args) => cli::commands::report(cli::demo::watch(args)),
     }
-}
-
-fn report(r: anyhow::Result<()>) -> ExitCode {
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mediarelay: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Turn `serve` flags into config overrides.
-pub fn overrides(args: &ServeArgs) -> Vec<(&'static str, String)> {
-    let mut o = Vec::new();
-    let mut add = |k: &'static str, v: &Option<String>| {
-        if let Some(v) = v {
-            o.push((k, v.clone()));
-        }
-    };
-    add("server.listen", &args.listen);
-    add("server.admin", &args.admin);
-    add("storage.url", &args.storage);
-    add("tickets.url", &args.tickets);
-    add("server.workers", &args.workers);
-    add("server.driver", &args.driver);
-    add("log.level", &args.log_level);
-    add("log.format", &args.log_format);
-    o
-}
-
-fn serve(args: ServeArgs) -> ExitCode {
-    let config = match Config::load(args.config.as_deref(), std::env::vars(), &overrides(&args)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("mediarelay: bad config: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let set_log_level = mediarelay::init_logging(&config.log.level, &config.log.format);
-    let reloader = mediarelay::Reloader {
-        read: Box::new(move || {
-            Config::load(args.config.as_deref(), std::env::vars(), &overrides(&args))
-                .map_err(|e| e.to_string())
-        }),
-        set_log_level,
-    };
-    report(mediarelay::serve(config, None, true, Some(reloader)))
-}
-
-fn ticket(cmd: TicketCommand) -> ExitCode {
-    let run = || -> anyhow::Result<()> {
-        match cmd {
-            TicketCommand::Issue {
-                tickets: url,
-                uid,
-                streams,
-                ttl,
-                max_connections,
-            } => {
-                let ttl = mediarelay::config::parse_duration(&ttl)
-                    .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-                if uid.is_empty() {
-                    anyhow::bail!("--uid: must not be empty");
-                }
-                let streams: Vec<String> = streams.into_iter().filter(|s| !s.is_empty()).collect();
-                if streams.is_empty() {
-                    anyhow::bail!("--streams: give at least one pattern");
-                }
-                let store = tickets::open_store(&url)?;
-                let ticket = tickets::new_ticket()?;
-                let now = SystemTime::now();
-                store.insert(
-                    tickets::ticket_id(&ticket),
-                    TicketRecord {
-                        uid,
-                        streams,
-                        expires_at: now + ttl,
-                        revoked: false,
-                        max_connections,
-                        updated_at: now,
-                    },
-                )?;
-                println!("{ticket}");
-            }
-            TicketCommand::Revoke {
-                tickets: url,
-                ticket,
-                id,
-            } => {
-                let id = match (ticket, id) {
-                    (Some(t), None) => tickets::ticket_id(&t),
-                    (None, Some(h)) => tickets::parse_id_hex(&h).ok_or_else(|| {
-                        anyhow::anyhow!("--id: not a lowercase SHA-256 hex string")
-                    })?,
-                    _ => anyhow::bail!("give a ticket or --id"),
-                };
-                tickets::open_store(&url)?.revoke(id)?;
-                eprintln!("revoked {}", tickets::id_hex(&id));
-            }
-            TicketCommand::List { tickets: url } => {
-                let mut all = tickets::open_store(&url)?.list()?;
-                all.sort_by_key(|(_, r)| r.updated_at);
-                let now = SystemTime::now();
-                println!(
-                    "{:<64}  {:<16}  {:<8}  {:<24}  STREAMS",
-                    "ID", "UID", "STATE", "EXPIRES"
-                );
-                for (id, r) in all {
-                    let state = match r.validity(now) {
-                        Ok(()) => "valid",
-                        Err(tickets::Refusal::Revoked) => "revoked",
-                        Err(_) => "expired",
-                    };
-                    println!(
-                        "{:<64}  {:<16}  {:<8}  {:<24}  {}",
-                        tickets::id_hex(&id),
-                        r.uid,
-                        state,
-                        humantime::format_rfc3339_seconds(r.expires_at),
-                        r.streams.join(",")
-                    );
-                }
-            }
-        }
-        Ok(())
-    };
-    report(run())
 }

@@ -25,7 +25,7 @@ fn classify(ret: isize) -> io::Result<Io> {
     }
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Io::WouldBlock),
+        Some(libc::EAGAIN | libc::EINTR) => Ok(Io::WouldBlock),
         _ => Err(err),
     }
 }

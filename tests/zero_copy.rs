@@ -26,7 +26,7 @@ unsafe impl GlobalAlloc for Counting {
         System.alloc(l)
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
+        System.dealloc(p, l);
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         if new > l.size() {
@@ -171,7 +171,8 @@ fn one_buffer_for_a_hundred_viewers() {
     let config = mediarelay::config::Config::load(None, Vec::new(), &overrides).unwrap();
     let (tx, rx) = flume::unbounded();
     let stop = tx.clone();
-    let relay = std::thread::spawn(move || mediarelay::serve(config, Some((tx, rx)), false, None));
+    let relay =
+        std::thread::spawn(move || mediarelay::control::serve(config, Some((tx, rx)), false, None));
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline);
@@ -233,7 +234,7 @@ fn one_buffer_for_a_hundred_viewers() {
     // The segment's one origin read (a 1 MiB pooled buffer) and nothing payload-sized per
     // subscriber.
     assert!(live_large <= 1, "{live_large} large allocations");
-    let origin_buffer = mediarelay::pool::class_of(MIB + 4096).unwrap() as u64;
+    let origin_buffer = mediarelay::origin::pool::class_of(MIB + 4096).unwrap() as u64;
     let per_viewer = live_bytes.saturating_sub(origin_buffer);
     eprintln!("  of which {per_viewer} bytes are not the origin buffer");
     assert!(

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use monoio::buf::IoBufMut;
 
+use super::pool;
 use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
-use crate::pool;
 
 /// Objects from a directory tree.
 pub struct FsOrigin {
@@ -207,11 +207,17 @@ impl Origin for FsOrigin {
         })
     }
 
-    fn check_ready(&self) -> Result<(), String> {
+    fn check_ready(&self) -> Result<(), OriginError> {
         match std::fs::metadata(&self.root) {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(format!("{} is not a directory", self.root.display())),
-            Err(e) => Err(format!("{}: {e}", self.root.display())),
+            Ok(_) => Err(OriginError::Unavailable(format!(
+                "{} is not a directory",
+                self.root.display()
+            ))),
+            Err(e) => Err(OriginError::Unavailable(format!(
+                "{}: {e}",
+                self.root.display()
+            ))),
         }
     }
 }

@@ -30,9 +30,9 @@ use hyper::StatusCode;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
+use super::pool;
 use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
 use crate::gcp::{self, encode, random_unit, retryable, Backoff, HttpClient, TokenSource};
-use crate::pool;
 
 /// Size of each read from an origin connection: large reads keep the number of body
 /// chunks (and wake-ups) per segment low.
@@ -501,13 +501,13 @@ impl Origin for GcsOrigin {
         })
     }
 
-    fn check_ready(&self) -> Result<(), String> {
+    fn check_ready(&self) -> Result<(), OriginError> {
         if !self.shared.settings.authenticate {
             return Ok(());
         }
         match self.shared.bearer() {
             Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(OriginError::Unavailable(e.to_string())),
         }
     }
 }

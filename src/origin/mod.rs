@@ -3,13 +3,17 @@
 //!
 //! An origin returns [`Object`]s whose bytes sit in a pooled buffer with *headroom*: free
 //! space in front of the payload where a WebSocket frame head and the media meta of a
-//! reply are laid out (see [`crate::ws::frame`]). The payload itself is written once, by
+//! reply are laid out (see `ws::frame::media_prefix`). The payload itself is written once, by
 //! the origin read, and never copied again in user space.
 //!
-//! Origins do I/O only: caching and single-flight live in [`crate::cache`].
+//! The origin's I/O is in its backends ([`fs`], [`gcs`], [`watch`]); caching and
+//! single-flight across workers live in [`cache`], payload buffers in [`pool`]. This module
+//! knows storage, not connections: it never imports the data plane or the fan-out.
 
+pub mod cache;
 pub mod fs;
 pub mod gcs;
+pub mod pool;
 pub mod watch;
 
 use std::future::Future;
@@ -17,6 +21,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::config::Config;
+use crate::protocol::ErrorCode;
 
 /// Why an origin could not produce an object; mapped to protocol error codes in one place
 /// ([`OriginError::code`]).
@@ -31,12 +38,12 @@ pub enum OriginError {
 }
 
 impl OriginError {
-    /// The PROTOCOL.md `error` code for this failure.
-    pub fn code(&self) -> &'static str {
+    /// The wire `error` code for this failure.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            OriginError::NotFound => "not_found",
-            OriginError::TooLarge { .. } => "too_large",
-            OriginError::Unavailable(_) => "unavailable",
+            OriginError::NotFound => ErrorCode::NotFound,
+            OriginError::TooLarge { .. } => ErrorCode::TooLarge,
+            OriginError::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 }
@@ -87,6 +94,15 @@ impl Object {
             .map(|start| &self.buf[start..])
     }
 
+    /// A view of exactly `len` bytes ending with the payload (headroom, then payload), for
+    /// formatting the head of a frame of that length; `None` when the headroom is short.
+    pub fn frame_view(&self, len: usize) -> Option<&[u8]> {
+        if len < self.size() || len - self.size() > self.headroom {
+            return None;
+        }
+        self.tail(len)
+    }
+
     /// Free space in front of the payload.
     pub fn headroom(&self) -> usize {
         self.headroom
@@ -131,8 +147,8 @@ pub trait Origin: Send + Sync + 'static {
         start_after: Option<&'a str>,
     ) -> OriginFuture<'a, Listing>;
 
-    /// Whether the origin is usable (for `/readyz`); `Err` carries the reason.
-    fn check_ready(&self) -> Result<(), String>;
+    /// Whether the origin is usable (for `/readyz`); `Err` says why not.
+    fn check_ready(&self) -> Result<(), OriginError>;
 
     /// A wake-up raised when objects may have appeared under `prefix` (a stream), where the
     /// backend can tell (the local directory, through inotify). `None`: discovery polls.
@@ -144,69 +160,46 @@ pub trait Origin: Send + Sync + 'static {
     fn unwatch(&self, _prefix: &str) {}
 }
 
-/// Validate a client-supplied key per PROTOCOL.md: `/`-separated, at most 1024 bytes,
-/// no `..` or empty segments, no leading `/`, no control characters or `\`.
-pub fn validate_key(key: &str) -> Result<(), &'static str> {
-    if key.is_empty() {
-        return Err("key is empty");
-    }
-    if key.len() > 1024 {
-        return Err("key is longer than 1024 bytes");
-    }
-    if key.starts_with('/') {
-        return Err("key starts with /");
-    }
-    if key.chars().any(|c| c.is_control() || c == '\\') {
-        return Err("key contains a control character or backslash");
-    }
-    for seg in key.split('/') {
-        match seg {
-            "" => return Err("key has an empty segment"),
-            ".." => return Err("key has a .. segment"),
-            _ => {}
-        }
-    }
-    Ok(())
+/// An origin that cannot be opened from the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("storage `{url}`: {why}")]
+pub struct OpenError {
+    /// The storage setting.
+    pub url: String,
+    /// What is wrong with it.
+    pub why: String,
 }
 
-/// A stream name follows the key rules (it is a key prefix without the trailing `/`).
-pub fn validate_stream(stream: &str) -> Result<(), &'static str> {
-    validate_key(stream)
+/// Open the origin the storage setting names: a directory, or `gs://BUCKET[/PREFIX]`
+/// (with `STORAGE_EMULATOR_HOST` honoured as Google's client libraries do).
+pub fn open(config: &Config) -> Result<Arc<dyn Origin>, OpenError> {
+    let url = &config.storage.url;
+    let fail = |why: String| OpenError {
+        url: url.clone(),
+        why,
+    };
+    if url.starts_with("gs://") {
+        let emulator = std::env::var("STORAGE_EMULATOR_HOST").ok();
+        let mut settings = gcs::GcsSettings::from_url(url, emulator.as_deref()).map_err(fail)?;
+        settings.deadline = config.storage.request_deadline;
+        settings.attempt_timeout = config.storage.attempt_timeout;
+        settings.max_inflight = config.storage.max_inflight;
+        settings.threads = config.storage.fetch_threads;
+        settings.page_size = config.storage.list_page_size;
+        let gcs = gcs::GcsOrigin::start(settings).map_err(fail)?;
+        return Ok(Arc::new(gcs));
+    }
+    match config.storage_dir() {
+        Some(dir) => Ok(Arc::new(
+            fs::FsOrigin::open(&dir).map_err(|e| fail(e.to_string()))?,
+        )),
+        None => Err(fail("expected a directory or gs://BUCKET[/PREFIX]".into())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys() {
-        for good in [
-            "a",
-            "live/cam1/seg-0000000001.m4s",
-            "vod/a b/ü+%.mp4",
-            "x/.hidden",
-            "a/./b",
-        ] {
-            assert!(validate_key(good).is_ok(), "{good}");
-        }
-        let long = "a".repeat(1025);
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../b",
-            "a//b",
-            "a/",
-            "a\\b",
-            "a\u{0}b",
-            "a\nb",
-            "a\u{7f}",
-            long.as_str(),
-        ] {
-            assert!(validate_key(bad).is_err(), "{bad:?}");
-        }
-        assert!(validate_key(&"a".repeat(1024)).is_ok());
-    }
 
     #[test]
     fn object_views() {

@@ -6,6 +6,7 @@
 //! I/O and no allocation. The ticket string itself is never stored, logged or echoed;
 //! records are keyed by its SHA-256 and carry the `uid` that logs show instead.
 
+pub mod admission;
 pub mod file;
 pub mod firestore;
 pub mod limits;
@@ -53,6 +54,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The `error` value of the JSON body, also the upgrade metric's label.
+    pub fn code(self) -> &'static str {
+        self.status_and_code().1
+    }
+
     /// HTTP status and the `error` value of the JSON body.
     pub fn status_and_code(self) -> (u16, &'static str) {
         match self {
@@ -158,7 +164,7 @@ pub enum StoreError {
 }
 
 /// A place tickets are kept, as the `ticket` CLI sees it. (Serving reads the store through
-/// the control plane: [`crate::control`].)
+/// the control plane, which keeps the snapshot current.)
 pub trait TicketStore: Send + Sync {
     /// Where it is, for logs.
     fn describe(&self) -> String;

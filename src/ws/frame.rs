@@ -21,23 +21,10 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead};
 
-use crate::origin::Object;
+use crate::protocol::CloseCode;
 
 /// Longest frame head (2 + 8 bytes of length; server frames are unmasked).
 pub const MAX_HEAD: usize = 10;
-
-/// Close codes of PROTOCOL.md.
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const UNSUPPORTED_DATA: u16 = 1003;
-    pub const INVALID_UTF8: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-    pub const TICKET: u16 = 4401;
-    pub const SLOW_CONSUMER: u16 = 4408;
-}
 
 /// Format a frame head for a frame whose payload is `payload_view` (only its length is
 /// read). Returns the head bytes.
@@ -48,13 +35,15 @@ fn head_for(opcode: OpCode, payload_view: &[u8]) -> ([u8; MAX_HEAD], usize) {
     (head, n)
 }
 
-/// Prefix of a binary media frame carrying `obj` with `meta`: head, meta length, meta.
-/// The frame's remaining bytes are `obj.payload()`, sent as the second part.
-pub fn media_prefix(obj: &Object, meta: &[u8]) -> Bytes {
-    let frame_len = 4 + meta.len() + obj.size();
-    let (head, n) = match obj.tail(frame_len) {
-        // The view is headroom bytes followed by the payload: exactly the frame's length.
-        Some(view) if obj.headroom() >= 4 + meta.len() => head_for(OpCode::Binary, view),
+/// Prefix of a binary media frame carrying a payload of `payload_len` bytes with `meta`:
+/// head, meta length, meta. The frame's remaining bytes are the payload, sent as the
+/// second part. `view`, when given, is any borrowed slice of exactly the frame's length
+/// (the object's headroom followed by its payload), so the head is formatted without
+/// building a frame-sized buffer.
+pub fn media_prefix(meta: &[u8], payload_len: usize, view: Option<&[u8]>) -> Bytes {
+    let frame_len = 4 + meta.len() + payload_len;
+    let (head, n) = match view {
+        Some(view) if view.len() == frame_len => head_for(OpCode::Binary, view),
         // Metas never outgrow the headroom reserved for their key; if one did, pay for a
         // zeroed view rather than send a wrong head.
         _ => head_for(OpCode::Binary, &vec![0u8; frame_len]),
@@ -80,8 +69,11 @@ pub fn text(payload: &[u8]) -> Bytes {
 }
 
 /// A complete close frame.
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    whole(Frame::close(code, reason.as_bytes()), 2 + reason.len())
+pub fn close_frame(code: CloseCode, reason: &str) -> Bytes {
+    whole(
+        Frame::close(code.code(), reason.as_bytes()),
+        2 + reason.len(),
+    )
 }
 
 /// A complete pong frame.
@@ -91,13 +83,13 @@ pub fn pong(payload: &[u8]) -> Bytes {
 
 /// Length of the first frame in `buf` if it is complete, `Ok(None)` if more bytes are
 /// needed, or the close code to fail the connection with.
-pub fn frame_len(buf: &[u8], max_payload: usize) -> Result<Option<usize>, u16> {
+pub fn frame_len(buf: &[u8], max_payload: usize) -> Result<Option<usize>, CloseCode> {
     if buf.len() < 2 {
         return Ok(None);
     }
     if buf[1] & 0x80 == 0 {
         // RFC 6455 5.1: a server must close on an unmasked client frame.
-        return Err(close::PROTOCOL_ERROR);
+        return Err(CloseCode::ProtocolError);
     }
     let (extra, len) = match buf[1] & 0x7f {
         126 => {
@@ -118,10 +110,10 @@ pub fn frame_len(buf: &[u8], max_payload: usize) -> Result<Option<usize>, u16> {
     };
     let opcode = buf[0] & 0x0f;
     if opcode >= 8 && len > 125 {
-        return Err(close::PROTOCOL_ERROR);
+        return Err(CloseCode::ProtocolError);
     }
     if len > max_payload as u64 {
-        return Err(close::TOO_BIG);
+        return Err(CloseCode::TooBig);
     }
     let total = 2 + extra + 4 + len as usize;
     Ok((buf.len() >= total).then_some(total))
@@ -175,7 +167,7 @@ impl Default for Parser {
 impl Parser {
     /// Parse one complete frame (as delimited by [`frame_len`]); the error is the close
     /// code the connection must fail with.
-    pub fn parse(&mut self, frame: &[u8]) -> Result<Incoming, u16> {
+    pub fn parse(&mut self, frame: &[u8]) -> Result<Incoming, CloseCode> {
         // The frame is complete, so the reader finishes in one poll without waiting.
         self.input.borrow_mut().extend_from_slice(frame);
         let mut send = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
@@ -191,9 +183,9 @@ impl Parser {
                         other => BytesMut::from(&other[..]),
                     },
                 }),
-                Poll::Ready(Err(WebSocketError::InvalidUTF8)) => Err(close::INVALID_UTF8),
-                Poll::Ready(Err(WebSocketError::FrameTooLarge)) => Err(close::TOO_BIG),
-                Poll::Ready(Err(_)) | Poll::Pending => Err(close::PROTOCOL_ERROR),
+                Poll::Ready(Err(WebSocketError::InvalidUTF8)) => Err(CloseCode::InvalidUtf8),
+                Poll::Ready(Err(WebSocketError::FrameTooLarge)) => Err(CloseCode::TooBig),
+                Poll::Ready(Err(_)) | Poll::Pending => Err(CloseCode::ProtocolError),
             }
         };
         if outcome.is_err() || !self.input.borrow().is_empty() {
@@ -233,10 +225,10 @@ mod tests {
         for size in [0usize, 1, 100, 125, 126, 65_535, 65_536, 1 << 20] {
             let mut buf = vec![0u8; 300 + size];
             buf[300..].fill(7);
-            let obj = Object::new(Bytes::from(buf), 300, "k".into());
             let meta = br#"{"id":1}"#;
-            let prefix = media_prefix(&obj, meta);
             let total = 4 + meta.len() + size;
+            let prefix = media_prefix(meta, size, Some(&buf[buf.len() - total..]));
+            assert_eq!(prefix, media_prefix(meta, size, None));
             let (head_len, len) = match prefix[1] {
                 126 => (4, u16::from_be_bytes([prefix[2], prefix[3]]) as usize),
                 127 => (
@@ -261,12 +253,12 @@ mod tests {
         assert_eq!(frame_len(&f[..3], 4096), Ok(None));
         assert_eq!(frame_len(&f, 4096), Ok(Some(f.len())));
         let big = masked(true, 1, &vec![b'a'; 5000]);
-        assert_eq!(frame_len(&big, 4096), Err(close::TOO_BIG));
+        assert_eq!(frame_len(&big, 4096), Err(CloseCode::TooBig));
         let mut unmasked = f.clone();
         unmasked[1] &= 0x7f;
-        assert_eq!(frame_len(&unmasked, 4096), Err(close::PROTOCOL_ERROR));
+        assert_eq!(frame_len(&unmasked, 4096), Err(CloseCode::ProtocolError));
         let ping = masked(true, 9, &[0u8; 126]);
-        assert_eq!(frame_len(&ping, 4096), Err(close::PROTOCOL_ERROR));
+        assert_eq!(frame_len(&ping, 4096), Err(CloseCode::ProtocolError));
     }
 
     #[test]
@@ -278,21 +270,21 @@ mod tests {
         assert_eq!(&f.payload[..], b"{\"op\":1}");
         assert_eq!(
             p.parse(&masked(true, 1, &[0xff, 0xfe])).err(),
-            Some(close::INVALID_UTF8)
+            Some(CloseCode::InvalidUtf8)
         );
         // Reserved bits set.
         let mut rsv = masked(true, 1, b"x");
         rsv[0] |= 0x40;
-        assert_eq!(p.parse(&rsv).err(), Some(close::PROTOCOL_ERROR));
+        assert_eq!(p.parse(&rsv).err(), Some(CloseCode::ProtocolError));
         // Unknown opcode.
         assert_eq!(
             p.parse(&masked(true, 3, b"x")).err(),
-            Some(close::PROTOCOL_ERROR)
+            Some(CloseCode::ProtocolError)
         );
         // Fragmented control frame.
         assert_eq!(
             p.parse(&masked(false, 9, b"x")).err(),
-            Some(close::PROTOCOL_ERROR)
+            Some(CloseCode::ProtocolError)
         );
         // The parser is reusable after errors.
         let f = p.parse(&masked(false, 1, b"ab")).unwrap();
@@ -305,7 +297,10 @@ mod tests {
     #[test]
     fn small_frames() {
         assert_eq!(&text(b"hi")[..], &[0x81, 2, b'h', b'i']);
-        assert_eq!(&close_frame(4401, "")[..], &[0x88, 2, 0x11, 0x31]);
+        assert_eq!(
+            &close_frame(CloseCode::Ticket, "")[..],
+            &[0x88, 2, 0x11, 0x31]
+        );
         assert_eq!(&pong(b"p")[..], &[0x8a, 1, b'p']);
     }
 }

@@ -27,6 +27,55 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Text without ANSI escape sequences (the log's colours).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `name=` in a log line.
+fn log_field(line: &str, name: &str) -> Option<String> {
+    let at = line.find(&format!("{name}="))? + name.len() + 1;
+    Some(line[at..].split_whitespace().next()?.to_string())
+}
+
+/// Wait for the relay's "mediarelay serving" line and read its public and admin addresses
+/// from it (the relay logs the ports it bound when given port 0).
+pub fn wait_serving(log: &Path, child: &mut Child) -> Result<(SocketAddr, SocketAddr), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = strip_ansi(&std::fs::read_to_string(log).unwrap_or_default());
+        if let Some(line) = text.lines().find(|l| l.contains("mediarelay serving")) {
+            let listen = log_field(line, "listen").and_then(|a| a.parse().ok());
+            let admin = log_field(line, "admin").and_then(|a| a.parse().ok());
+            return match (listen, admin) {
+                (Some(l), Some(a)) => Ok((l, a)),
+                _ => Err(format!("no addresses in `{line}`")),
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err("no `mediarelay serving` line in 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running relay with its own storage directory and ticket file.
 pub struct Relay {
     pub child: Option<Child>,
@@ -94,15 +143,14 @@ impl Relay {
     }
 
     fn start_with(dir: tempfile::TempDir, local_storage: bool, env: &[(&str, &str)]) -> Relay {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // Port 0: the relay binds free ports and logs them (`mediarelay serving ...`).
         let log = dir.path().join("relay.log");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg("127.0.0.1:0")
             .arg("--admin")
-            .arg(admin.to_string())
+            .arg("127.0.0.1:0")
             .args(if env.iter().any(|(k, _)| *k == "MEDIARELAY_TICKETS") {
                 Vec::new()
             } else {
@@ -127,7 +175,17 @@ impl Relay {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start mediarelay");
+        let mut child = cmd.spawn().expect("start mediarelay");
+        let (addr, admin) = match wait_serving(&log, &mut child) {
+            Ok(addrs) => addrs,
+            Err(why) => {
+                let _ = child.kill();
+                panic!(
+                    "relay did not start: {why}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+        };
         let relay = Relay {
             child: Some(child),
             dir,
@@ -166,7 +224,7 @@ impl Relay {
 
     /// Write an object into storage (temporary name, then rename).
     pub fn put(&self, key: &str, data: &[u8]) {
-        put(&self.media(), key, data)
+        put(&self.media(), key, data);
     }
 
     /// Issue a ticket with the CLI and wait until the relay's snapshot holds it.
@@ -384,8 +442,9 @@ impl Client {
                 }
                 Ok(Message::Close(c)) => return Got::Closed(c.map(|c| u16::from(c.code))),
                 Ok(_) => continue,
-                Err(tungstenite::Error::ConnectionClosed)
-                | Err(tungstenite::Error::AlreadyClosed) => return Got::Closed(None),
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Got::Closed(None)
+                }
                 Err(e) => panic!("read: {e}"),
             }
         }
@@ -446,5 +505,5 @@ pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 pub fn seg_key(stream: &str, seq: u64) -> String {
-    format!("{stream}/seg-{seq:010}.m4s")
+    mediarelay::protocol::keys::segment_key(stream, seq, "m4s")
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use mediarelay::protocol::keys::{segment_name, segment_name_seq};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use serde_json::{json, Value};
 
@@ -320,13 +321,14 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
             if payload.len() >= 8 {
                 payload[..8].copy_from_slice(&seq.to_be_bytes());
             }
-            let tmp = d.join(format!(".seg-{seq:010}.tmp"));
+            let name = segment_name(seq, "bin");
+            let tmp = d.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, &payload)?;
             // Stamped just before the segment becomes visible, so no delivery precedes it.
             if let Some(at) = sh.written(s, i) {
                 at.store(now_micros(), Ordering::Relaxed);
             }
-            std::fs::rename(&tmp, d.join(format!("seg-{seq:010}.bin")))?;
+            std::fs::rename(&tmp, d.join(name))?;
         }
         produced.fetch_add(1, Ordering::Relaxed);
     }
@@ -530,7 +532,7 @@ fn next_seq(dir: &std::path::Path) -> u64 {
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().into_string().ok()?;
-            n.strip_prefix("seg-")?.get(..10)?.parse::<u64>().ok()
+            segment_name_seq(&n)
         })
         .max()
         .unwrap_or(0)

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use event_listener::Event;
 use lru::LruCache;
 
-use crate::origin::{Object, Origin, OriginError};
+use super::{Object, Origin, OriginError};
 
 /// Upper bounds (seconds) of the origin fetch latency histogram's buckets.
 pub const FETCH_BUCKETS: [f64; 13] = [

@@ -37,6 +37,6 @@ impl Notify {
 
     /// Wait until raised.
     pub async fn wait(&self) {
-        poll_fn(|cx| self.poll_take(cx)).await
+        poll_fn(|cx| self.poll_take(cx)).await;
     }
 }

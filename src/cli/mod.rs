@@ -1,4 +1,9 @@
-//! The command line (clap): `serve`, `ticket issue|revoke|list`, `demo` and `watch`.
+//! The command line (clap): `serve`, `ticket issue|revoke|list` ([`commands`]), and the
+//! `demo` and `watch` tools ([`demo`]). The top of the dependency graph: it uses the
+//! control plane and the ticket stores; nothing uses it.
+
+pub mod commands;
+pub mod demo;
 
 use std::path::PathBuf;
 

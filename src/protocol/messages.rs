@@ -1,4 +1,4 @@
-//! Control messages of the wire contract (PROTOCOL.md): parsing what clients send and
+//! Control messages of the wire contract (docs/protocol.md): parsing what clients send and
 //! encoding what the relay answers. Pure functions on byte strings, no I/O.
 //!
 //! Client messages are parsed with simd-json in place (the frame payload is ours to
@@ -9,7 +9,9 @@ use serde::Serialize;
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
-use crate::origin::{validate_key, validate_stream};
+use super::close::Reason;
+use super::errors::ErrorCode;
+use super::keys::{validate_key, validate_stream};
 
 /// Where a subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,11 +141,11 @@ pub enum Reply<'a> {
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u32>,
-        code: &'a str,
+        code: ErrorCode,
         message: &'a str,
     },
     Closing {
-        reason: &'a str,
+        reason: Reason,
     },
 }
 
@@ -185,27 +187,6 @@ pub struct SegmentMeta<'a> {
 /// Encode a meta object.
 pub fn meta_json<T: Serialize>(meta: &T) -> Vec<u8> {
     serde_json::to_vec(meta).unwrap_or_default()
-}
-
-/// The sequence number of a segment key `S/seg-<10 digits>.<ext>` of stream `S`, or
-/// `None` for anything discovery ignores (init segments, temporary uploads, playlists).
-pub fn segment_seq(stream: &str, key: &str) -> Option<u64> {
-    let name = key.strip_prefix(stream)?.strip_prefix('/')?;
-    let rest = name.strip_prefix("seg-")?;
-    let (digits, ext) = rest.split_at_checked(10)?;
-    let ext = ext.strip_prefix('.')?;
-    if !digits.bytes().all(|b| b.is_ascii_digit())
-        || ext.is_empty()
-        || !ext.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// The init segment key of a stream.
-pub fn init_key(stream: &str) -> String {
-    format!("{stream}/init.mp4")
 }
 
 #[cfg(test)]
@@ -307,7 +288,7 @@ mod tests {
         assert_eq!(
             Reply::Error {
                 id: None,
-                code: "bad_request",
+                code: ErrorCode::BadRequest,
                 message: "x"
             }
             .to_json(),
@@ -321,33 +302,6 @@ mod tests {
             }
             .to_json(),
             br#"{"op":"skipped","stream":"s","from":1,"to":3}"#
-        );
-    }
-
-    #[test]
-    fn segment_names() {
-        assert_eq!(
-            segment_seq("live/cam1", "live/cam1/seg-0000000042.m4s"),
-            Some(42)
-        );
-        assert_eq!(
-            segment_seq("live/cam1", "live/cam1/seg-0000000001.ts"),
-            Some(1)
-        );
-        assert_eq!(segment_seq("live/cam1", "live/cam1/init.mp4"), None);
-        assert_eq!(segment_seq("live/cam1", "live/cam1/seg-42.m4s"), None);
-        assert_eq!(
-            segment_seq("live/cam1", "live/cam1/seg-0000000042.m4s.tmp"),
-            None
-        );
-        assert_eq!(segment_seq("live/cam1", "live/cam1/seg-0000000042."), None);
-        assert_eq!(
-            segment_seq("live/cam1", "live/cam1/.seg-0000000042.m4s"),
-            None
-        );
-        assert_eq!(
-            segment_seq("live/cam1", "live/cam10/seg-0000000042.m4s"),
-            None
         );
     }
 }

@@ -7,14 +7,14 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use monoio::net::TcpStream;
 
-use crate::conn;
+use super::core::Core;
+use super::session::{self, Context};
 use crate::sys::{self, Io};
 use crate::tickets::Refusal;
-use crate::worker::Worker;
 use crate::ws::handshake::{self, HandshakeError};
 
 /// Largest request head (PROTOCOL.md: 431 above this).
@@ -36,14 +36,14 @@ enum HeadRead {
 }
 
 /// Serve one accepted TCP connection.
-pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, which: Listener) {
+pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: Listener) {
     let _ = stream.set_nodelay(true);
-    let timeout = worker.shared.config().server.handshake_timeout;
+    let timeout = core.shared.config().server.handshake_timeout;
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let deadline = Instant::now() + timeout;
         let head =
-            match monoio::time::timeout_at(deadline.into(), read_head(&worker, &stream, &mut buf))
+            match monoio::time::timeout_at(deadline.into(), read_head(&core, &stream, &mut buf))
                 .await
             {
                 Ok(h) => h,
@@ -106,11 +106,11 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
         let head_only = method == "HEAD";
         match route {
             Route::Health => {
-                respond_maybe(&stream, 200, "text/plain", b"ok", keep_alive, head_only).await
+                respond_maybe(&stream, 200, "text/plain", b"ok", keep_alive, head_only).await;
             }
             Route::Ready => {
-                let age = worker.shared.tickets.age().map(|d| d.as_secs_f64());
-                let (status, body) = match worker.shared.readiness() {
+                let age = core.shared.gate.tickets.age().map(|d| d.as_secs_f64());
+                let (status, body) = match core.shared.readiness() {
                     Ok(()) => (
                         200,
                         serde_json::to_vec(&serde_json::json!({
@@ -122,7 +122,7 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
                     Err(reason) => (
                         503,
                         serde_json::to_vec(
-                            &serde_json::json!({"status":"not_ready","reason":reason}),
+                            &serde_json::json!({"status":"not_ready","reason":reason.to_string()}),
                         )
                         .unwrap_or_default(),
                     ),
@@ -135,10 +135,10 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
                     keep_alive,
                     head_only,
                 )
-                .await
+                .await;
             }
             Route::Metrics => {
-                let body = worker.shared.metrics.render(&worker.shared);
+                let body = core.shared.metrics.render(&core.shared.figures());
                 respond_maybe(
                     &stream,
                     200,
@@ -147,12 +147,12 @@ pub async fn serve(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr, whic
                     keep_alive,
                     head_only,
                 )
-                .await
+                .await;
             }
             Route::NotFound => error(&stream, 404, "not_found", keep_alive).await,
             Route::Ws => {
                 let pending = buf[len..].to_vec();
-                upgrade(worker, stream, peer, req.headers, query, pending).await;
+                upgrade(core, stream, peer, req.headers, query, pending).await;
                 return;
             }
         }
@@ -201,50 +201,26 @@ fn find_ticket<'a>(headers: &'a [httparse::Header<'a>], query: &'a str) -> Optio
 }
 
 async fn upgrade(
-    worker: Rc<Worker>,
+    core: Rc<Core>,
     stream: TcpStream,
     peer: SocketAddr,
     headers: &[httparse::Header<'_>],
     query: &str,
     pending: Vec<u8>,
 ) {
-    let shared = &worker.shared;
-    let now = Instant::now();
+    let gate = &core.shared.gate;
     let refuse = |r: Refusal| {
         let (status, code) = r.status_and_code();
-        worker.stats.upgrade(code);
+        core.stats.upgrade(code);
         error(&stream, status, code, false)
     };
-    if shared.failures.is_limited(peer.ip(), now) {
-        refuse(Refusal::RateLimited).await;
-        return;
-    }
     let ticket = find_ticket(headers, query);
-    let mut checked = shared
-        .tickets
-        .load()
-        .check(ticket.as_deref(), SystemTime::now())
-        .map(|(id, r)| (id, r.clone()));
-    // A ticket issued since the last sync: one bounded point lookup, for this connection only.
-    if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &shared.lookup, &ticket) {
-        let id = crate::tickets::ticket_id(t);
-        let wait = shared.config().tickets.lookup_timeout;
-        let found = match shared.tickets.get(&id) {
-            Some(r) => Some(r),
-            None => monoio::time::timeout(wait, lookup.find(id))
-                .await
-                .ok()
-                .flatten(),
-        };
-        if let Some(record) = found {
-            checked = record.validity(SystemTime::now()).map(|()| (id, record));
-        }
-    }
+    let wait = core.shared.config().tickets.lookup_timeout;
+    let checked = gate.check(peer.ip(), ticket.as_deref(), wait).await;
     drop(ticket);
     let (id, record) = match checked {
         Ok(ok) => ok,
         Err(r) => {
-            shared.failures.record_failure(peer.ip(), now);
             refuse(r).await;
             return;
         }
@@ -252,7 +228,7 @@ async fn upgrade(
     let accept = match handshake::accept(headers) {
         Ok(a) => a,
         Err(e) => {
-            worker.stats.upgrade("bad_handshake");
+            core.stats.upgrade("bad_handshake");
             match e {
                 HandshakeError::UnsupportedVersion => {
                     respond(
@@ -263,45 +239,45 @@ async fn upgrade(
                         &[("Sec-WebSocket-Version", "13")],
                         false,
                     )
-                    .await
+                    .await;
                 }
                 HandshakeError::BadRequest(why) => {
                     let body = serde_json::to_vec(
                         &serde_json::json!({"error":"bad_request","message":why}),
                     )
                     .unwrap_or_default();
-                    respond(&stream, 400, "application/json", &body, &[], false).await
+                    respond(&stream, 400, "application/json", &body, &[], false).await;
                 }
             }
             return;
         }
     };
-    if !shared.conn_counts.acquire(&id, record.max_connections) {
-        refuse(Refusal::TooManyConnections).await;
+    if let Err(r) = gate.acquire(&id, &record) {
+        refuse(r).await;
         return;
     }
     let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
     );
     if !write_all(&stream, head.as_bytes()).await {
-        shared.conn_counts.release(&id);
+        gate.release(&id);
         return;
     }
-    worker.stats.upgrade("ok");
-    let conn = worker.admit(id, record);
+    core.stats.upgrade("ok");
+    let conn = core.admit(id, record);
     tracing::debug!(conn = conn.id, uid = %conn.ticket.borrow().uid, %peer, "connected");
     // The connection lives on in a task of its own, so everything the handshake used
     // (this future's buffers and header arrays) is freed now: an idle connection keeps
     // only its small state machine.
     monoio::spawn(async move {
-        conn::run(worker.clone(), conn.clone(), stream, pending).await;
-        worker.shared.conn_counts.release(&id);
+        session::run(core.clone(), conn.clone(), stream, pending).await;
+        core.shared.gate.release(&id);
         tracing::debug!(conn = conn.id, "disconnected");
     });
 }
 
 /// Read until a complete request head is buffered.
-async fn read_head(worker: &Worker, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
+async fn read_head(core: &Core, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
     let fd = stream.as_raw_fd();
     // Work per call stays linear in the head's size however it is split into packets: the
     // end marker is searched only in new bytes, the partial parse runs every 512 bytes.
@@ -324,7 +300,7 @@ async fn read_head(worker: &Worker, stream: &TcpStream, buf: &mut Vec<u8>) -> He
             }
         }
         let got = {
-            let mut scratch = worker.scratch.borrow_mut();
+            let mut scratch = core.scratch();
             let room = (MAX_HEAD + 1 - buf.len()).min(scratch.len());
             match sys::recv(fd, &mut scratch[..room]) {
                 Ok(Io::Done(n)) if n > 0 => {
@@ -443,7 +419,7 @@ async fn error(stream: &TcpStream, status: u16, code: &str, keep_alive: bool) {
         &[],
         keep_alive,
     )
-    .await
+    .await;
 }
 
 /// Write a complete response.

@@ -6,7 +6,7 @@
 //! prefix every `poll_interval` (and at once when the origin reports a change), fetches
 //! each new segment **once** through the cache, lays out its frame prefix once ([`Seg`]), and hands that one segment to every worker that has
 //! subscribers ([`WorkerMsg::Segment`]). Each worker then queues the same buffers to its
-//! own subscribers ([`crate::conn`]), so a segment costs one origin read and one buffer
+//! own subscribers ([`super::subs`]), so a segment costs one origin read and one buffer
 //! however many viewers follow it. The poller stops when the stream has had no subscriber
 //! for `stream_linger`.
 //!
@@ -17,162 +17,15 @@
 //! 5 s of 1 MiB segments at 20/s to 1,000 subscribers) instead of dropping segments for the
 //! subscribers that cannot keep up, as the slow-consumer policy says.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use event_listener::Event;
-
-use crate::cache::Cache;
-use crate::origin::{Object, OriginError};
-use crate::protocol::{init_key, meta_json, segment_seq, SegmentMeta};
-use crate::ws::frame::media_prefix;
-
-/// Segments kept in memory per stream for subscribers joining or catching up.
-const WINDOW: usize = 16;
-
-/// One segment ready to send: the frame prefix (head + meta) and the payload, both shared.
-#[derive(Clone)]
-pub struct Seg {
-    pub seq: u64,
-    pub prefix: Bytes,
-    pub payload: Bytes,
-}
-
-impl Seg {
-    /// Lay out the frame of `obj` as segment `seq` of `stream`, stamped now.
-    pub fn build(stream: &str, seq: u64, obj: &Object) -> Seg {
-        let meta = SegmentMeta {
-            stream,
-            seq,
-            key: &obj.key,
-            size: obj.size(),
-            ts: now_micros(),
-            content_type: obj.content_type.as_deref(),
-            generation: obj.generation,
-        };
-        Seg {
-            seq,
-            prefix: media_prefix(obj, &meta_json(&meta)),
-            payload: obj.payload(),
-        }
-    }
-
-    /// Bytes on the wire.
-    pub fn len(&self) -> usize {
-        self.prefix.len() + self.payload.len()
-    }
-
-    /// Whether the frame is empty (never: a frame has a head).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Unix time in microseconds.
-pub fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-#[derive(Default)]
-struct StreamState {
-    init: Option<Seg>,
-    /// Every segment discovered: seq → key.
-    index: BTreeMap<u64, Arc<str>>,
-    /// The newest published segments.
-    window: VecDeque<Seg>,
-    /// Newest published seq (0: none yet).
-    newest: u64,
-}
-
-/// A live stream, shared by all workers.
-pub struct Stream {
-    pub name: Arc<str>,
-    state: Mutex<StreamState>,
-    ready: AtomicBool,
-    ready_event: Event,
-    subscribers: AtomicUsize,
-    /// Subscribers per worker, to know whom to hand new segments to.
-    worker_subs: Vec<AtomicUsize>,
-}
-
-/// Where a subscription should start, once the stream has been listed.
-pub struct Start {
-    pub seq: u64,
-    pub init: Option<Seg>,
-}
-
-impl Stream {
-    /// Wait until the first listing is done.
-    pub async fn ready(&self) {
-        loop {
-            if self.ready.load(Ordering::Acquire) {
-                return;
-            }
-            let l = self.ready_event.listen();
-            if self.ready.load(Ordering::Acquire) {
-                return;
-            }
-            l.await;
-        }
-    }
-
-    /// First sequence number for a subscription starting `from`.
-    pub fn start(&self, from: crate::protocol::From) -> Start {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let newest_known = st.index.keys().next_back().copied().unwrap_or(0);
-        let seq = match from {
-            crate::protocol::From::Live => {
-                if st.newest > 0 {
-                    st.newest
-                } else {
-                    newest_known + 1
-                }
-            }
-            crate::protocol::From::Start => st.index.keys().next().copied().unwrap_or(1),
-            crate::protocol::From::Seq(n) => n.max(1),
-        };
-        Start {
-            seq,
-            init: st.init.clone(),
-        }
-    }
-
-    /// The next segment at or after `seq` that has been published, as a ready segment
-    /// when it is still in the window, or as a key to fetch; `None` when `seq` is past
-    /// the newest published segment.
-    pub fn next_at(&self, seq: u64) -> Option<Result<Seg, (u64, Arc<str>)>> {
-        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if seq > st.newest {
-            return None;
-        }
-        if let Some(seg) = st.window.iter().find(|s| s.seq >= seq) {
-            // The window is contiguous with respect to the index from its first entry.
-            let older = st.index.range(seq..seg.seq).next();
-            if older.is_none() {
-                return Some(Ok(seg.clone()));
-            }
-        }
-        st.index
-            .range(seq..=st.newest)
-            .next()
-            .map(|(s, k)| Err((*s, k.clone())))
-    }
-
-    fn publish(&self, seg: Seg, key: Arc<str>) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.index.insert(seg.seq, key);
-        st.newest = st.newest.max(seg.seq);
-        st.window.push_back(seg);
-        while st.window.len() > WINDOW {
-            st.window.pop_front();
-        }
-    }
-}
+use super::stream::{Seg, Stream};
+use crate::origin::cache::Cache;
+use crate::origin::OriginError;
+use crate::protocol::keys::{init_key, segment_seq};
 
 /// A message to a worker's inbox.
 pub enum WorkerMsg {
@@ -270,16 +123,7 @@ impl Hub {
                 .entry(Arc::from(name))
                 .or_insert_with(|| {
                     created = true;
-                    Arc::new(Stream {
-                        name: Arc::from(name),
-                        state: Mutex::new(StreamState::default()),
-                        ready: AtomicBool::new(false),
-                        ready_event: Event::new(),
-                        subscribers: AtomicUsize::new(0),
-                        worker_subs: (0..self.inboxes.len())
-                            .map(|_| AtomicUsize::new(0))
-                            .collect(),
-                    })
+                    Arc::new(Stream::new(name, self.inboxes.len()))
                 })
                 .clone();
             s.subscribers.fetch_add(1, Ordering::AcqRel);
@@ -332,8 +176,7 @@ impl Hub {
                     failures = 0;
                     if first {
                         first = false;
-                        stream.ready.store(true, Ordering::Release);
-                        stream.ready_event.notify(usize::MAX);
+                        stream.mark_ready();
                     }
                 }
                 Err(e) => {
@@ -344,8 +187,7 @@ impl Hub {
                     }
                     if first && failures >= 3 {
                         // Let subscribers start (at seq 1) rather than wait forever.
-                        stream.ready.store(true, Ordering::Release);
-                        stream.ready_event.notify(usize::MAX);
+                        stream.mark_ready();
                     }
                 }
             }

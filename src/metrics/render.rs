@@ -1,146 +1,74 @@
-//! Metrics: per-worker counters written only by their own worker (a plain load and store,
-//! no locked instruction on the hot path) and summed when `/metrics` is scraped, plus the
-//! shared cache, hub and ticket figures. Rendered in the Prometheus text format 0.0.4,
-//! which PROTOCOL.md fixes for `/metrics`.
-//!
-//! The exposition is written here rather than by `prometheus-client`: that crate encodes
-//! OpenMetrics (counter families named without `_total`, a `# EOF` trailer), not 0.0.4, and
-//! its metric types own their values, so each scrape would first copy every per-worker
-//! figure into them. The output is checked by `promtool check metrics` and scraped by a
-//! real Prometheus in `tests/ops.rs`.
+//! The Prometheus text exposition (format 0.0.4, which docs/protocol.md fixes for
+//! `/metrics`), rendered from the workers' counters and a plain [`Figures`] struct the
+//! caller fills from the cache, hub and ticket snapshot: this module reads no other
+//! module's internals.
 
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-/// A counter with a single writer (its worker) and any number of readers.
-#[derive(Default)]
-pub struct Counter(AtomicU64);
+use super::{Metrics, WorkerStats, UPGRADES};
+use crate::protocol::{CloseCode, ErrorCode, Op};
 
-impl Counter {
-    /// Add one.
-    pub fn inc(&self) {
-        self.add(1)
-    }
-
-    /// Add `n`. Only the owning worker writes, so load + store cannot lose updates.
-    pub fn add(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Subtract `n` (gauges).
-    pub fn sub(&self, n: u64) {
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_sub(n),
-            Ordering::Relaxed,
-        );
-    }
-
-    /// Set (gauges sampled by their worker).
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Ordering::Relaxed);
-    }
-
-    /// Current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
+/// The segment cache's figures at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct CacheFigures {
+    /// gets answered from the cache.
+    pub hits: u64,
+    /// gets that started an origin read.
+    pub misses: u64,
+    /// gets that joined a read under way.
+    pub coalesced: u64,
+    /// Objects evicted.
+    pub evictions: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Objects held.
+    pub entries: u64,
 }
 
-/// Request outcomes counted per op.
-pub const OPS: &[&str] = &["get", "subscribe", "unsubscribe", "bad"];
-/// Request results.
-pub const RESULTS: &[&str] = &[
-    "ok",
-    "bad_request",
-    "forbidden",
-    "not_found",
-    "too_large",
-    "unavailable",
-    "too_many_subscriptions",
-    "rate_limited",
-];
-/// Upgrade results.
-pub const UPGRADES: &[&str] = &[
-    "ok",
-    "ticket_missing",
-    "ticket_invalid",
-    "ticket_expired",
-    "ticket_revoked",
-    "too_many_connections",
-    "rate_limited",
-    "bad_handshake",
-];
-/// Close codes counted.
-pub const CLOSE_CODES: &[u16] = &[1000, 1001, 1002, 1003, 1007, 1008, 1009, 4401, 4408];
-
-/// One worker's counters.
-#[derive(Default)]
-pub struct WorkerStats {
-    pub connections: Counter,
-    pub accepted: Counter,
-    pub bytes_sent: Counter,
-    pub frames_sent: Counter,
-    pub skipped: Counter,
-    pub slow_closes: Counter,
-    pub revocation_closes: Counter,
-    /// Bytes waiting in this worker's send queues (sampled by its ticket sweep).
-    pub queued_bytes: Counter,
-    requests: [[Counter; 8]; 4],
-    upgrades: [Counter; 8],
-    closes: [Counter; 9],
+/// The ticket snapshot's figures at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct TicketFigures {
+    /// Tickets in the snapshot.
+    pub snapshot_entries: u64,
+    /// Seconds since the store was last read successfully (`None`: never).
+    pub snapshot_age_seconds: Option<f64>,
+    /// Failed reads of the store.
+    pub sync_errors: u64,
+    /// Point lookups by result label.
+    pub lookups: Vec<(&'static str, u64)>,
 }
 
-impl WorkerStats {
-    /// Count a request outcome.
-    pub fn request(&self, op: &str, result: &str) {
-        if let (Some(o), Some(r)) = (
-            OPS.iter().position(|x| *x == op),
-            RESULTS.iter().position(|x| *x == result),
-        ) {
-            self.requests[o][r].inc();
-        }
-    }
-
-    /// Count an upgrade outcome.
-    pub fn upgrade(&self, result: &str) {
-        if let Some(i) = UPGRADES.iter().position(|x| *x == result) {
-            self.upgrades[i].inc();
-        }
-    }
-
-    /// Count a close the relay initiated or answered.
-    pub fn count_close(&self, code: u16) {
-        if let Some(i) = CLOSE_CODES.iter().position(|c| *c == code) {
-            self.closes[i].inc();
-        }
-    }
-}
-
-/// Everything `/metrics` reports.
-pub struct Metrics {
-    pub workers: Vec<Arc<WorkerStats>>,
-    pub drivers: Vec<std::sync::OnceLock<&'static str>>,
+/// Everything `/metrics` reports besides the workers' own counters.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    /// The origin backend (`fs`, `gcs`).
+    pub backend: &'static str,
+    /// Origin reads by result label.
+    pub origin_results: Vec<(&'static str, u64)>,
+    /// Origin fetch latency: (upper bound in seconds, `None` for +Inf; count in bucket).
+    pub fetch_buckets: Vec<(Option<f64>, u64)>,
+    /// Sum of fetch latencies, seconds.
+    pub fetch_sum_seconds: f64,
+    /// Number of fetches timed.
+    pub fetch_count: u64,
+    /// The segment cache.
+    pub cache: CacheFigures,
+    /// Subscriptions to live streams.
+    pub live_subscribers: u64,
+    /// Live streams followed.
+    pub live_streams: u64,
+    /// Live segments fetched and fanned out.
+    pub segments_published: u64,
+    /// The ticket snapshot.
+    pub tickets: TicketFigures,
+    /// Idle bytes in the payload buffer pool.
+    pub pool_idle_bytes: u64,
 }
 
 impl Metrics {
-    /// Counters for `n` workers.
-    pub fn new(n: usize) -> Metrics {
-        Metrics {
-            workers: (0..n).map(|_| Arc::new(WorkerStats::default())).collect(),
-            drivers: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
-        }
-    }
-
-    fn sum(&self, f: impl Fn(&WorkerStats) -> u64) -> u64 {
-        self.workers.iter().map(|w| f(w)).sum()
-    }
-
-    /// Render the exposition text.
-    pub fn render(&self, shared: &crate::worker::Shared) -> String {
+    /// Render the exposition text: the workers' counters and `figures`, the shared parts
+    /// sampled by the caller.
+    pub fn render(&self, figures: &Figures) -> String {
         let mut o = String::with_capacity(8192);
         let one = |v: u64| vec![(String::new(), v.to_string())];
         family(
@@ -225,8 +153,9 @@ impl Metrics {
             upgrades.collect(),
         );
         let mut requests = Vec::new();
-        for (oi, op) in OPS.iter().enumerate() {
-            for (ri, r) in RESULTS.iter().enumerate() {
+        let results = std::iter::once("ok").chain(ErrorCode::ALL.iter().map(|c| c.as_str()));
+        for (oi, op) in Op::ALL.iter().map(|o| o.as_str()).enumerate() {
+            for (ri, r) in results.clone().enumerate() {
                 let v = self.sum(|w| w.requests[oi][ri].get());
                 if v > 0 {
                     requests.push((format!("op=\"{op}\",result=\"{r}\""), v.to_string()));
@@ -240,9 +169,9 @@ impl Metrics {
             "Client requests by op and result.",
             requests,
         );
-        let closes = CLOSE_CODES.iter().enumerate().map(|(i, c)| {
+        let closes = CloseCode::SENT.iter().enumerate().map(|(i, c)| {
             (
-                format!("code=\"{c}\""),
+                format!("code=\"{}\"", c.code()),
                 self.sum(|w| w.closes[i].get()).to_string(),
             )
         });
@@ -253,13 +182,12 @@ impl Metrics {
             "Close frames sent by code.",
             closes.collect(),
         );
-        let cs = &shared.cache.stats;
-        let backend = format!("backend=\"{}\"", shared.cache.origin().backend());
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let results = ["ok", "not_found", "too_large", "unavailable"]
+        let cs = &figures.cache;
+        let backend = format!("backend=\"{}\"", figures.backend);
+        let results = figures
+            .origin_results
             .iter()
-            .zip(&cs.origin_results)
-            .map(|(r, n)| (format!("{backend},result=\"{r}\""), l(n).to_string()));
+            .map(|(r, n)| (format!("{backend},result=\"{r}\""), n.to_string()));
         family(
             &mut o,
             "mediarelay_origin_requests_total",
@@ -267,14 +195,11 @@ impl Metrics {
             "Origin object reads by result (retries inside one read are not counted).",
             results.collect(),
         );
-        let fl = &cs.fetch_latency;
         let mut cumulative = 0u64;
         let mut samples = Vec::new();
-        for (i, b) in fl.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            let le = crate::cache::FETCH_BUCKETS
-                .get(i)
-                .map_or("+Inf".to_string(), |v| v.to_string());
+        for (bound, n) in &figures.fetch_buckets {
+            cumulative += n;
+            let le = bound.map_or("+Inf".to_string(), |v| v.to_string());
             samples.push((format!("{backend},le=\"{le}\""), cumulative.to_string()));
         }
         let _ = writeln!(
@@ -287,20 +212,15 @@ impl Metrics {
         let _ = writeln!(
             o,
             "mediarelay_origin_fetch_seconds_sum{{{backend}}} {}\nmediarelay_origin_fetch_seconds_count{{{backend}}} {}",
-            fl.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            fl.count.load(Ordering::Relaxed)
+            figures.fetch_sum_seconds,
+            figures.fetch_count
         );
-        let snap = shared.tickets.load();
-        let age = shared.tickets.age().map_or(f64::NAN, |d| d.as_secs_f64());
-        let lookups = ["found", "missing", "rate_limited", "failed"]
+        let t = &figures.tickets;
+        let age = t.snapshot_age_seconds.unwrap_or(f64::NAN);
+        let lookups = t
+            .lookups
             .iter()
-            .zip(&shared.tickets.lookups)
-            .map(|(r, n)| {
-                (
-                    format!("result=\"{r}\""),
-                    n.load(Ordering::Relaxed).to_string(),
-                )
-            });
+            .map(|(r, n)| (format!("result=\"{r}\""), n.to_string()));
         family(
             &mut o,
             "mediarelay_ticket_lookups_total",
@@ -313,61 +233,61 @@ impl Metrics {
                 "mediarelay_cache_hits_total",
                 "counter",
                 "gets answered from the segment cache.",
-                l(&cs.hits).to_string(),
+                cs.hits.to_string(),
             ),
             (
                 "mediarelay_cache_misses_total",
                 "counter",
                 "gets that started an origin read.",
-                l(&cs.misses).to_string(),
+                cs.misses.to_string(),
             ),
             (
                 "mediarelay_cache_coalesced_total",
                 "counter",
                 "gets that joined an origin read already under way.",
-                l(&cs.coalesced).to_string(),
+                cs.coalesced.to_string(),
             ),
             (
                 "mediarelay_cache_evictions_total",
                 "counter",
                 "Objects evicted from the segment cache.",
-                l(&cs.evictions).to_string(),
+                cs.evictions.to_string(),
             ),
             (
                 "mediarelay_cache_bytes",
                 "gauge",
                 "Bytes held by the segment cache.",
-                l(&cs.bytes).to_string(),
+                cs.bytes.to_string(),
             ),
             (
                 "mediarelay_cache_entries",
                 "gauge",
                 "Objects held by the segment cache.",
-                l(&cs.entries).to_string(),
+                cs.entries.to_string(),
             ),
             (
                 "mediarelay_live_subscribers",
                 "gauge",
                 "Subscriptions to live streams.",
-                shared.hub.subscriber_count().to_string(),
+                figures.live_subscribers.to_string(),
             ),
             (
                 "mediarelay_live_streams",
                 "gauge",
                 "Live streams being followed.",
-                shared.hub.stream_count().to_string(),
+                figures.live_streams.to_string(),
             ),
             (
                 "mediarelay_segments_published_total",
                 "counter",
                 "Live segments fetched and fanned out.",
-                shared.hub.published.load(Ordering::Relaxed).to_string(),
+                figures.segments_published.to_string(),
             ),
             (
                 "mediarelay_ticket_snapshot_entries",
                 "gauge",
                 "Tickets in the current snapshot.",
-                snap.len().to_string(),
+                t.snapshot_entries.to_string(),
             ),
             (
                 "mediarelay_ticket_snapshot_age_seconds",
@@ -379,17 +299,13 @@ impl Metrics {
                 "mediarelay_ticket_sync_errors_total",
                 "counter",
                 "Failed reads of the ticket store.",
-                shared
-                    .tickets
-                    .sync_errors
-                    .load(Ordering::Relaxed)
-                    .to_string(),
+                t.sync_errors.to_string(),
             ),
             (
                 "mediarelay_buffer_pool_idle_bytes",
                 "gauge",
                 "Idle bytes held by the payload buffer pool.",
-                crate::pool::stats().0.to_string(),
+                figures.pool_idle_bytes.to_string(),
             ),
         ];
         for (name, kind, help, v) in plain {
@@ -411,28 +327,5 @@ fn family(o: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(Stri
         } else {
             let _ = writeln!(o, "{name}{{{labels}}} {value}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters() {
-        let w = WorkerStats::default();
-        w.bytes_sent.add(10);
-        w.bytes_sent.add(5);
-        w.connections.inc();
-        w.connections.sub(1);
-        w.request("get", "ok");
-        w.request("nope", "ok");
-        w.upgrade("ticket_invalid");
-        w.count_close(4408);
-        assert_eq!(w.bytes_sent.get(), 15);
-        assert_eq!(w.connections.get(), 0);
-        assert_eq!(w.requests[0][0].get(), 1);
-        assert_eq!(w.upgrades[2].get(), 1);
-        assert_eq!(w.closes[8].get(), 1);
     }
 }

@@ -1,7 +1,6 @@
-//! The control plane: background work off the data path. It keeps the ticket snapshot
-//! current (a thread re-reading the ticket file when it changes, or a tokio runtime syncing
-//! a Firestore collection), keeping the last good snapshot when a load fails, and turns
-//! SIGTERM/SIGINT into a graceful drain.
+//! Keeping the ticket snapshot current, off the data path: a thread re-reading the ticket
+//! file when it changes, or a tokio runtime syncing a Firestore collection; the last good
+//! snapshot stays in force when a load fails.
 
 use std::sync::Arc;
 
@@ -72,33 +71,7 @@ fn refresh(store: &FileStore, cell: &TicketCell) {
         Err(e) => {
             cell.sync_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::error!("ticket store unreadable, keeping the last good snapshot: {e}")
+            tracing::error!("ticket store unreadable, keeping the last good snapshot: {e}");
         }
     }
-}
-
-/// Send on `shutdown` at the first SIGTERM or SIGINT (a second one exits at once), and on
-/// `reload` at each SIGHUP.
-pub fn on_signals(shutdown: flume::Sender<()>, reload: flume::Sender<()>) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut seen = false;
-            for sig in signals.forever() {
-                if sig == SIGHUP {
-                    let _ = reload.send(());
-                    continue;
-                }
-                if seen {
-                    tracing::warn!(signal = sig, "second signal: exiting now");
-                    std::process::exit(1);
-                }
-                seen = true;
-                tracing::info!(signal = sig, "draining");
-                let _ = shutdown.send(());
-            }
-        })?;
-    Ok(())
 }

@@ -12,15 +12,16 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 
-use crate::cli::{DemoArgs, WatchArgs};
+use super::{DemoArgs, WatchArgs};
 use crate::config::{parse_bytes, parse_duration, Config};
+use crate::protocol::keys::{segment_name, segment_name_seq, DEFAULT_SEGMENT_EXT};
 use crate::tickets::{self, TicketRecord};
 
 /// Run the demo.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let interval = parse_duration(&args.interval).map_err(anyhow::Error::msg)?;
     let size = parse_bytes(&args.size).map_err(anyhow::Error::msg)? as usize;
-    crate::origin::validate_stream(&args.stream).map_err(anyhow::Error::msg)?;
+    crate::protocol::keys::validate_stream(&args.stream).map_err(anyhow::Error::msg)?;
     let overrides = [
         ("server.listen", args.listen.clone()),
         ("server.admin", args.admin.clone()),
@@ -28,7 +29,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         ("tickets.url", args.tickets.display().to_string()),
     ];
     let config = Config::load(None, std::env::vars(), &overrides)?;
-    let _ = crate::init_logging(&config.log.level, &config.log.format);
+    let _ = crate::control::init_logging(&config.log.level, &config.log.format);
 
     let dir = args.storage.join(&args.stream);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -49,7 +50,8 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let (tx, rx) = flume::unbounded();
     control_c(tx.clone())?;
-    let relay = std::thread::spawn(move || crate::serve(config, Some((tx, rx)), false, None));
+    let relay =
+        std::thread::spawn(move || crate::control::serve(config, Some((tx, rx)), false, None));
     let start = next_seq(&dir);
     let (stream, count) = (args.stream.clone(), args.count);
     std::thread::spawn(move || produce(&dir, start, count, size, interval));
@@ -115,7 +117,7 @@ fn next_seq(dir: &Path) -> u64 {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("seg-")?.get(..10)?.parse::<u64>().ok()
+            segment_name_seq(&name)
         })
         .max()
         .unwrap_or(0)
@@ -127,7 +129,7 @@ fn produce(dir: &Path, start: u64, count: u64, size: usize, interval: Duration) 
     loop {
         let mut data = format!("mediarelay demo segment {seq}\n").into_bytes();
         data.resize(size.max(data.len()), (seq % 251) as u8);
-        let name = format!("seg-{seq:010}.m4s");
+        let name = segment_name(seq, DEFAULT_SEGMENT_EXT);
         if let Err(e) = write_atomically(dir, &name, &data) {
             eprintln!("demo producer: {e}");
             return;
@@ -180,7 +182,7 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 };
                 let seq = meta.get("seq").and_then(|v| v.as_u64()).unwrap_or(0);
                 let ts = meta.get("ts").and_then(|v| v.as_u64()).unwrap_or(0);
-                let lag = crate::hub::now_micros().saturating_sub(ts) as f64 / 1000.0;
+                let lag = crate::fanout::now_micros().saturating_sub(ts) as f64 / 1000.0;
                 println!(
                     "seq {seq:>6}  {:>9} bytes  lag {lag:>8.3} ms  {}",
                     payload.len(),

@@ -1,0 +1,203 @@
+//! One worker's state, owned by its thread: its connections, its subscription registry,
+//! the scratch read buffer and the frame parser. [`Core`] is the per-core context a
+//! connection runs against ([`Context`]): it may subscribe, unsubscribe, count and start
+//! its tasks, and never reaches further into the worker. Also the worker's periodic
+//! ticket sweep, delivery of the hub's segments, and the drain of its connections.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use slab::Slab;
+
+use super::notify::Notify;
+use super::session::{self, CloseReq, Conn, Context};
+use super::shared::Shared;
+use crate::config::Config;
+use crate::fanout::{Seg, Stream, Subscriptions};
+use crate::metrics::WorkerStats;
+use crate::protocol::{From, Reason};
+use crate::tickets::{Refusal, TicketId, TicketRecord};
+use crate::ws::frame::Parser;
+
+/// Size of each worker's scratch read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// One worker's state.
+pub struct Core {
+    /// The worker's index (0 serves the admin listener).
+    pub index: usize,
+    /// What all workers share.
+    pub shared: Arc<Shared>,
+    /// This worker's counters.
+    pub stats: Arc<WorkerStats>,
+    scratch: RefCell<Vec<u8>>,
+    parser: RefCell<Parser>,
+    conns: RefCell<Slab<Rc<Conn>>>,
+    slots: RefCell<HashMap<u64, usize>>,
+    next_conn: Cell<u64>,
+    subs: Subscriptions<Conn>,
+    me: Weak<Core>,
+    /// Raised when the drain starts: the listeners stop accepting.
+    pub stop_accepting: Notify,
+}
+
+impl Core {
+    /// Worker `index`'s state.
+    pub fn new(index: usize, shared: Arc<Shared>) -> Rc<Core> {
+        Rc::new_cyclic(|me| Core {
+            index,
+            stats: shared.metrics.workers[index].clone(),
+            subs: Subscriptions::new(shared.hub.clone(), index),
+            shared,
+            scratch: RefCell::new(vec![0u8; SCRATCH]),
+            parser: RefCell::new(Parser::default()),
+            conns: RefCell::new(Slab::new()),
+            slots: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            me: me.clone(),
+            stop_accepting: Notify::default(),
+        })
+    }
+
+    /// This core as an `Rc` (for spawning tasks that hold it).
+    fn me(&self) -> Rc<Core> {
+        self.me.upgrade().expect("the core outlives its tasks")
+    }
+
+    /// Register an upgraded connection.
+    pub fn admit(&self, id: TicketId, record: Arc<TicketRecord>) -> Rc<Conn> {
+        let n = self.next_conn.get();
+        self.next_conn.set(n + 1);
+        let conn_id = (n << 8) | self.index as u64;
+        let conn = Rc::new(Conn::new(
+            conn_id,
+            id,
+            record,
+            self.shared.config().connection.send_queue as usize,
+        ));
+        let slot = self.conns.borrow_mut().insert(conn.clone());
+        self.slots.borrow_mut().insert(conn_id, slot);
+        self.stats.connections.inc();
+        conn
+    }
+
+    /// Hand a new segment of `stream` to this worker's caught-up subscribers.
+    pub fn deliver(&self, stream: &Stream, seg: &Seg) {
+        let skips = self.subs.deliver(stream, seg);
+        if skips > 0 {
+            self.stats.skipped.add(skips);
+        }
+    }
+
+    /// Close connections whose ticket was revoked, deleted or has expired; sample the bytes
+    /// waiting in send queues on the way.
+    pub fn sweep_tickets(&self) {
+        let now = SystemTime::now();
+        let mut queued = 0u64;
+        for (_, conn) in self.conns.borrow().iter() {
+            queued += conn.queue.borrow().bytes() as u64;
+            let verdict = match self.shared.gate.tickets.get(&conn.ticket_id) {
+                None => Err(Refusal::Revoked),
+                Some(r) => {
+                    if !Arc::ptr_eq(&r, &conn.ticket.borrow()) {
+                        *conn.ticket.borrow_mut() = r.clone();
+                    }
+                    r.validity(now)
+                }
+            };
+            if let Err(r) = verdict {
+                if conn.close_req.get().is_none() {
+                    let reason = if r == Refusal::Expired {
+                        Reason::TicketExpired
+                    } else {
+                        Reason::TicketRevoked
+                    };
+                    tracing::info!(conn = conn.id, uid = %conn.ticket.borrow().uid, reason = reason.as_str(), "closing connection");
+                    self.stats.revocation_closes.inc();
+                    conn.request_close(CloseReq::because(reason));
+                }
+            }
+        }
+        self.stats.queued_bytes.set(queued);
+    }
+
+    /// Stop accepting; stop every live subscription; close each connection with 1001 after
+    /// the frame it is writing, or, when `get`s are in flight, after their replies.
+    pub fn start_drain(&self) {
+        self.stop_accepting.notify();
+        self.subs.clear();
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        for conn in conns {
+            conn.draining.set(true);
+            if !conn.get_task_running() {
+                conn.request_close(CloseReq::because(Reason::ShuttingDown));
+            }
+        }
+    }
+
+    /// Open connections on this worker.
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+}
+
+impl Context for Core {
+    fn config(&self) -> Arc<Config> {
+        self.shared.config()
+    }
+
+    fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
+    fn scratch(&self) -> RefMut<'_, Vec<u8>> {
+        self.scratch.borrow_mut()
+    }
+
+    fn parser(&self) -> RefMut<'_, Parser> {
+        self.parser.borrow_mut()
+    }
+
+    fn is_subscribed(&self, conn: &Conn, stream: &str) -> bool {
+        self.subs.contains(conn.id, stream)
+    }
+
+    fn subscription_count(&self, conn: &Conn) -> usize {
+        self.subs.count(conn.id)
+    }
+
+    fn subscribe(&self, conn: &Rc<Conn>, id: u32, stream: &str, from: From) {
+        let sub = self.subs.add(conn.id, conn, stream, conn.next_sub_id());
+        let cache = self.shared.cache.clone();
+        monoio::spawn(session::catch_up(
+            self.me(),
+            cache,
+            conn.clone(),
+            sub,
+            id,
+            from,
+        ));
+    }
+
+    fn unsubscribe(&self, conn: &Conn, stream: &str) {
+        if let Some(sub) = self.subs.remove(conn.id, stream) {
+            conn.queue.borrow_mut().remove_sub(sub.id);
+        }
+    }
+
+    fn start_gets(&self, conn: &Rc<Conn>) {
+        let cache = self.shared.cache.clone();
+        monoio::spawn(session::serve_gets(self.me(), cache, conn.clone()));
+    }
+
+    fn closed(&self, conn: &Conn) {
+        self.subs.remove_viewer(conn.id);
+        if let Some(slot) = self.slots.borrow_mut().remove(&conn.id) {
+            self.conns.borrow_mut().remove(slot);
+            self.stats.connections.sub(1);
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! One WebSocket connection after the upgrade: reading client frames, running requests,
+//! and writing the send queue. Lives entirely on one worker.
+//!
+//! **Idle cost.** A connection waits for input through the runtime's readiness wait (an
+//! io_uring `PollAdd` or epoll) holding no buffer: bytes are read into the worker's
+//! scratch buffer only when they arrive, and only an incomplete frame's bytes are kept per
+//! connection. One task per connection does reading, writing and closing; `get`s and
+//! catch-up of subscriptions get short-lived tasks of their own only while they have work.
+//!
+//! The session is split by job: [`reader`] (frame boundaries and message reassembly),
+//! [`ops`] (what each request does, against the narrow [`Context`]), [`tasks`] (the `get`
+//! and catch-up tasks); this file holds the connection's state and its one task.
+//!
+//! **Hot path** (`Conn::push_segment`, [`write_some`]): queueing a segment clones two
+//! `Bytes` handles, and writing is one `writev` over the queued parts, the one copy of the
+//! payload (into the kernel). No allocation per subscriber per segment.
+
+mod context;
+mod ops;
+mod reader;
+mod tasks;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+
+pub use context::Context;
+pub use tasks::{catch_up, serve_gets};
+
+use super::notify::Notify;
+use crate::fanout::sendq::SendQueue;
+use crate::fanout::{Seg, Viewer};
+use crate::protocol::{CloseCode, ErrorCode, Reason, Reply};
+use crate::sys::{self, Io, MAX_IOV};
+use crate::tickets::{TicketId, TicketRecord};
+use crate::ws::frame;
+use reader::Reader;
+
+/// A subscription of a connection.
+pub type Sub = crate::fanout::Sub<Conn>;
+
+/// How long a closing connection waits for the client's close frame or EOF.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Why and how the relay closes a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseReq {
+    /// The close frame's code.
+    pub code: CloseCode,
+    /// Sent as `{"op":"closing","reason":...}` first, for application reasons.
+    pub reason: Option<Reason>,
+}
+
+impl CloseReq {
+    /// Close for an application reason: `closing` first, then its close code.
+    pub fn because(reason: Reason) -> CloseReq {
+        CloseReq {
+            code: reason.close_code(),
+            reason: Some(reason),
+        }
+    }
+
+    /// Close with `code` and no `closing` message (protocol errors, answers).
+    pub fn code(code: CloseCode) -> CloseReq {
+        CloseReq { code, reason: None }
+    }
+}
+
+/// State shared by a connection's tasks and its worker. Its subscriptions are not here:
+/// the worker's subscription registry owns them.
+pub struct Conn {
+    /// Unique on the relay: a per-worker counter and the worker's index.
+    pub id: u64,
+    /// The id of the ticket it was admitted with.
+    pub ticket_id: TicketId,
+    /// That ticket's current record (the ticket sweep keeps it fresh).
+    pub ticket: RefCell<Arc<TicketRecord>>,
+    /// Frames waiting to be written.
+    pub queue: RefCell<SendQueue>,
+    /// Raised when there is something to write or a close was requested.
+    pub wake: Notify,
+    /// Raised when the queue drained (a waiting `get` may fit now) or the conn closed.
+    pub room: Notify,
+    next_sub_id: Cell<u32>,
+    /// `get`s waiting for an answer, in order: (request id, key).
+    pub pending_gets: RefCell<VecDeque<(u32, String)>>,
+    get_task: Cell<bool>,
+    /// The first close asked for, if any.
+    pub close_req: Cell<Option<CloseReq>>,
+    /// The connection task has ended.
+    pub closed: Cell<bool>,
+    /// The relay is draining: answer the `get`s in flight, take no new requests, then 1001.
+    pub draining: Cell<bool>,
+}
+
+impl Conn {
+    /// A connection admitted with ticket `ticket_id`.
+    pub fn new(
+        id: u64,
+        ticket_id: TicketId,
+        ticket: Arc<TicketRecord>,
+        queue_limit: usize,
+    ) -> Conn {
+        Conn {
+            id,
+            ticket_id,
+            ticket: RefCell::new(ticket),
+            queue: RefCell::new(SendQueue::new(queue_limit)),
+            wake: Notify::default(),
+            room: Notify::default(),
+            next_sub_id: Cell::new(1),
+            pending_gets: RefCell::new(VecDeque::new()),
+            get_task: Cell::new(false),
+            close_req: Cell::new(None),
+            closed: Cell::new(false),
+            draining: Cell::new(false),
+        }
+    }
+
+    /// Queue a JSON reply.
+    pub fn push_reply(&self, reply: &Reply<'_>) {
+        if self.closed.get() || self.close_req.get().is_some() {
+            return;
+        }
+        self.queue
+            .borrow_mut()
+            .push_keep(frame::text(&reply.to_json()), Bytes::new());
+        self.wake.notify();
+    }
+
+    /// Queue an error reply.
+    pub fn push_error(&self, id: Option<u32>, code: ErrorCode, message: &str) {
+        self.push_reply(&Reply::Error { id, code, message });
+    }
+
+    /// A new subscription id (never 0, which tags init segments in the queue).
+    pub fn next_sub_id(&self) -> u32 {
+        let id = self.next_sub_id.get();
+        self.next_sub_id.set(id.wrapping_add(1).max(1));
+        id
+    }
+
+    /// Whether `get`s are being answered.
+    pub fn get_task_running(&self) -> bool {
+        self.get_task.get()
+    }
+
+    /// Mark the `get` task started; returns whether it already was.
+    pub fn claim_get_task(&self) -> bool {
+        self.get_task.replace(true)
+    }
+
+    /// Ask the connection task to close (the first request wins).
+    pub fn request_close(&self, req: CloseReq) {
+        if self.close_req.get().is_none() && !self.closed.get() {
+            self.close_req.set(Some(req));
+            self.wake.notify();
+        }
+    }
+
+    /// Whether the connection takes no more frames (closing or closed).
+    pub fn is_closing(&self) -> bool {
+        self.closed.get() || self.close_req.get().is_some()
+    }
+}
+
+impl Viewer for Conn {
+    /// Queue a live segment for subscription `sub`, applying the slow-consumer policy.
+    /// Hot path: no allocation unless segments are dropped.
+    fn push_segment(&self, sub: &Sub, seg: &Seg) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        let mut q = self.queue.borrow_mut();
+        let dropped = q.push_segment(
+            sub.id,
+            seg.seq,
+            seg.prefix.clone(),
+            seg.payload.clone(),
+            Instant::now(),
+        );
+        if let Some((from, to, at)) = dropped {
+            let skipped = Reply::Skipped {
+                stream: &sub.stream.name,
+                from,
+                to,
+            };
+            q.insert_keep(at, frame::text(&skipped.to_json()));
+        }
+        drop(q);
+        self.wake.notify();
+        dropped.is_some()
+    }
+}
+
+/// Run an upgraded connection until it closes. `pending` holds bytes that arrived with
+/// the upgrade request.
+pub async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, stream: TcpStream, pending: Vec<u8>) {
+    let fd = stream.as_raw_fd();
+    let mut reader = Reader::default();
+    if !pending.is_empty() {
+        reader.process(&*ctx, &conn, &pending);
+    }
+    let mut read_wait = pin!(stream.readable(false));
+    let mut read_armed = true;
+    let mut write_wait = pin!(stream.writable(false));
+    let mut write_armed = true;
+    let mut write_blocked = false;
+    let mut read_eof = false;
+    let mut close_queued = false;
+    let mut close_deadline: Option<Instant> = None;
+    let mut timer: Option<Pin<Box<monoio::time::Sleep>>> = None;
+    let mut timer_at: Option<Instant> = None;
+    let stall_timeout = ctx.config().connection.stall_timeout;
+
+    loop {
+        // 1. Write what we can.
+        if !write_blocked && !conn.queue.borrow().is_empty() {
+            match write_some(fd, &conn, ctx.stats()) {
+                Ok(true) => write_blocked = true,
+                Ok(false) => {}
+                Err(_) => break,
+            }
+        }
+        // 2. Close handling.
+        if !close_queued {
+            if let Some(req) = conn.close_req.get() {
+                let mut q = conn.queue.borrow_mut();
+                if req.code == CloseCode::GoingAway {
+                    // Draining: replies already queued still go out before the close.
+                    q.drop_unstarted_segments();
+                } else {
+                    q.truncate_unstarted();
+                }
+                if let Some(reason) = req.reason {
+                    let msg = Reply::Closing { reason };
+                    q.push_keep(frame::text(&msg.to_json()), Bytes::new());
+                }
+                q.push_keep(frame::close_frame(req.code, ""), Bytes::new());
+                close_queued = true;
+                close_deadline = Some(Instant::now() + CLOSE_LINGER);
+                ctx.stats().count_close(req.code);
+                continue;
+            }
+        }
+        if close_queued && conn.queue.borrow().is_empty() {
+            sys::shutdown_write(fd);
+            if read_eof {
+                break;
+            }
+        }
+        if read_eof && !close_queued {
+            break;
+        }
+        // 3. Timers: stall clock while over the queue limit, linger while closing.
+        let stall_at = conn.queue.borrow().stall_deadline(stall_timeout);
+        if let Some(at) = stall_at {
+            if !close_queued && Instant::now() >= at {
+                conn.request_close(CloseReq::because(Reason::SlowConsumer));
+                ctx.stats().slow_closes.inc();
+                continue;
+            }
+        }
+        let deadline = close_deadline.or(stall_at);
+        if let Some(d) = deadline {
+            if Instant::now() >= d && close_queued {
+                break;
+            }
+            if timer_at != Some(d) {
+                timer = Some(Box::pin(monoio::time::sleep_until(d.into())));
+                timer_at = Some(d);
+            }
+        } else {
+            timer = None;
+            timer_at = None;
+        }
+        // 4. Wait for input, socket room, a wake-up or the timer.
+        if !read_armed {
+            read_wait.set(stream.readable(false));
+            read_armed = true;
+        }
+        if write_blocked && !write_armed {
+            write_wait.set(stream.writable(false));
+            write_armed = true;
+        }
+        let want_read = !read_eof;
+        let event = poll_fn(|cx| {
+            if conn.wake.poll_take(cx).is_ready() {
+                return Poll::Ready(Event::Wake);
+            }
+            if want_read {
+                if let Poll::Ready(r) = read_wait.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Readable(r.is_ok()));
+                }
+            }
+            if write_blocked && write_wait.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Writable);
+            }
+            if let Some(t) = timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Timer);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Wake => {}
+            Event::Readable(ok) => {
+                read_armed = false;
+                if !ok || reader.read_ready(fd, &*ctx, &conn, close_queued) {
+                    read_eof = true;
+                }
+            }
+            Event::Writable => {
+                write_armed = false;
+                write_blocked = false;
+            }
+            Event::Timer => {
+                timer = None;
+                timer_at = None;
+            }
+        }
+    }
+    finish(&*ctx, &conn);
+}
+
+enum Event {
+    Wake,
+    Readable(bool),
+    Writable,
+    Timer,
+}
+
+/// Write queued frames until the queue is empty or the socket is full. `Ok(true)`: the
+/// socket would block.
+fn write_some(
+    fd: RawFd,
+    conn: &Conn,
+    stats: &crate::metrics::WorkerStats,
+) -> std::io::Result<bool> {
+    loop {
+        let mut q = conn.queue.borrow_mut();
+        if q.is_empty() {
+            return Ok(false);
+        }
+        let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+        let n = q.gather(&mut parts);
+        match sys::writev(fd, &parts[..n])? {
+            Io::Done(written) => {
+                let frames = q.advance(written, Instant::now());
+                stats.bytes_sent.add(written as u64);
+                stats.frames_sent.add(frames as u64);
+                drop(q);
+                if written > 0 {
+                    conn.room.notify();
+                }
+            }
+            Io::WouldBlock => return Ok(true),
+        }
+    }
+}
+
+/// Tear down: unsubscribe everywhere, wake helpers so they exit, leave the worker.
+fn finish<C: Context>(ctx: &C, conn: &Conn) {
+    conn.closed.set(true);
+    conn.pending_gets.borrow_mut().clear();
+    conn.room.notify();
+    ctx.closed(conn);
+}

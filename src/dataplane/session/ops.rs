@@ -1,0 +1,315 @@
+//! The ops of docs/protocol.md: what one complete text message does. Each request is
+//! checked (ticket scope, limits, draining) and answered here; the mechanics (subscribing
+//! on the worker, starting tasks) go through the [`Context`], so every op's replies and
+//! errors are unit-tested below without a socket.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+
+use super::{Conn, Context};
+use crate::protocol::{self, ErrorCode, Op, Reply, Request, RequestError};
+
+/// Act on one complete text message.
+pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMut) {
+    let request = protocol::parse(&mut payload);
+    let (op, id) = match &request {
+        Request::Get { id, .. } => (Op::Get, Some(*id)),
+        Request::Subscribe { id, .. } => (Op::Subscribe, Some(*id)),
+        Request::Unsubscribe { id, .. } => (Op::Unsubscribe, Some(*id)),
+        Request::Bad { id, .. } => (Op::Bad, *id),
+    };
+    if conn.draining.get() {
+        let e = RequestError::new(ErrorCode::Unavailable, "the relay is shutting down");
+        return conn.push_error(id, e.code, &e.message);
+    }
+    let result = handle(ctx, conn, request);
+    ctx.stats()
+        .request(op, result.as_ref().map(|_| ()).map_err(|e| e.code));
+    if let Err(e) = result {
+        conn.push_error(id, e.code, &e.message);
+    }
+}
+
+/// Run one request; `Err` is answered with an `error` reply.
+fn handle<C: Context>(ctx: &C, conn: &Rc<Conn>, request: Request) -> Result<(), RequestError> {
+    let config = ctx.config();
+    let limits = &config.connection;
+    match request {
+        Request::Bad { message, .. } => Err(RequestError::new(ErrorCode::BadRequest, message)),
+        Request::Get { id, key } => {
+            if !conn.ticket.borrow().covers_key(&key) {
+                return Err(RequestError::new(
+                    ErrorCode::Forbidden,
+                    "the ticket does not cover this key",
+                ));
+            }
+            if conn.pending_gets.borrow().len() >= limits.max_pending_gets {
+                return Err(RequestError::new(
+                    ErrorCode::RateLimited,
+                    "too many gets in flight",
+                ));
+            }
+            conn.pending_gets.borrow_mut().push_back((id, key));
+            if !conn.claim_get_task() {
+                ctx.start_gets(conn);
+            }
+            Ok(())
+        }
+        Request::Subscribe { id, stream, from } => {
+            if !conn.ticket.borrow().covers_stream(&stream) {
+                return Err(RequestError::new(
+                    ErrorCode::Forbidden,
+                    "the ticket does not cover this stream",
+                ));
+            }
+            if ctx.is_subscribed(conn, &stream) {
+                return Err(RequestError::new(
+                    ErrorCode::BadRequest,
+                    "already subscribed to this stream",
+                ));
+            }
+            if ctx.subscription_count(conn) >= limits.max_subscriptions {
+                return Err(RequestError::new(
+                    ErrorCode::TooManySubscriptions,
+                    "this connection follows the most streams it may",
+                ));
+            }
+            ctx.subscribe(conn, id, &stream, from);
+            Ok(())
+        }
+        Request::Unsubscribe { id, stream } => {
+            ctx.unsubscribe(conn, &stream);
+            conn.push_reply(&Reply::Unsubscribed {
+                id,
+                stream: &stream,
+            });
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{RefCell, RefMut};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::WorkerStats;
+    use crate::protocol::From;
+    use crate::sys::MAX_IOV;
+    use crate::tickets::TicketRecord;
+    use crate::ws::frame::Parser;
+
+    /// A worker that records what the ops asked of it.
+    #[derive(Default)]
+    struct Recorder {
+        config: Arc<Config>,
+        stats: WorkerStats,
+        scratch: RefCell<Vec<u8>>,
+        parser: RefCell<Parser>,
+        subs: RefCell<Vec<(u64, String, u32, From)>>,
+        unsubscribed: RefCell<Vec<String>>,
+        gets_started: RefCell<u32>,
+    }
+
+    impl Context for Recorder {
+        fn config(&self) -> Arc<Config> {
+            self.config.clone()
+        }
+        fn stats(&self) -> &WorkerStats {
+            &self.stats
+        }
+        fn scratch(&self) -> RefMut<'_, Vec<u8>> {
+            self.scratch.borrow_mut()
+        }
+        fn parser(&self) -> RefMut<'_, Parser> {
+            self.parser.borrow_mut()
+        }
+        fn is_subscribed(&self, conn: &Conn, stream: &str) -> bool {
+            self.subs
+                .borrow()
+                .iter()
+                .any(|(c, s, ..)| *c == conn.id && s == stream)
+        }
+        fn subscription_count(&self, conn: &Conn) -> usize {
+            self.subs.borrow().iter().filter(|s| s.0 == conn.id).count()
+        }
+        fn subscribe(&self, conn: &Rc<Conn>, id: u32, stream: &str, from: From) {
+            self.subs
+                .borrow_mut()
+                .push((conn.id, stream.to_string(), id, from));
+        }
+        fn unsubscribe(&self, conn: &Conn, stream: &str) {
+            self.subs
+                .borrow_mut()
+                .retain(|(c, s, ..)| !(*c == conn.id && s == stream));
+            self.unsubscribed.borrow_mut().push(stream.to_string());
+        }
+        fn start_gets(&self, _conn: &Rc<Conn>) {
+            *self.gets_started.borrow_mut() += 1;
+        }
+        fn closed(&self, _conn: &Conn) {}
+    }
+
+    fn conn(streams: &[&str]) -> Rc<Conn> {
+        let now = SystemTime::now();
+        let record = TicketRecord {
+            uid: "u".into(),
+            streams: streams.iter().map(|s| s.to_string()).collect(),
+            expires_at: now + Duration::from_secs(60),
+            revoked: false,
+            max_connections: None,
+            updated_at: now,
+        };
+        Rc::new(Conn::new(1, [0; 32], Arc::new(record), 1 << 20))
+    }
+
+    /// Send `text`; return the JSON replies queued.
+    fn send(ctx: &Recorder, conn: &Rc<Conn>, text: &str) -> Vec<serde_json::Value> {
+        message(ctx, conn, BytesMut::from(text.as_bytes()));
+        let mut q = conn.queue.borrow_mut();
+        let mut wire = Vec::new();
+        while !q.is_empty() {
+            let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
+            let n = q.gather(&mut parts);
+            let len: usize = parts[..n].iter().map(|p| p.len()).sum();
+            for p in &parts[..n] {
+                wire.extend_from_slice(p);
+            }
+            q.advance(len, Instant::now());
+        }
+        text_frames(&wire)
+    }
+
+    /// The JSON of each (unmasked, unfragmented) text frame the relay wrote.
+    fn text_frames(mut wire: &[u8]) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            assert_eq!(wire[0], 0x81, "a text frame");
+            let (head, len) = match wire[1] {
+                126 => (4, u16::from_be_bytes([wire[2], wire[3]]) as usize),
+                127 => (
+                    10,
+                    u64::from_be_bytes(wire[2..10].try_into().unwrap()) as usize,
+                ),
+                n => (2, n as usize),
+            };
+            out.push(serde_json::from_slice(&wire[head..head + len]).unwrap());
+            wire = &wire[head + len..];
+        }
+        out
+    }
+
+    fn error_code(replies: &[serde_json::Value]) -> Option<&str> {
+        replies.iter().find(|r| r["op"] == "error")?["code"].as_str()
+    }
+
+    #[test]
+    fn get_is_queued_and_starts_one_task() {
+        let ctx = Recorder::default();
+        let c = conn(&["vod/*"]);
+        assert!(send(&ctx, &c, r#"{"op":"get","id":1,"key":"vod/a"}"#).is_empty());
+        assert!(send(&ctx, &c, r#"{"op":"get","id":2,"key":"vod/b"}"#).is_empty());
+        assert_eq!(c.pending_gets.borrow().len(), 2);
+        assert_eq!(*ctx.gets_started.borrow(), 1);
+    }
+
+    #[test]
+    fn get_outside_the_ticket_is_forbidden() {
+        let ctx = Recorder::default();
+        let c = conn(&["live/a"]);
+        let r = send(&ctx, &c, r#"{"op":"get","id":7,"key":"vod/x"}"#);
+        assert_eq!(error_code(&r), Some("forbidden"));
+        assert_eq!(r[0]["id"], 7);
+        assert!(c.pending_gets.borrow().is_empty());
+    }
+
+    #[test]
+    fn too_many_gets_are_rate_limited() {
+        let ctx = Recorder::default();
+        let c = conn(&["*"]);
+        let max = ctx.config.connection.max_pending_gets;
+        for i in 0..max {
+            let r = send(&ctx, &c, &format!(r#"{{"op":"get","id":{i},"key":"k"}}"#));
+            assert!(r.is_empty());
+        }
+        let r = send(&ctx, &c, r#"{"op":"get","id":999,"key":"k"}"#);
+        assert_eq!(error_code(&r), Some("rate_limited"));
+    }
+
+    #[test]
+    fn subscribe_checks_scope_duplicates_and_limit() {
+        let ctx = Recorder::default();
+        let c = conn(&["live/*"]);
+        let r = send(&ctx, &c, r#"{"op":"subscribe","id":1,"stream":"other/a"}"#);
+        assert_eq!(error_code(&r), Some("forbidden"));
+        assert!(send(
+            &ctx,
+            &c,
+            r#"{"op":"subscribe","id":2,"stream":"live/a","from":"start"}"#
+        )
+        .is_empty());
+        assert_eq!(ctx.subs.borrow()[0].3, From::Start);
+        let r = send(&ctx, &c, r#"{"op":"subscribe","id":3,"stream":"live/a"}"#);
+        assert_eq!(error_code(&r), Some("bad_request"));
+        let max = ctx.config.connection.max_subscriptions;
+        for i in 1..max {
+            let r = send(
+                &ctx,
+                &c,
+                &format!(
+                    r#"{{"op":"subscribe","id":{},"stream":"live/s{i}"}}"#,
+                    10 + i
+                ),
+            );
+            assert!(r.is_empty(), "{r:?}");
+        }
+        let r = send(
+            &ctx,
+            &c,
+            r#"{"op":"subscribe","id":99,"stream":"live/last"}"#,
+        );
+        assert_eq!(error_code(&r), Some("too_many_subscriptions"));
+        assert_eq!(r[0]["id"], 99);
+    }
+
+    #[test]
+    fn unsubscribe_always_answers() {
+        let ctx = Recorder::default();
+        let c = conn(&["*"]);
+        send(&ctx, &c, r#"{"op":"subscribe","id":1,"stream":"live/a"}"#);
+        let r = send(&ctx, &c, r#"{"op":"unsubscribe","id":2,"stream":"live/a"}"#);
+        assert_eq!(r[0]["op"], "unsubscribed");
+        assert_eq!(r[0]["id"], 2);
+        assert_eq!(ctx.subscription_count(&c), 0);
+        // Not subscribed: still answered.
+        let r = send(&ctx, &c, r#"{"op":"unsubscribe","id":3,"stream":"live/b"}"#);
+        assert_eq!(r[0]["op"], "unsubscribed");
+    }
+
+    #[test]
+    fn bad_messages_keep_the_connection_and_the_id() {
+        let ctx = Recorder::default();
+        let c = conn(&["*"]);
+        let r = send(&ctx, &c, r#"{"op":"fly","id":5}"#);
+        assert_eq!(error_code(&r), Some("bad_request"));
+        assert_eq!(r[0]["id"], 5);
+        let r = send(&ctx, &c, "not json");
+        assert_eq!(error_code(&r), Some("bad_request"));
+        assert!(r[0].get("id").is_none());
+        assert!(!c.is_closing());
+    }
+
+    #[test]
+    fn draining_answers_unavailable() {
+        let ctx = Recorder::default();
+        let c = conn(&["*"]);
+        c.draining.set(true);
+        let r = send(&ctx, &c, r#"{"op":"subscribe","id":4,"stream":"live/a"}"#);
+        assert_eq!(error_code(&r), Some("unavailable"));
+        assert!(ctx.subs.borrow().is_empty());
+    }
+}

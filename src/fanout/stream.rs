@@ -1,0 +1,186 @@
+//! One live stream as every worker sees it ([`Stream`]: the index of discovered segments,
+//! the window of the newest ready ones, the init segment, subscriber counts per worker), and
+//! one segment ready to send ([`Seg`]: its frame prefix and payload, built once and shared
+//! by every viewer).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use event_listener::Event;
+
+use crate::origin::Object;
+use crate::protocol::{meta_json, From, SegmentMeta};
+use crate::ws::frame::media_prefix;
+
+/// The frame prefix (head, meta length, meta) of a binary media frame carrying `obj`, the
+/// head formatted over the object's own buffer ([`Object::frame_view`]).
+pub fn frame_prefix(obj: &Object, meta: &[u8]) -> Bytes {
+    let frame_len = 4 + meta.len() + obj.size();
+    media_prefix(meta, obj.size(), obj.frame_view(frame_len))
+}
+
+/// Segments kept in memory per stream for subscribers joining or catching up.
+const WINDOW: usize = 16;
+
+/// One segment ready to send: the frame prefix (head + meta) and the payload, both shared.
+#[derive(Clone)]
+pub struct Seg {
+    pub seq: u64,
+    pub prefix: Bytes,
+    pub payload: Bytes,
+}
+
+impl Seg {
+    /// Lay out the frame of `obj` as segment `seq` of `stream`, stamped now.
+    pub fn build(stream: &str, seq: u64, obj: &Object) -> Seg {
+        let meta = SegmentMeta {
+            stream,
+            seq,
+            key: &obj.key,
+            size: obj.size(),
+            ts: now_micros(),
+            content_type: obj.content_type.as_deref(),
+            generation: obj.generation,
+        };
+        Seg {
+            seq,
+            prefix: frame_prefix(obj, &meta_json(&meta)),
+            payload: obj.payload(),
+        }
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> usize {
+        self.prefix.len() + self.payload.len()
+    }
+
+    /// Whether the frame is empty (never: a frame has a head).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Unix time in microseconds.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[derive(Default)]
+pub(super) struct StreamState {
+    pub(super) init: Option<Seg>,
+    /// Every segment discovered: seq → key.
+    pub(super) index: BTreeMap<u64, Arc<str>>,
+    /// The newest published segments.
+    pub(super) window: VecDeque<Seg>,
+    /// Newest published seq (0: none yet).
+    pub(super) newest: u64,
+}
+
+/// A live stream, shared by all workers.
+pub struct Stream {
+    /// The stream's name (its key prefix without the trailing `/`).
+    pub name: Arc<str>,
+    pub(super) state: Mutex<StreamState>,
+    pub(super) ready: AtomicBool,
+    pub(super) ready_event: Event,
+    pub(super) subscribers: AtomicUsize,
+    /// Subscribers per worker, to know whom to hand new segments to.
+    pub(super) worker_subs: Vec<AtomicUsize>,
+}
+
+/// Where a subscription should start, once the stream has been listed.
+pub struct Start {
+    pub seq: u64,
+    pub init: Option<Seg>,
+}
+
+impl Stream {
+    /// A stream no worker has subscribers to yet, for `workers` workers.
+    pub(super) fn new(name: &str, workers: usize) -> Stream {
+        Stream {
+            name: Arc::from(name),
+            state: Mutex::new(StreamState::default()),
+            ready: AtomicBool::new(false),
+            ready_event: Event::new(),
+            subscribers: AtomicUsize::new(0),
+            worker_subs: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Let subscriptions waiting in [`Stream::ready`] start.
+    pub(super) fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+        self.ready_event.notify(usize::MAX);
+    }
+
+    /// Wait until the first listing is done.
+    pub async fn ready(&self) {
+        loop {
+            if self.ready.load(Ordering::Acquire) {
+                return;
+            }
+            let l = self.ready_event.listen();
+            if self.ready.load(Ordering::Acquire) {
+                return;
+            }
+            l.await;
+        }
+    }
+
+    /// First sequence number for a subscription starting `from`.
+    pub fn start(&self, from: From) -> Start {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let newest_known = st.index.keys().next_back().copied().unwrap_or(0);
+        let seq = match from {
+            From::Live => {
+                if st.newest > 0 {
+                    st.newest
+                } else {
+                    newest_known + 1
+                }
+            }
+            From::Start => st.index.keys().next().copied().unwrap_or(1),
+            From::Seq(n) => n.max(1),
+        };
+        Start {
+            seq,
+            init: st.init.clone(),
+        }
+    }
+
+    /// The next segment at or after `seq` that has been published, as a ready segment
+    /// when it is still in the window, or as a key to fetch; `None` when `seq` is past
+    /// the newest published segment.
+    pub fn next_at(&self, seq: u64) -> Option<Result<Seg, (u64, Arc<str>)>> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if seq > st.newest {
+            return None;
+        }
+        if let Some(seg) = st.window.iter().find(|s| s.seq >= seq) {
+            // The window is contiguous with respect to the index from its first entry.
+            let older = st.index.range(seq..seg.seq).next();
+            if older.is_none() {
+                return Some(Ok(seg.clone()));
+            }
+        }
+        st.index
+            .range(seq..=st.newest)
+            .next()
+            .map(|(s, k)| Err((*s, k.clone())))
+    }
+
+    pub(super) fn publish(&self, seg: Seg, key: Arc<str>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.index.insert(seg.seq, key);
+        st.newest = st.newest.max(seg.seq);
+        st.window.push_back(seg);
+        while st.window.len() > WINDOW {
+            st.window.pop_front();
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Metrics: per-worker counters written only by their own worker (a plain load and store,
+//! no locked instruction on the hot path) and summed when `/metrics` is scraped, plus the
+//! shared cache, hub and ticket figures. Rendered in the Prometheus text format 0.0.4,
+//! which PROTOCOL.md fixes for `/metrics`.
+//!
+//! The exposition is written here rather than by `prometheus-client`: that crate encodes
+//! OpenMetrics (counter families named without `_total`, a `# EOF` trailer), not 0.0.4, and
+//! its metric types own their values, so each scrape would first copy every per-worker
+//! figure into them. The output is checked by `promtool check metrics` and scraped by a
+//! real Prometheus in `tests/ops.rs`.
+
+pub mod render;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::protocol::{CloseCode, ErrorCode, Op};
+
+pub use render::{CacheFigures, Figures, TicketFigures};
+
+/// A counter with a single writer (its worker) and any number of readers.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Add `n`. Only the owning worker writes, so load + store cannot lose updates.
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Subtract `n` (gauges).
+    pub fn sub(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Set (gauges sampled by their worker).
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Upgrade results.
+pub const UPGRADES: &[&str] = &[
+    "ok",
+    "ticket_missing",
+    "ticket_invalid",
+    "ticket_expired",
+    "ticket_revoked",
+    "too_many_connections",
+    "rate_limited",
+    "bad_handshake",
+];
+
+/// One worker's counters.
+#[derive(Default)]
+pub struct WorkerStats {
+    /// Open connections (gauge).
+    pub connections: Counter,
+    pub accepted: Counter,
+    pub bytes_sent: Counter,
+    pub frames_sent: Counter,
+    pub skipped: Counter,
+    pub slow_closes: Counter,
+    pub revocation_closes: Counter,
+    /// Bytes waiting in this worker's send queues (sampled by its ticket sweep).
+    pub queued_bytes: Counter,
+    /// Per op, per result: `ok` first, then each [`ErrorCode`].
+    requests: [[Counter; 1 + ErrorCode::ALL.len()]; Op::ALL.len()],
+    upgrades: [Counter; UPGRADES.len()],
+    closes: [Counter; CloseCode::SENT.len()],
+}
+
+impl WorkerStats {
+    /// Count a request outcome.
+    pub fn request(&self, op: Op, result: Result<(), ErrorCode>) {
+        let r = result.map_or_else(|code| 1 + code.index(), |()| 0);
+        self.requests[op.index()][r].inc();
+    }
+
+    /// Count an upgrade outcome.
+    pub fn upgrade(&self, result: &str) {
+        if let Some(i) = UPGRADES.iter().position(|x| *x == result) {
+            self.upgrades[i].inc();
+        }
+    }
+
+    /// Count a close the relay initiated or answered (echoed client codes are not counted).
+    pub fn count_close(&self, code: CloseCode) {
+        if let Some(i) = CloseCode::SENT.iter().position(|c| *c == code) {
+            self.closes[i].inc();
+        }
+    }
+}
+
+/// Everything `/metrics` reports.
+pub struct Metrics {
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub drivers: Vec<std::sync::OnceLock<&'static str>>,
+}
+
+impl Metrics {
+    /// Counters for `n` workers.
+    pub fn new(n: usize) -> Metrics {
+        Metrics {
+            workers: (0..n).map(|_| Arc::new(WorkerStats::default())).collect(),
+            drivers: (0..n).map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    pub(crate) fn sum(&self, f: impl Fn(&WorkerStats) -> u64) -> u64 {
+        self.workers.iter().map(|w| f(w)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters() {
+        let w = WorkerStats::default();
+        w.bytes_sent.add(10);
+        w.bytes_sent.add(5);
+        w.connections.inc();
+        w.connections.sub(1);
+        w.request(Op::Get, Ok(()));
+        w.request(Op::Subscribe, Err(ErrorCode::RateLimited));
+        w.upgrade("ticket_invalid");
+        w.upgrade("nope");
+        w.count_close(CloseCode::SlowConsumer);
+        w.count_close(CloseCode::Echo(3000));
+        assert_eq!(w.bytes_sent.get(), 15);
+        assert_eq!(w.connections.get(), 0);
+        assert_eq!(w.requests[0][0].get(), 1);
+        assert_eq!(w.requests[1][7].get(), 1);
+        assert_eq!(w.upgrades[2].get(), 1);
+        assert_eq!(w.closes[8].get(), 1);
+    }
+}

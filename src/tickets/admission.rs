@@ -1,0 +1,95 @@
+//! The upgrade rule: which connection attempts become connections. An address over its
+//! failure budget is refused first; then the ticket is checked against the snapshot (no
+//! lock, no I/O); a ticket missing from the snapshot gets one bounded point lookup (the
+//! only store call on the upgrade path); then the per-ticket connection limit is taken.
+//! Failed checks count against the client's address.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::limits::{ConnCounts, FailureLimiter};
+use super::snapshot::TicketCell;
+use super::{ticket_id, Lookup, Refusal, TicketId, TicketRecord};
+
+/// Everything the upgrade rule reads, shared by every worker.
+pub struct Gate {
+    /// The current ticket snapshot.
+    pub tickets: Arc<TicketCell>,
+    /// Point lookups of tickets missing from the snapshot (stores that have them).
+    pub lookup: Option<Arc<dyn Lookup>>,
+    /// Concurrent connections per ticket.
+    pub conn_counts: ConnCounts,
+    /// Failed ticket checks per client address.
+    pub failures: FailureLimiter,
+}
+
+impl Gate {
+    /// A gate over `tickets`, allowing `failure_limit` failed checks per address per
+    /// `failure_window`.
+    pub fn new(
+        tickets: Arc<TicketCell>,
+        lookup: Option<Arc<dyn Lookup>>,
+        failure_limit: u32,
+        failure_window: Duration,
+    ) -> Gate {
+        Gate {
+            tickets,
+            lookup,
+            conn_counts: ConnCounts::default(),
+            failures: FailureLimiter::new(failure_limit, failure_window),
+        }
+    }
+
+    /// Check the ticket a client at `peer` presented (`None`: none). A ticket unknown to
+    /// the snapshot is looked up in the store, waiting at most `lookup_timeout`.
+    pub async fn check(
+        &self,
+        peer: IpAddr,
+        ticket: Option<&str>,
+        lookup_timeout: Duration,
+    ) -> Result<(TicketId, Arc<TicketRecord>), Refusal> {
+        let now = Instant::now();
+        if self.failures.is_limited(peer, now) {
+            return Err(Refusal::RateLimited);
+        }
+        let mut checked = self
+            .tickets
+            .load()
+            .check(ticket, SystemTime::now())
+            .map(|(id, r)| (id, r.clone()));
+        // A ticket issued since the last sync: one bounded point lookup, for this
+        // connection only.
+        if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &self.lookup, ticket) {
+            let id = ticket_id(t);
+            let found = match self.tickets.get(&id) {
+                Some(r) => Some(r),
+                None => monoio::time::timeout(lookup_timeout, lookup.find(id))
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            if let Some(record) = found {
+                checked = record.validity(SystemTime::now()).map(|()| (id, record));
+            }
+        }
+        if checked.is_err() {
+            self.failures.record_failure(peer, now);
+        }
+        checked
+    }
+
+    /// Take one of the ticket's connection slots; `Err` when all are taken.
+    pub fn acquire(&self, id: &TicketId, record: &TicketRecord) -> Result<(), Refusal> {
+        if self.conn_counts.acquire(id, record.max_connections) {
+            Ok(())
+        } else {
+            Err(Refusal::TooManyConnections)
+        }
+    }
+
+    /// Give a connection slot back.
+    pub fn release(&self, id: &TicketId) {
+        self.conn_counts.release(id);
+    }
+}
