@@ -17,9 +17,19 @@ fn refusals_before_upgrade() {
     let r = Relay::start(&[]);
     let good = r.issue("live/*", &[]);
     let expired = r.issue("live/*", &["--ttl", "1s"]);
+    // The CLI stamped the expiry before `issue` returned.
+    let expiry = Instant::now() + Duration::from_secs(1);
     let revoked = r.issue("live/*", &[]);
+    let loads = r.log_text().matches("ticket snapshot loaded").count();
     r.revoke(&[&revoked]);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_for(
+        "the revocation to reach the snapshot",
+        Duration::from_secs(5),
+        || r.log_text().matches("ticket snapshot loaded").count() > loads,
+    );
+    wait_for("the short ticket's expiry", Duration::from_secs(5), || {
+        Instant::now() >= expiry
+    });
 
     assert_eq!(
         upgrade(&r, "", ""),
@@ -96,7 +106,12 @@ fn max_connections_per_ticket() {
         Ok(_) => panic!("third connection admitted"),
     }
     a.close();
-    std::thread::sleep(Duration::from_millis(300));
+    // The slot comes back when the relay has seen the close.
+    wait_for(
+        "the closed connection to leave",
+        Duration::from_secs(5),
+        || r.metric("mediarelay_connections", "") < 2.0,
+    );
     let _c = r.ws(&t);
 }
 
@@ -197,10 +212,11 @@ fn issue_prints_only_the_ticket() {
 fn malformed_ticket_file_keeps_the_last_good_snapshot() {
     let r = Relay::start(&[]);
     let t = r.issue("*", &[]);
-    std::thread::sleep(Duration::from_millis(600));
     let _c = r.ws(&t);
     std::fs::write(r.tickets(), b"{\"tickets\": {\n  oops").unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for("the failed reload", Duration::from_secs(5), || {
+        r.metric("mediarelay_ticket_sync_errors_total", "") >= 1.0
+    });
     let _d = r.ws(&t);
     let log = r.log_text();
     assert!(log.contains("line 2"), "error should say where: {log}");

@@ -70,7 +70,10 @@ fn upgrade_status(r: &Relay, ticket: &str) -> u16 {
 fn full_load_issue_and_revoke_while_connected() {
     let fs = FakeFirestore::start();
     let planted = plant(&fs, 10_000);
-    let r = Relay::start_firestore(tempfile::tempdir().unwrap(), fs.addr, &fs.url(), &[]);
+    let r = Relay::builder()
+        .dir(tempfile::tempdir().unwrap())
+        .firestore(fs.addr, &fs.url())
+        .start();
     assert_eq!(r.metric("mediarelay_ticket_snapshot_entries", ""), 10_000.0);
     // 300 per page: at least 34 list requests.
     assert!(fs.stats()["list"].as_u64().unwrap() >= 34, "{}", fs.stats());
@@ -119,12 +122,11 @@ fn full_load_issue_and_revoke_while_connected() {
 fn deleted_documents_are_caught_by_the_full_resync() {
     let fs = FakeFirestore::start();
     let t = plant(&fs, 3);
-    let r = Relay::start_firestore(
-        tempfile::tempdir().unwrap(),
-        fs.addr,
-        &fs.url(),
-        &[("MEDIARELAY_FULL_RESYNC_INTERVAL", "2s")],
-    );
+    let r = Relay::builder()
+        .dir(tempfile::tempdir().unwrap())
+        .firestore(fs.addr, &fs.url())
+        .env(&[("MEDIARELAY_FULL_RESYNC_INTERVAL", "2s")])
+        .start();
     let mut c = r.ws(&t[1]);
     fs.delete(&id_of(&t[1]));
     let start = Instant::now();
@@ -144,7 +146,10 @@ fn warm_start_and_outages() {
     let t = plant(&fs, 50);
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().to_path_buf();
-    let mut r = Relay::start_firestore(dir, fs.addr, &fs.url(), &[]);
+    let mut r = Relay::builder()
+        .dir(dir)
+        .firestore(fs.addr, &fs.url())
+        .start();
     // The snapshot is persisted after the full load.
     let snap = keep.join("tickets.snapshot.json");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -154,7 +159,14 @@ fn warm_start_and_outages() {
     }
     // Firestore goes down mid-run: the relay keeps serving, and says how old its data is.
     fs.set_down(true);
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_for(
+        "failed syncs and an old snapshot",
+        Duration::from_secs(10),
+        || {
+            r.metric("mediarelay_ticket_sync_errors_total", "") >= 1.0
+                && r.metric("mediarelay_ticket_snapshot_age_seconds", "") >= 1.5
+        },
+    );
     assert_eq!(upgrade_status(&r, &t[7]), 101);
     assert!(r.metric("mediarelay_ticket_snapshot_age_seconds", "") >= 1.5);
     assert!(r.metric("mediarelay_ticket_sync_errors_total", "") >= 1.0);
@@ -166,7 +178,10 @@ fn warm_start_and_outages() {
     r.wait_exit(Duration::from_secs(12)).expect("exit");
     let dir2 = tempfile::TempDir::new().unwrap();
     std::fs::copy(&snap, dir2.path().join("tickets.snapshot.json")).unwrap();
-    let r2 = Relay::start_firestore(dir2, fs.addr, &fs.url(), &[]);
+    let r2 = Relay::builder()
+        .dir(dir2)
+        .firestore(fs.addr, &fs.url())
+        .start();
     assert_eq!(upgrade_status(&r2, &t[3]), 101);
     assert_eq!(upgrade_status(&r2, "never-issued"), 401);
     // Firestore back: sync resumes.
@@ -186,15 +201,14 @@ fn warm_start_and_outages() {
 fn unknown_ticket_flood_is_bounded_by_the_lookup_rate() {
     let fs = FakeFirestore::start();
     plant(&fs, 5);
-    let r = Relay::start_firestore(
-        tempfile::tempdir().unwrap(),
-        fs.addr,
-        &fs.url(),
-        &[
+    let r = Relay::builder()
+        .dir(tempfile::tempdir().unwrap())
+        .firestore(fs.addr, &fs.url())
+        .env(&[
             ("MEDIARELAY_AUTH_FAILURE_LIMIT", "0"),
             ("MEDIARELAY_LOOKUP_RATE", "10"),
-        ],
-    );
+        ])
+        .start();
     let gets_before = fs.stats()["get"].as_u64().unwrap();
     let start = Instant::now();
     for i in 0..200 {
@@ -218,12 +232,11 @@ fn unknown_ticket_flood_is_bounded_by_the_lookup_rate() {
 fn a_new_ticket_is_found_by_one_point_lookup() {
     let fs = FakeFirestore::start();
     plant(&fs, 2);
-    let r = Relay::start_firestore(
-        tempfile::tempdir().unwrap(),
-        fs.addr,
-        &fs.url(),
-        &[("MEDIARELAY_SYNC_INTERVAL", "60s")],
-    );
+    let r = Relay::builder()
+        .dir(tempfile::tempdir().unwrap())
+        .firestore(fs.addr, &fs.url())
+        .env(&[("MEDIARELAY_SYNC_INTERVAL", "60s")])
+        .start();
     let fresh = issue_fs(&fs, "*");
     let before = fs.stats()["get"].as_u64().unwrap();
     let _a = r.ws(&fresh);
@@ -246,7 +259,10 @@ fn malformed_documents_are_skipped_and_named() {
         "raw?name=projects/test-project/databases/(default)/documents/tickets/not-a-hash",
         &json!({"uid": {"stringValue": "x"}}),
     );
-    let r = Relay::start_firestore(tempfile::tempdir().unwrap(), fs.addr, &fs.url(), &[]);
+    let r = Relay::builder()
+        .dir(tempfile::tempdir().unwrap())
+        .firestore(fs.addr, &fs.url())
+        .start();
     assert_eq!(r.metric("mediarelay_ticket_snapshot_entries", ""), 2.0);
     assert_eq!(upgrade_status(&r, &good[0]), 101);
     let log = r.log_text();

@@ -34,11 +34,10 @@ fn objects_of_every_size_and_odd_names() {
         gcs.upload(&format!("root/{k}"), &data(1000 + i, 9));
     }
     gcs.upload("outside-the-prefix.bin", b"no");
-    let r = Relay::start_gcs(
-        gcs.addr,
-        "gs://media/root",
-        &[("MEDIARELAY_MAX_OBJECT_SIZE", "33MiB")],
-    );
+    let r = Relay::builder()
+        .gcs(gcs.addr, "gs://media/root")
+        .env(&[("MEDIARELAY_MAX_OBJECT_SIZE", "33MiB")])
+        .start();
     let t = r.issue("*", &[]);
     let mut c = r.ws(&t);
     for (i, n) in sizes.iter().enumerate() {
@@ -72,7 +71,7 @@ fn objects_of_every_size_and_odd_names() {
 fn concurrent_cold_gets_download_once() {
     let gcs = FakeGcs::start();
     gcs.upload("vod/cold.bin", &data(2 << 20, 3));
-    let r = Relay::start_gcs(gcs.addr, "gs://media", &[]);
+    let r = Relay::builder().gcs(gcs.addr, "gs://media").start();
     let t = r.issue("*", &[]);
     let mut clients: Vec<Client> = (0..100).map(|_| r.ws(&t)).collect();
     for (i, c) in clients.iter_mut().enumerate() {
@@ -96,11 +95,10 @@ fn live_stream_from_a_bucket() {
     );
     gcs.upload("live/cam1/seg-0000000001.m4s", &data(5000, 1));
     // Two objects per listing page, so discovery follows nextPageToken.
-    let r = Relay::start_gcs(
-        gcs.addr,
-        "gs://media",
-        &[("MEDIARELAY_LIST_PAGE_SIZE", "2")],
-    );
+    let r = Relay::builder()
+        .gcs(gcs.addr, "gs://media")
+        .env(&[("MEDIARELAY_LIST_PAGE_SIZE", "2")])
+        .start();
     let t = r.issue("live/cam1", &[]);
     let mut a = r.ws(&t);
     let mut b = r.ws(&t);
@@ -123,9 +121,14 @@ fn live_stream_from_a_bucket() {
         }
     }
     assert!(gcs.log().contains("pageToken="), "discovery never paged");
-    // One download per segment however many subscribers.
+    // One download per segment however many subscribers. The server writes its access log
+    // line after the response, so wait for it before counting.
     for seq in 2..=5u64 {
-        assert_eq!(gcs.downloads(&format!("live/cam1/seg-{seq:010}.m4s")), 1);
+        let key = seg_key("live/cam1", seq);
+        wait_for("the download's log line", Duration::from_secs(5), || {
+            gcs.downloads(&key) >= 1
+        });
+        assert_eq!(gcs.downloads(&key), 1);
     }
 }
 
@@ -136,14 +139,13 @@ fn retries_recover_and_fail_within_the_deadline() {
         gcs.upload(&format!("vod/r{i}.bin"), &data(300_000, i));
     }
     let proxy = FaultProxy::start(gcs.addr);
-    let r = Relay::start_gcs(
-        proxy.addr,
-        "gs://media",
-        &[
+    let r = Relay::builder()
+        .gcs(proxy.addr, "gs://media")
+        .env(&[
             ("MEDIARELAY_ATTEMPT_TIMEOUT", "1s"),
             ("MEDIARELAY_REQUEST_DEADLINE", "4s"),
-        ],
-    );
+        ])
+        .start();
     let t = r.issue("*", &[]);
     let mut c = r.ws(&t);
     let cases = [

@@ -201,6 +201,7 @@ fn slow_consumers() {
     slow.set_timeout(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(30);
     while got.last() != Some(&n) && Instant::now() < deadline {
+        // This reader is slow on purpose: the pause is the behaviour under test.
         std::thread::sleep(Duration::from_millis(150));
         match slow.recv() {
             Got::Json(v) if v["op"] == "skipped" => {
@@ -242,7 +243,10 @@ fn sigterm_drains_with_1001_and_exits_0() {
     r.put("vod/big.bin", &big);
     let mut g = r.ws(&t);
     g.send(json!({"op":"get","id":5,"key":"vod/big.bin"}));
-    std::thread::sleep(Duration::from_millis(300));
+    // In flight: the object was read and its reply has started going out.
+    wait_for("the get to be in flight", Duration::from_secs(10), || {
+        r.metric("mediarelay_requests_total", "op=\"get\",result=\"ok\"") >= 1.0
+    });
     r.signal("TERM");
     // While the drain runs (this client has not answered the close yet), /readyz says so.
     let deadline = Instant::now() + Duration::from_secs(3);

@@ -35,10 +35,9 @@ fn subscriptions_allowed(r: &Relay, t: &str) -> usize {
 
 #[test]
 fn sighup_applies_what_it_can_and_survives_a_bad_file() {
-    let r = Relay::start_config(
-        "[connection]\nmax_subscriptions = 3\n[server]\nbacklog = 512\n",
-        &[],
-    );
+    let r = Relay::builder()
+        .config("[connection]\nmax_subscriptions = 3\n[server]\nbacklog = 512\n")
+        .start();
     let t = r.issue("*", &[]);
     assert_eq!(subscriptions_allowed(&r, &t), 3);
 

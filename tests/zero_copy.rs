@@ -45,6 +45,17 @@ static GLOBAL: Counting = Counting;
 const MIB: usize = 1 << 20;
 const N: usize = 100;
 
+/// Whether `/readyz` on the admin listener answers 200.
+fn ready(admin: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect(admin) else {
+        return false;
+    };
+    let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out.starts_with(b"HTTP/1.1 200")
+}
+
 fn port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -159,9 +170,10 @@ fn one_buffer_for_a_hundred_viewers() {
         )
         .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
     let overrides = [
         ("server.listen", addr.to_string()),
-        ("server.admin", format!("127.0.0.1:{}", port())),
+        ("server.admin", admin.to_string()),
         ("storage.url", media.display().to_string()),
         ("tickets.url", tickets.display().to_string()),
         ("server.workers", "2".to_string()),
@@ -174,11 +186,10 @@ fn one_buffer_for_a_hundred_viewers() {
     let relay =
         std::thread::spawn(move || mediarelay::control::serve(config, Some((tx, rx)), false, None));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline);
+    while !ready(admin) {
+        assert!(Instant::now() < deadline, "relay not ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(300));
 
     let mut clients: Vec<Raw> = (0..N).map(|_| Raw::connect(addr, &ticket)).collect();
     let mut bufs: Vec<Vec<u8>> = (0..N).map(|_| vec![0u8; 16 * 1024]).collect();

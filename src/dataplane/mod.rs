@@ -138,19 +138,31 @@ impl Relay {
                     let main = worker(index, shared, inbox, listen, admin, &report);
                     let ran = block_on(driver, &pool, index == 0, on_driver, main);
                     if let Err(e) = ran.map_err(DataPlaneError::from).and_then(|r| r) {
-                        let _ = report.send(Err(e));
+                        let _ = report.send(Err(DataPlaneError::Worker(index, e.to_string())));
                     }
                 });
             relay.threads.push(t.map_err(DataPlaneError::Thread)?);
-            match relay.reports.recv() {
-                Ok(Ok((public, admin))) => {
+            // The worker reports once bound; one that ends without a word failed too.
+            let reported = loop {
+                match relay.reports.recv_timeout(Duration::from_millis(50)) {
+                    Ok(r) => break r,
+                    Err(_) if relay.threads.last().is_some_and(JoinHandle::is_finished) => {
+                        break relay
+                            .reports
+                            .try_recv()
+                            .unwrap_or(Err(DataPlaneError::WorkerExited));
+                    }
+                    Err(_) => {}
+                }
+            };
+            match reported {
+                Ok((public, admin)) => {
                     relay.listen = public;
                     if let Some(admin) = admin {
                         relay.admin = admin;
                     }
                 }
-                Ok(Err(e)) => return Err(relay.abort(e)),
-                Err(_) => return Err(relay.abort(DataPlaneError::WorkerExited)),
+                Err(e) => return Err(relay.abort(e)),
             }
         }
         Ok(relay)

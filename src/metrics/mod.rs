@@ -93,6 +93,12 @@ impl WorkerStats {
         self.requests[op.index()][r].inc();
     }
 
+    /// How many requests of `op` ended with `result` on this worker.
+    pub fn requests(&self, op: Op, result: Result<(), ErrorCode>) -> u64 {
+        let r = result.map_or_else(|code| 1 + code.index(), |()| 0);
+        self.requests[op.index()][r].get()
+    }
+
     /// Count an upgrade outcome.
     pub fn upgrade(&self, result: &str) {
         if let Some(i) = UPGRADES.iter().position(|x| *x == result) {
@@ -100,7 +106,8 @@ impl WorkerStats {
         }
     }
 
-    /// Count a close the relay initiated or answered (echoed client codes are not counted).
+    /// Count a close the relay initiated or answered (a client code outside
+    /// [`CloseCode::SENT`] that is echoed back is not counted).
     pub fn count_close(&self, code: CloseCode) {
         if let Some(i) = CloseCode::SENT.iter().position(|c| *c == code) {
             self.closes[i].inc();

@@ -3,8 +3,8 @@ real binary on loopback."""
 
 import json
 import os
+import re
 import shutil
-import socket
 import struct
 import subprocess
 import tempfile
@@ -19,34 +19,44 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.environ.get("MEDIARELAY_BIN", os.path.join(ROOT, "target", "debug", "mediarelay"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class Relay:
+    """The relay binary on loopback ports it picks itself (port 0), read from its log."""
+
     def __init__(self, tmp):
         self.dir = tmp
         self.media = os.path.join(tmp, "media")
         self.tickets = os.path.join(tmp, "tickets.json")
         os.makedirs(self.media, exist_ok=True)
-        self.port, self.admin = free_port(), free_port()
-        self.log = open(os.path.join(tmp, "relay.log"), "wb")
+        log_path = os.path.join(tmp, "relay.log")
+        self.log = open(log_path, "wb")
         env = dict(os.environ, MEDIARELAY_POLL_INTERVAL="50ms")
         self.proc = subprocess.Popen(
-            [BIN, "serve", "--listen", f"127.0.0.1:{self.port}", "--admin",
-             f"127.0.0.1:{self.admin}", "--storage", self.media, "--tickets", self.tickets,
-             "--workers", "2"],
+            [BIN, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
+             "--storage", self.media, "--tickets", self.tickets, "--workers", "2"],
             stdout=subprocess.DEVNULL, stderr=self.log, env=env)
         deadline = time.time() + 20
+        while time.time() < deadline:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                text = ANSI.sub("", f.read())
+            found = re.search(r"mediarelay serving.*listen=127\.0\.0\.1:(\d+).*admin=127\.0\.0\.1:(\d+)", text)
+            if found:
+                self.port, self.admin = int(found.group(1)), int(found.group(2))
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay exited: {text}")
+            time.sleep(0.02)
+        else:
+            raise RuntimeError("relay did not log its addresses")
         while time.time() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=1) as r:
                     if r.status == 200:
                         return
             except Exception:
-                time.sleep(0.05)
+                time.sleep(0.02)
         raise RuntimeError("relay did not become ready")
 
     def entries(self):

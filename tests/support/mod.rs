@@ -27,6 +27,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Wait until `ready` holds, checking every 20 ms, for at most `within`; panics naming
+/// `what` when it never does. The tests wait on observable state (a metric, a log line,
+/// an HTTP answer), never for a fixed time.
+pub fn wait_for(what: &str, within: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Text without ANSI escape sequences (the log's colours).
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -85,61 +96,91 @@ pub struct Relay {
     pub log: PathBuf,
 }
 
+/// How to start a relay, for every kind of test: local storage (the default) or a GCS
+/// emulator, tickets from a file (the default) or a Firestore emulator, a config file,
+/// extra `MEDIARELAY_*` variables, and the directory to run in (reuse one for a warm start).
+#[derive(Default)]
+pub struct RelayBuilder {
+    dir: Option<tempfile::TempDir>,
+    env: Vec<(String, String)>,
+    config: Option<String>,
+    gcs: Option<(SocketAddr, String)>,
+    firestore: Option<(SocketAddr, String)>,
+}
+
+impl RelayBuilder {
+    /// Extra environment (`MEDIARELAY_*` pairs and the like).
+    pub fn env(mut self, env: &[(&str, &str)]) -> Self {
+        self.env
+            .extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// Run in `dir` (its `media/`, `tickets.json`, snapshot and log).
+    pub fn dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Start with `--config dir/config.toml`, written from `toml`.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    /// Objects from the bucket `url` (`gs://...`) of the GCS emulator at `emulator`.
+    pub fn gcs(mut self, emulator: SocketAddr, url: &str) -> Self {
+        self.gcs = Some((emulator, url.to_string()));
+        self
+    }
+
+    /// Tickets from the Firestore emulator at `emulator` (`url`: `firestore://...`), the
+    /// snapshot persisted in the run directory.
+    pub fn firestore(mut self, emulator: SocketAddr, url: &str) -> Self {
+        self.firestore = Some((emulator, url.to_string()));
+        self
+    }
+
+    /// Start the relay and wait until it is ready.
+    pub fn start(self) -> Relay {
+        let dir = self.dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        std::fs::create_dir_all(dir.path().join("media")).unwrap();
+        if let Some(toml) = &self.config {
+            std::fs::write(dir.path().join("config.toml"), toml).unwrap();
+        }
+        let mut env = Vec::new();
+        if let Some((emulator, url)) = &self.gcs {
+            env.push(("STORAGE_EMULATOR_HOST".to_string(), emulator.to_string()));
+            env.push(("MEDIARELAY_STORAGE".to_string(), url.clone()));
+        }
+        if let Some((emulator, url)) = &self.firestore {
+            let snap = dir.path().join("tickets.snapshot.json");
+            env.push(("FIRESTORE_EMULATOR_HOST".to_string(), emulator.to_string()));
+            env.push(("MEDIARELAY_TICKETS".to_string(), url.clone()));
+            env.push((
+                "MEDIARELAY_TICKET_SNAPSHOT".to_string(),
+                snap.to_str().unwrap().to_string(),
+            ));
+        }
+        env.extend(self.env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Relay::start_with(dir, self.gcs.is_none(), &env)
+    }
+}
+
 impl Relay {
+    /// A builder for any kind of relay.
+    pub fn builder() -> RelayBuilder {
+        RelayBuilder::default()
+    }
+
     /// Start with default settings plus `env` (MEDIARELAY_* pairs).
     pub fn start(env: &[(&str, &str)]) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("media")).unwrap();
-        Relay::start_in(dir, env)
-    }
-
-    /// Start against a GCS bucket URL (`gs://...`) served by the emulator at `emulator`.
-    pub fn start_gcs(emulator: SocketAddr, url: &str, env: &[(&str, &str)]) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        let host = emulator.to_string();
-        let mut all: Vec<(&str, &str)> = vec![
-            ("STORAGE_EMULATOR_HOST", host.as_str()),
-            ("MEDIARELAY_STORAGE", url),
-        ];
-        all.extend_from_slice(env);
-        Relay::start_with(dir, false, &all)
-    }
-
-    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Relay {
-        Relay::start_with(dir, true, env)
-    }
-
-    /// Start with `--config` pointing at `dir/config.toml`, written from `toml`.
-    pub fn start_config(toml: &str, env: &[(&str, &str)]) -> Relay {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("media")).unwrap();
-        std::fs::write(dir.path().join("config.toml"), toml).unwrap();
-        Relay::start_with(dir, true, env)
+        Relay::builder().env(env).start()
     }
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")
-    }
-
-    /// Start with tickets from the fake Firestore at `emulator`, the snapshot persisted in
-    /// `dir` (reuse `dir` for a warm start).
-    pub fn start_firestore(
-        dir: tempfile::TempDir,
-        emulator: SocketAddr,
-        url: &str,
-        env: &[(&str, &str)],
-    ) -> Relay {
-        let host = emulator.to_string();
-        let snap = dir.path().join("tickets.snapshot.json");
-        let snap = snap.to_str().unwrap().to_string();
-        let mut all: Vec<(&str, &str)> = vec![
-            ("FIRESTORE_EMULATOR_HOST", host.as_str()),
-            ("MEDIARELAY_TICKETS", url),
-            ("MEDIARELAY_TICKET_SNAPSHOT", snap.as_str()),
-        ];
-        all.extend_from_slice(env);
-        std::fs::create_dir_all(dir.path().join("media")).unwrap();
-        Relay::start_with(dir, true, &all)
     }
 
     fn start_with(dir: tempfile::TempDir, local_storage: bool, env: &[(&str, &str)]) -> Relay {

@@ -24,8 +24,11 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
         return conn.push_error(id, e.code, &e.message);
     }
     let result = handle(ctx, conn, request);
-    ctx.stats()
-        .request(op, result.as_ref().map(|_| ()).map_err(|e| e.code));
+    // A queued `get` is counted when it is answered (by the `get` task), not here.
+    if !(op == Op::Get && result.is_ok()) {
+        ctx.stats()
+            .request(op, result.as_ref().map(|_| ()).map_err(|e| e.code));
+    }
     if let Err(e) = result {
         conn.push_error(id, e.code, &e.message);
     }
@@ -215,6 +218,8 @@ mod tests {
         assert!(send(&ctx, &c, r#"{"op":"get","id":2,"key":"vod/b"}"#).is_empty());
         assert_eq!(c.pending_gets.borrow().len(), 2);
         assert_eq!(*ctx.gets_started.borrow(), 1);
+        // Counted when answered, by the task: not yet.
+        assert_eq!(ctx.stats.requests(Op::Get, Ok(())), 0);
     }
 
     #[test]
@@ -225,6 +230,7 @@ mod tests {
         assert_eq!(error_code(&r), Some("forbidden"));
         assert_eq!(r[0]["id"], 7);
         assert!(c.pending_gets.borrow().is_empty());
+        assert_eq!(ctx.stats.requests(Op::Get, Err(ErrorCode::Forbidden)), 1);
     }
 
     #[test]
