@@ -67,6 +67,9 @@ pub struct StorageConfig {
     /// How long a live stream without subscribers keeps being polled.
     #[serde(deserialize_with = "duration")]
     pub stream_linger: Duration,
+    /// Most live streams the relay follows at once; a subscription that would add one more
+    /// gets `unavailable`.
+    pub max_streams: usize,
     /// GCS: longest time one object fetch or listing may take, retries included.
     #[serde(deserialize_with = "duration")]
     pub request_deadline: Duration,
@@ -133,6 +136,9 @@ pub struct ConnectionConfig {
     pub max_subscriptions: usize,
     /// `get`s one connection may have waiting before `rate_limited`.
     pub max_pending_gets: usize,
+    /// Distinct streams one connection may subscribe to within a minute; more get
+    /// `rate_limited` (each new stream name starts discovery on the relay).
+    pub max_streams_per_minute: usize,
 }
 
 /// `[log]`.
@@ -178,6 +184,7 @@ impl Default for StorageConfig {
             cache_size: 512 << 20,
             max_object_size: 64 << 20,
             stream_linger: Duration::from_secs(30),
+            max_streams: 10_000,
             request_deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(3),
             max_inflight: 64,
@@ -213,6 +220,7 @@ impl Default for ConnectionConfig {
             max_message: 4096,
             max_subscriptions: 16,
             max_pending_gets: 64,
+            max_streams_per_minute: 32,
         }
     }
 }
@@ -255,6 +263,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ),
     ("MEDIARELAY_TICKET_SNAPSHOT", "tickets.snapshot_file"),
     ("MEDIARELAY_LOOKUP_RATE", "tickets.lookup_rate"),
+    ("MEDIARELAY_LOOKUP_TIMEOUT", "tickets.lookup_timeout"),
+    ("MEDIARELAY_MAX_PENDING_GETS", "connection.max_pending_gets"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
     ("MEDIARELAY_MAX_MESSAGE", "connection.max_message"),
@@ -262,6 +272,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "MEDIARELAY_MAX_SUBSCRIPTIONS",
         "connection.max_subscriptions",
     ),
+    (
+        "MEDIARELAY_MAX_STREAMS_PER_MINUTE",
+        "connection.max_streams_per_minute",
+    ),
+    ("MEDIARELAY_MAX_STREAMS", "storage.max_streams"),
     ("MEDIARELAY_LOG_LEVEL", "log.level"),
     ("MEDIARELAY_LOG_FORMAT", "log.format"),
 ];
@@ -272,6 +287,8 @@ const INTEGER_SETTINGS: &[&str] = &[
     "server.backlog",
     "connection.max_subscriptions",
     "connection.max_pending_gets",
+    "connection.max_streams_per_minute",
+    "storage.max_streams",
     "tickets.auth_failure_limit",
     "tickets.page_size",
     "tickets.lookup_rate",
@@ -497,6 +514,17 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:3");
         assert_eq!(c.server.workers, 5);
         assert_eq!(c.storage.poll_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn every_v1_1_variable_is_read() {
+        let env = vec![
+            ("MEDIARELAY_MAX_PENDING_GETS".to_string(), "3".to_string()),
+            ("MEDIARELAY_LOOKUP_TIMEOUT".to_string(), "750ms".to_string()),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.connection.max_pending_gets, 3);
+        assert_eq!(c.tickets.lookup_timeout, Duration::from_millis(750));
     }
 
     #[test]

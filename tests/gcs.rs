@@ -120,10 +120,19 @@ fn live_stream_from_a_bucket() {
             assert_eq!(p, data(70_000, seq as u8));
         }
     }
+    // An encoder restart replaces the init (a new generation): it goes out again, seq 0,
+    // before the next segment.
+    gcs.upload("live/cam1/init.mp4", b"INIT-2");
+    gcs.upload(&seg_key("live/cam1", 6), &data(70_000, 6));
+    for c in [&mut a, &mut b] {
+        let (m, p) = c.media();
+        assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(0), &b"INIT-2"[..]));
+        assert_eq!(c.media().0["seq"], 6);
+    }
     assert!(gcs.log().contains("pageToken="), "discovery never paged");
     // One download per segment however many subscribers. The server writes its access log
     // line after the response, so wait for it before counting.
-    for seq in 2..=5u64 {
+    for seq in 2..=6u64 {
         let key = seg_key("live/cam1", seq);
         wait_for("the download's log line", Duration::from_secs(5), || {
             gcs.downloads(&key) >= 1

@@ -123,3 +123,74 @@ fn the_driver_in_use_is_reported() {
         assert!(body.contains("driver=\"io_uring\"") || body.contains("driver=\"epoll\""));
     }
 }
+
+/// A head of exactly `len` bytes asking for `/healthz` (one filler header sized to fit).
+fn head_of(len: usize) -> Vec<u8> {
+    let start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Fill: ";
+    let end = b"\r\n\r\n";
+    let mut req = start.to_vec();
+    req.resize(len - end.len(), b'a');
+    req.extend_from_slice(end);
+    assert_eq!(req.len(), len);
+    req
+}
+
+#[test]
+fn the_16_kib_head_bound_is_exact() {
+    let r = Relay::start(&[]);
+    assert_eq!(raw_http(r.addr, &head_of(16 * 1024)).unwrap().0, 200);
+    assert_eq!(raw_http(r.addr, &head_of(16 * 1024 + 1)).unwrap().0, 431);
+}
+
+#[test]
+fn heads_a_proxy_could_read_differently_are_refused() {
+    let r = Relay::start(&[]);
+    let bad: [&[u8]; 6] = [
+        // Content-Length: 0 then 30: the second request would hide in a "body".
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 30\r\n\r\nGET /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n folded\r\n\r\n",
+        b"GET /healthz HTTP/1.1\nHost: x\n\n",
+    ];
+    for req in bad {
+        let started = Instant::now();
+        let (status, body) = raw_http(r.addr, req).unwrap();
+        assert_eq!(
+            (status, body.as_str()),
+            (400, r#"{"error":"bad_request"}"#),
+            "{}",
+            String::from_utf8_lossy(req)
+        );
+        // Answered at once, not after the handshake timeout.
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // HTTP/1.0 without Host is fine; absolute-form targets are read as their path.
+    assert_eq!(
+        raw_http(r.addr, b"GET /healthz HTTP/1.0\r\n\r\n")
+            .unwrap()
+            .0,
+        200
+    );
+    let absolute = format!(
+        "GET http://{}/healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        r.addr, r.addr
+    );
+    assert_eq!(
+        raw_http(r.addr, absolute.as_bytes()).unwrap(),
+        (200, "ok".into())
+    );
+}
+
+#[test]
+fn log_lines_in_a_file_carry_no_colour_codes() {
+    let r = Relay::start(&[]);
+    let _ = r.issue("*", &[]);
+    let log = r.log_text();
+    assert!(log.contains("mediarelay serving"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI codes in the log file:\n{log}"
+    );
+}

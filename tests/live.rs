@@ -114,6 +114,126 @@ fn subscription_limits_and_empty_streams() {
 }
 
 #[test]
+fn a_late_or_replaced_init_segment_reaches_live_subscribers() {
+    let r = Relay::start(&[]);
+    let s = "live/enc";
+    let t = r.issue("live/*", &[]);
+    // Subscribed before the encoder wrote anything.
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(c.json()["op"], "subscribed");
+    r.put(&format!("{s}/init.mp4"), b"INIT-A");
+    r.put(&seg_key(s, 1), &seg(1, 1000));
+    let (m, p) = c.media();
+    assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(0), &b"INIT-A"[..]));
+    assert_eq!(m["key"], format!("{s}/init.mp4"));
+    assert_eq!(c.media().0["seq"], 1);
+    // The encoder restarts with a new init: it comes again before the next segment.
+    r.put(&format!("{s}/init.mp4"), b"INIT-B!");
+    r.put(&seg_key(s, 2), &seg(2, 1000));
+    let (m, p) = c.media();
+    assert_eq!(
+        (m["seq"].as_u64(), p.as_slice()),
+        (Some(0), &b"INIT-B!"[..])
+    );
+    assert_eq!(c.media().0["seq"], 2);
+    // An unchanged init is not sent again.
+    r.put(&seg_key(s, 3), &seg(3, 1000));
+    assert_eq!(c.media().0["seq"], 3);
+    // A get of the init key answers the new one (the cache follows).
+    c.send(json!({"op":"get","id":9,"key":format!("{s}/init.mp4")}));
+    assert_eq!(c.media().1, b"INIT-B!");
+    // A new subscriber starts with the new init.
+    let mut d = r.ws(&t);
+    d.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(d.json()["seq"], 3);
+    assert_eq!(d.media().1, b"INIT-B!");
+}
+
+#[test]
+fn streams_nobody_follows_and_nothing_fills_cost_nothing() {
+    let r = Relay::start(&[("MEDIARELAY_MAX_STREAMS_PER_MINUTE", "1000")]);
+    let t = r.issue("*", &[]);
+    r.put(&seg_key("live/real", 1), b"x");
+    // Churn: connections that subscribe to 16 names nothing was written to, then leave.
+    for round in 0..20 {
+        let mut c = r.ws(&t);
+        for i in 0..16 {
+            c.send(json!({"op":"subscribe","id":i,"stream":format!("ghost/{round}/{i}")}));
+        }
+        for _ in 0..16 {
+            assert_eq!(c.json()["op"], "subscribed");
+        }
+        c.close();
+    }
+    // Their discovery stops as soon as the last subscriber is gone (not after
+    // `stream_linger`): no stream is left to poll.
+    wait_for(
+        "the empty streams to be released",
+        Duration::from_secs(3),
+        || r.metric("mediarelay_live_streams", "") == 0.0,
+    );
+    // A stream with segments lingers for viewers who come back.
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"subscribe","id":1,"stream":"live/real"}));
+    assert_eq!(c.json()["op"], "subscribed");
+    c.close();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(r.metric("mediarelay_live_streams", ""), 1.0);
+}
+
+#[test]
+fn stream_limits_per_relay_and_per_connection() {
+    let r = Relay::start(&[
+        ("MEDIARELAY_MAX_STREAMS", "2"),
+        ("MEDIARELAY_MAX_STREAMS_PER_MINUTE", "3"),
+    ]);
+    let t = r.issue("*", &[]);
+    let mut a = r.ws(&t);
+    for (id, s) in [(1, "live/a"), (2, "live/b")] {
+        a.send(json!({"op":"subscribe","id":id,"stream":s}));
+        assert_eq!(a.json()["op"], "subscribed");
+    }
+    // The relay follows two streams: a third is refused, an existing one is not.
+    let mut b = r.ws(&t);
+    b.send(json!({"op":"subscribe","id":3,"stream":"live/c"}));
+    let v = b.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(3), Some("unavailable"))
+    );
+    b.send(json!({"op":"subscribe","id":4,"stream":"live/a"}));
+    assert_eq!(b.json()["op"], "subscribed");
+    assert_eq!(
+        r.metric(
+            "mediarelay_subscribe_refusals_total",
+            "limit=\"relay_streams\""
+        ),
+        1.0
+    );
+    // One connection: at most 3 different stream names a minute.
+    a.send(json!({"op":"unsubscribe","id":5,"stream":"live/b"}));
+    assert_eq!(a.json()["op"], "unsubscribed");
+    a.send(json!({"op":"subscribe","id":6,"stream":"live/x"}));
+    assert_eq!(a.json()["op"], "subscribed");
+    a.send(json!({"op":"unsubscribe","id":7,"stream":"live/x"}));
+    assert_eq!(a.json()["op"], "unsubscribed");
+    a.send(json!({"op":"subscribe","id":8,"stream":"live/y"}));
+    let v = a.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(8), Some("rate_limited"))
+    );
+    assert_eq!(
+        r.metric(
+            "mediarelay_subscribe_refusals_total",
+            "limit=\"connection_rate\""
+        ),
+        1.0
+    );
+}
+
+#[test]
 fn concurrent_cold_gets_read_the_origin_once() {
     let r = Relay::start(&[]);
     let payload = vec![7u8; 4 << 20];

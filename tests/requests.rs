@@ -6,6 +6,15 @@ mod support;
 use serde_json::json;
 use support::*;
 
+/// The next message is an `error` answering request `id` with `code`.
+fn expect_error(c: &mut Client, id: u32, code: &str) {
+    let v = c.json();
+    assert_eq!(v["op"], "error", "{v}");
+    assert_eq!(v["id"], id, "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].is_string());
+}
+
 #[test]
 fn get_hit_miss_forbidden_and_bad_keys() {
     let r = Relay::start(&[("MEDIARELAY_MAX_OBJECT_SIZE", "1MiB")]);
@@ -26,13 +35,6 @@ fn get_hit_miss_forbidden_and_bad_keys() {
     }
     c.send(json!({"op":"get","id":3,"key":"vod/a b+%ü.bin"}));
     assert_eq!(c.media().1, b"odd");
-    let expect_error = |c: &mut Client, id: u32, code: &str| {
-        let v = c.json();
-        assert_eq!(v["op"], "error", "{v}");
-        assert_eq!(v["id"], id, "{v}");
-        assert_eq!(v["code"], code, "{v}");
-        assert!(v["message"].is_string());
-    };
     c.send(json!({"op":"get","id":4,"key":"vod/missing"}));
     expect_error(&mut c, 4, "not_found");
     c.send(json!({"op":"get","id":5,"key":"secret/x"}));
@@ -46,6 +48,9 @@ fn get_hit_miss_forbidden_and_bad_keys() {
         (10, "vod/a\u{1}b"),
         (11, "vod//a"),
         (12, ""),
+        // One object has one spelling: `.` segments would bypass the cache.
+        (14, "vod/./movie/seg-0000000001.m4s"),
+        (15, "./vod/movie/seg-0000000001.m4s"),
     ] {
         c.send(json!({"op":"get","id":id,"key":key}));
         expect_error(&mut c, id, "bad_request");
@@ -56,6 +61,28 @@ fn get_hit_miss_forbidden_and_bad_keys() {
     let origin = r.metric("mediarelay_origin_requests_total", "");
     eprintln!("origin reads: {origin}");
     assert_eq!(origin, 4.0);
+}
+
+#[test]
+fn long_segments_and_big_numbers_are_answered_plainly() {
+    let r = Relay::start(&[]);
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    // A path segment over 255 bytes: bad_request, for get and subscribe alike.
+    let long = format!("live/{}", "s".repeat(300));
+    c.send(json!({"op":"subscribe","id":1,"stream":long}));
+    expect_error(&mut c, 1, "bad_request");
+    c.send(json!({"op":"get","id":2,"key":format!("{long}/seg-0000000001.m4s")}));
+    expect_error(&mut c, 2, "bad_request");
+    assert!(!r.log_text().contains("WARN"), "{}", r.log_text());
+    // A number beyond 64 bits is valid JSON: the reply keeps the id.
+    c.send_text(r#"{"op":"teleport","id":3,"n":123456789012345678901234567890}"#);
+    let v = c.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(3), Some("bad_request"))
+    );
+    assert!(!v["message"].as_str().unwrap().contains("JSON"), "{v}");
 }
 
 #[test]

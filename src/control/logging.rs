@@ -1,5 +1,7 @@
 //! Logging set-up, and the handle SIGHUP uses to change the level of a running process.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{fmt, reload, EnvFilter};
 
@@ -19,13 +21,15 @@ pub fn init_logging(level: &str, format: &str) -> SetLogLevel {
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    // Colours only for a person at a terminal: files, pipes and journald get plain text.
+    let ansi = std::io::stderr().is_terminal();
     let _ = if format == "json" {
         registry
             .with(fmt::layer().json().with_writer(std::io::stderr))
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
             .try_init()
     };
     Box::new(move |level: &str| {

@@ -53,7 +53,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         storage.max_object_size => false, storage.stream_linger => false,
         storage.request_deadline => false, storage.attempt_timeout => false,
         storage.max_inflight => false, storage.fetch_threads => false,
-        storage.list_page_size => false,
+        storage.list_page_size => false, storage.max_streams => true,
         tickets.url => false, tickets.reload_interval => false,
         tickets.auth_failure_limit => false, tickets.auth_failure_window => false,
         tickets.sync_interval => false, tickets.full_resync_interval => false,
@@ -62,7 +62,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         tickets.lookup_rate => false,
         connection.send_queue => true, connection.stall_timeout => true,
         connection.max_message => true, connection.max_subscriptions => true,
-        connection.max_pending_gets => true,
+        connection.max_pending_gets => true, connection.max_streams_per_minute => true,
         log.level => true, log.format => false,
     );
     Diff {

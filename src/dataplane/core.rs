@@ -18,7 +18,7 @@ use super::shared::Shared;
 use crate::config::Config;
 use crate::fanout::{Seg, Stream, Subscriptions};
 use crate::metrics::WorkerStats;
-use crate::protocol::{From, Reason};
+use crate::protocol::{ErrorCode, From, Reason, RequestError};
 use crate::tickets::{Refusal, TicketId, TicketRecord};
 use crate::ws::frame::Parser;
 
@@ -87,6 +87,14 @@ impl Core {
     /// Hand a new segment of `stream` to this worker's caught-up subscribers.
     pub fn deliver(&self, stream: &Stream, seg: &Seg) {
         let skips = self.subs.deliver(stream, seg);
+        if skips > 0 {
+            self.stats.skipped.add(skips);
+        }
+    }
+
+    /// Hand a new or replaced init segment of `stream` to this worker's live subscribers.
+    pub fn deliver_init(&self, stream: &Stream, seg: &Seg) {
+        let skips = self.subs.deliver_init(stream, seg);
         if skips > 0 {
             self.stats.skipped.add(skips);
         }
@@ -169,8 +177,19 @@ impl Context for Core {
         self.subs.count(conn.id)
     }
 
-    fn subscribe(&self, conn: &Rc<Conn>, id: u32, stream: &str, from: From) {
-        let sub = self.subs.add(conn.id, conn, stream, conn.next_sub_id());
+    fn subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        id: u32,
+        stream: &str,
+        from: From,
+    ) -> Result<(), RequestError> {
+        let Some(sub) = self.subs.add(conn.id, conn, stream, conn.next_sub_id()) else {
+            return Err(RequestError::new(
+                ErrorCode::Unavailable,
+                "the relay follows the most streams it may",
+            ));
+        };
         let cache = self.shared.cache.clone();
         monoio::spawn(session::catch_up(
             self.me(),
@@ -180,6 +199,7 @@ impl Context for Core {
             id,
             from,
         ));
+        Ok(())
     }
 
     fn unsubscribe(&self, conn: &Conn, stream: &str) {

@@ -12,13 +12,11 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::core::Core;
+use super::head::{check_headers, check_lines, origin_form, MAX_HEAD};
 use super::session::{self, Context};
 use crate::sys::{self, Io};
 use crate::tickets::Refusal;
 use crate::ws::handshake::{self, HandshakeError};
-
-/// Largest request head (PROTOCOL.md: 431 above this).
-pub const MAX_HEAD: usize = 16 * 1024;
 
 /// Which listener a connection came in on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -50,6 +48,10 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
                 Err(_) => return, // no complete head in time: close
             };
         let len = match head {
+            HeadRead::Complete(n) if n > MAX_HEAD => {
+                error(&stream, 431, "request_header_fields_too_large", false).await;
+                return;
+            }
             HeadRead::Complete(n) => n,
             HeadRead::TooLarge => {
                 error(&stream, 431, "request_header_fields_too_large", false).await;
@@ -63,22 +65,19 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        if req.parse(&buf[..len]).is_err() {
+        let parsed = check_lines(&buf[..len]).is_ok()
+            && req.parse(&buf[..len]).is_ok()
+            && check_headers(req.headers, req.version.unwrap_or(1)).is_ok();
+        if !parsed {
+            // Malformed, or framed so that a proxy in front could read it differently.
             error(&stream, 400, "bad_request", false).await;
             return;
         }
         let method = req.method.unwrap_or("");
-        let target = req.path.unwrap_or("");
+        let target = origin_form(req.path.unwrap_or(""));
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let keep_alive = req.version == Some(1)
             && !header(req.headers, "connection").is_some_and(|v| has_token(v, "close"));
-        // Bodies are not part of this API: refuse requests that announce one.
-        if header(req.headers, "content-length").is_some_and(|v| v.trim_ascii() != b"0")
-            || header(req.headers, "transfer-encoding").is_some()
-        {
-            error(&stream, 400, "bad_request", false).await;
-            return;
-        }
         let route = match (which, path) {
             (_, "/healthz") => Route::Health,
             (_, "/readyz") => Route::Ready,
@@ -285,8 +284,14 @@ async fn read_head(core: &Core, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRe
     let mut judged: Option<usize> = None;
     loop {
         let from = scanned.saturating_sub(3);
-        if let Some(n) = head_end(&buf[from..]) {
-            return HeadRead::Complete(from + n);
+        let end = head_end(&buf[from..]).map(|n| from + n);
+        // Line ends are checked in the new bytes of the head only (and the byte before,
+        // for its CR): what follows the head may be WebSocket frames.
+        if check_lines(&buf[scanned.saturating_sub(1)..end.unwrap_or(buf.len())]).is_err() {
+            return HeadRead::Malformed;
+        }
+        if let Some(n) = end {
+            return HeadRead::Complete(n);
         }
         scanned = buf.len();
         if buf.len() > MAX_HEAD {

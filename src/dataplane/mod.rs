@@ -4,7 +4,7 @@
 //!
 //! - [`runtime`]: the io driver choice; [`listener`]: the listeners and accept loops;
 //! - [`http`]: the HTTP/1.1 front end (health, readiness, metrics, the ticket check and the
-//!   WebSocket upgrade);
+//!   WebSocket upgrade), with the request head rules in [`head`];
 //! - [`core`]: one worker's state, the narrow context its connections run against;
 //! - [`session`]: one connection after the upgrade;
 //! - [`shared`]: what all workers read.
@@ -14,6 +14,7 @@
 //! Nothing here calls back into the control plane.
 
 pub mod core;
+pub mod head;
 pub mod http;
 pub mod listener;
 pub mod notify;
@@ -92,6 +93,7 @@ impl Relay {
             cache.clone(),
             config.storage.poll_interval,
             config.storage.stream_linger,
+            config.storage.max_streams,
         ));
         let driver = config.server.driver;
         let shared = Arc::new(Shared::new(config, gate, cache, hub.clone(), metrics, n));
@@ -254,6 +256,7 @@ async fn worker(
                     yield_once().await;
                 }
             }
+            WorkerMsg::Init(stream, seg) => core.deliver_init(&stream, &seg),
             WorkerMsg::Drain => break,
         }
     }

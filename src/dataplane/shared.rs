@@ -130,6 +130,7 @@ impl Shared {
             live_subscribers: self.hub.subscriber_count() as u64,
             live_streams: self.hub.stream_count() as u64,
             segments_published: l(&self.hub.published),
+            stream_limit_refusals: l(&self.hub.refused),
             tickets: TicketFigures {
                 snapshot_entries: tickets.load().len() as u64,
                 snapshot_age_seconds: tickets.age().map(|d| d.as_secs_f64()),

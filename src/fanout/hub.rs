@@ -8,7 +8,12 @@
 //! subscribers ([`WorkerMsg::Segment`]). Each worker then queues the same buffers to its
 //! own subscribers ([`super::subs`]), so a segment costs one origin read and one buffer
 //! however many viewers follow it. The poller stops when the stream has had no subscriber
-//! for `stream_linger`.
+//! for `stream_linger` (at once for a stream with nothing in storage).
+//!
+//! The init segment (`S/init.mp4`) is read at the first listing and read again whenever a
+//! listing finds new segments (an encoder that restarts writes its new init before its
+//! first segment): when it appeared or changed, it goes to every live subscriber
+//! ([`WorkerMsg::Init`]) ahead of those segments.
 //!
 //! The pollers run on a thread of their own, not on a worker: a worker busy writing a
 //! segment to hundreds of subscribers polls each of its tasks once per round of all of
@@ -18,7 +23,7 @@
 //! subscribers that cannot keep up, as the slow-consumer policy says.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,10 +32,17 @@ use crate::origin::cache::Cache;
 use crate::origin::OriginError;
 use crate::protocol::keys::{init_key, segment_seq};
 
+/// How many polls apart, at most, a stream with nothing in storage is listed (a power of
+/// two): 8 × the 200 ms default, so a stream that starts later is found within 1.6 s.
+const EMPTY_BACKOFF: u32 = 8;
+
 /// A message to a worker's inbox.
 pub enum WorkerMsg {
     /// A new segment of a stream: queue it to local subscribers.
     Segment(Arc<Stream>, Seg),
+    /// The stream's init segment appeared or was replaced: queue it (seq 0) to local live
+    /// subscribers before the next media segment.
+    Init(Arc<Stream>, Seg),
     /// Start the graceful drain.
     Drain,
 }
@@ -43,6 +55,10 @@ pub struct Hub {
     /// Milliseconds between listings of a live stream (SIGHUP may change it).
     poll_ms: AtomicU64,
     linger: Duration,
+    /// Most streams followed at once (SIGHUP may change it).
+    max_streams: AtomicUsize,
+    /// Subscriptions refused because the relay follows `max_streams` streams.
+    pub refused: AtomicU64,
     /// Segments fetched and published, for metrics and tests.
     pub published: AtomicU64,
     /// New streams for the pollers' thread ([`run_pollers`]); `None` before it runs and
@@ -57,6 +73,7 @@ impl Hub {
         cache: Arc<Cache>,
         poll_interval: Duration,
         linger: Duration,
+        max_streams: usize,
     ) -> Hub {
         Hub {
             streams: Mutex::new(HashMap::new()),
@@ -64,6 +81,8 @@ impl Hub {
             cache,
             poll_ms: AtomicU64::new(poll_interval.as_millis() as u64),
             linger,
+            max_streams: AtomicUsize::new(max_streams),
+            refused: AtomicU64::new(0),
             published: AtomicU64::new(0),
             pollers: Mutex::new(None),
         }
@@ -92,6 +111,11 @@ impl Hub {
             .store(every.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// Change the most streams followed at once (streams above it are not dropped).
+    pub fn set_max_streams(&self, max: usize) {
+        self.max_streams.store(max, Ordering::Relaxed);
+    }
+
     /// Subscribers over all live streams.
     pub fn subscriber_count(&self) -> usize {
         self.streams.lock().map_or(0, |s| {
@@ -114,18 +138,23 @@ impl Hub {
     }
 
     /// Register a subscriber on `worker`; starts the stream's poller (on the pollers' thread,
-    /// or the calling worker when that is not running) when the stream is new.
-    pub fn subscribe(self: &Arc<Self>, name: &str, worker: usize) -> Arc<Stream> {
+    /// or the calling worker when that is not running) when the stream is new. `None` when
+    /// the stream is new and the relay already follows the most streams it may.
+    pub fn subscribe(self: &Arc<Self>, name: &str, worker: usize) -> Option<Arc<Stream>> {
         let (stream, created) = {
             let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-            let mut created = false;
-            let s = streams
-                .entry(Arc::from(name))
-                .or_insert_with(|| {
-                    created = true;
-                    Arc::new(Stream::new(name, self.inboxes.len()))
-                })
-                .clone();
+            let (s, created) = match streams.get(name) {
+                Some(s) => (s.clone(), false),
+                None => {
+                    if streams.len() >= self.max_streams.load(Ordering::Relaxed) {
+                        self.refused.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
+                    let s = Arc::new(Stream::new(name, self.inboxes.len()));
+                    streams.insert(s.name.clone(), s.clone());
+                    (s, true)
+                }
+            };
             s.subscribers.fetch_add(1, Ordering::AcqRel);
             s.worker_subs[worker].fetch_add(1, Ordering::AcqRel);
             (s, created)
@@ -141,23 +170,31 @@ impl Hub {
                 monoio::spawn(self.clone().poll(stream.clone()));
             }
         }
-        stream
+        Some(stream)
     }
 
     /// Remove a subscriber of `worker`.
     pub fn unsubscribe(&self, stream: &Stream, worker: usize) {
         stream.worker_subs[worker].fetch_sub(1, Ordering::AcqRel);
-        stream.subscribers.fetch_sub(1, Ordering::AcqRel);
+        if stream.subscribers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: let the poller decide at once whether to let the stream go.
+            stream.idle.notify(usize::MAX);
+        }
     }
 
-    /// The stream's poller: discovery and one fetch per new segment.
+    /// The stream's poller: discovery and one fetch per new segment. A stream with nothing
+    /// in storage is let go as soon as its last subscriber leaves, and is listed less often
+    /// (up to `EMPTY_BACKOFF` polls apart) while it stays empty; one with segments lingers
+    /// for `stream_linger`, so viewers who come back find its window in memory.
     async fn poll(self: Arc<Self>, stream: Arc<Stream>) {
         let prefix = format!("{}/", stream.name);
         let init = init_key(&stream.name);
         let mut last_seg_key: Option<String> = None;
+        let mut init_version: Option<u64> = None;
         let mut first = true;
         let mut idle_since: Option<Instant> = None;
         let mut failures = 0u32;
+        let mut empty_polls = 0u32;
         let origin = self.cache.origin().clone();
         let mut changes = None;
         loop {
@@ -168,8 +205,16 @@ impl Hub {
             let changed = changes
                 .as_ref()
                 .map(|e: &Arc<event_listener::Event>| e.listen());
+            let left = stream.idle.listen();
             match self
-                .discover(&stream, &prefix, &init, &mut last_seg_key, first)
+                .discover(
+                    &stream,
+                    &prefix,
+                    &init,
+                    &mut last_seg_key,
+                    &mut init_version,
+                    first,
+                )
                 .await
             {
                 Ok(()) => {
@@ -191,9 +236,10 @@ impl Hub {
                     }
                 }
             }
+            let has_content = stream.has_content();
             if stream.subscribers.load(Ordering::Acquire) == 0 {
                 let since = *idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.linger {
+                if !has_content || since.elapsed() >= self.linger {
                     let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
                     if stream.subscribers.load(Ordering::Acquire) == 0 {
                         streams.remove(&stream.name);
@@ -206,17 +252,28 @@ impl Hub {
             } else {
                 idle_since = None;
             }
+            empty_polls = if has_content {
+                0
+            } else {
+                (empty_polls + 1).min(EMPTY_BACKOFF.trailing_zeros())
+            };
             let every = Duration::from_millis(self.poll_ms.load(Ordering::Relaxed));
-            let backoff = every * (1 << failures.min(5));
+            let backoff = every * (1u32 << failures.min(5)).max(1 << empty_polls);
             match changed {
                 // Wake at the next change or poll, whichever comes first.
                 Some(changed) if failures == 0 => {
                     monoio::select! {
                         _ = monoio::time::sleep(backoff) => {}
                         _ = changed => {}
+                        _ = left => {}
                     }
                 }
-                _ => monoio::time::sleep(backoff).await,
+                _ => {
+                    monoio::select! {
+                        _ = monoio::time::sleep(backoff) => {}
+                        _ = left => {}
+                    }
+                }
             }
         }
     }
@@ -227,6 +284,7 @@ impl Hub {
         prefix: &str,
         init: &str,
         last_seg_key: &mut Option<String>,
+        init_version: &mut Option<u64>,
         first: bool,
     ) -> Result<(), OriginError> {
         let keys = self
@@ -243,14 +301,10 @@ impl Hub {
                 new.push((seq, key));
             }
         }
-        if first && saw_init {
-            match self.cache.get(init).await {
-                Ok(obj) => {
-                    let seg = Seg::build(&stream.name, 0, &obj);
-                    stream.state.lock().unwrap_or_else(|e| e.into_inner()).init = Some(seg);
-                }
-                Err(e) => tracing::warn!(stream = %stream.name, "init segment: {e}"),
-            }
+        // The init segment: known from the first listing (which starts at the beginning of
+        // the prefix), then checked again whenever new segments appear.
+        if (first && saw_init) || (!first && !new.is_empty()) {
+            self.check_init(stream, init, first, init_version).await;
         }
         if new.is_empty() {
             return Ok(());
@@ -286,6 +340,60 @@ impl Hub {
             *last_seg_key = Some(key);
         }
         Ok(())
+    }
+}
+
+impl Hub {
+    /// Whether the stream's init segment appeared or changed since `known` (its version when
+    /// last read): if so, read it from the origin (not the cache, which may hold an older
+    /// one), make it the stream's init and, after the first listing, hand it to the
+    /// workers with subscribers.
+    async fn check_init(
+        &self,
+        stream: &Arc<Stream>,
+        init: &str,
+        first: bool,
+        known: &mut Option<u64>,
+    ) {
+        let version = match self.cache.origin().version(init).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(stream = %stream.name, "init segment: {e}");
+                return;
+            }
+        };
+        if *known == Some(version) {
+            return;
+        }
+        let obj = match self.cache.refresh(init).await {
+            Ok(obj) => obj,
+            Err(OriginError::NotFound) => return,
+            Err(e) => {
+                tracing::warn!(stream = %stream.name, "init segment: {e}");
+                return;
+            }
+        };
+        *known = Some(version);
+        let changed = {
+            let st = stream.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.init
+                .as_ref()
+                .is_none_or(|cur| cur.payload != obj.payload())
+        };
+        if !changed {
+            return;
+        }
+        let seg = Seg::build(&stream.name, 0, &obj);
+        stream.state.lock().unwrap_or_else(|e| e.into_inner()).init = Some(seg.clone());
+        if !first {
+            tracing::debug!(stream = %stream.name, "init segment replaced");
+            for (w, tx) in self.inboxes.iter().enumerate() {
+                if stream.worker_subs[w].load(Ordering::Acquire) > 0 {
+                    let _ = tx.send(WorkerMsg::Init(stream.clone(), seg.clone()));
+                }
+            }
+        }
     }
 }
 

@@ -91,6 +91,8 @@ pub struct Stream {
     pub(super) subscribers: AtomicUsize,
     /// Subscribers per worker, to know whom to hand new segments to.
     pub(super) worker_subs: Vec<AtomicUsize>,
+    /// Raised when the last subscriber leaves (the poller may let the stream go).
+    pub(super) idle: Event,
 }
 
 /// Where a subscription should start, once the stream has been listed.
@@ -109,7 +111,14 @@ impl Stream {
             ready_event: Event::new(),
             subscribers: AtomicUsize::new(0),
             worker_subs: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            idle: Event::new(),
         }
+    }
+
+    /// Whether storage has anything of this stream: an init segment or a media segment.
+    pub fn has_content(&self) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.init.is_some() || !st.index.is_empty()
     }
 
     /// Let subscriptions waiting in [`Stream::ready`] start.

@@ -80,8 +80,15 @@ impl<V: Viewer> Subscriptions<V> {
     /// Subscribe `viewer` (known as `viewer_id`) to `stream` as subscription `sub_id`.
     /// Starts the stream's discovery when it is new to the relay. The subscription starts
     /// not live: whoever catches it up sets [`Sub::live`].
-    pub fn add(&self, viewer_id: u64, viewer: &Rc<V>, stream: &str, sub_id: u32) -> Rc<Sub<V>> {
-        let stream = self.hub.subscribe(stream, self.worker);
+    /// `None` when the stream is new and the relay follows the most streams it may.
+    pub fn add(
+        &self,
+        viewer_id: u64,
+        viewer: &Rc<V>,
+        stream: &str,
+        sub_id: u32,
+    ) -> Option<Rc<Sub<V>>> {
+        let stream = self.hub.subscribe(stream, self.worker)?;
         let sub = Rc::new(Sub {
             id: sub_id,
             stream,
@@ -100,7 +107,7 @@ impl<V: Viewer> Subscriptions<V> {
             .entry(viewer_id)
             .or_default()
             .push(sub.clone());
-        sub
+        Some(sub)
     }
 
     /// End viewer `viewer_id`'s subscription to `stream`; returns it, if there was one.
@@ -147,6 +154,23 @@ impl<V: Viewer> Subscriptions<V> {
             }
         }
         self.hub.unsubscribe(&sub.stream, self.worker);
+    }
+
+    /// Hand a new or replaced init segment to every caught-up local subscriber of `stream`
+    /// (their next expected sequence number is unchanged). Returns how many had segments
+    /// dropped for it.
+    pub fn deliver_init(&self, stream: &Stream, seg: &Seg) -> u64 {
+        let by_stream = self.by_stream.borrow();
+        let Some(list) = by_stream.get(&stream.name) else {
+            return 0;
+        };
+        let mut skips = 0;
+        for sub in list.iter().filter(|s| s.live.get() && s.active.get()) {
+            if let Some(viewer) = sub.viewer.upgrade() {
+                skips += u64::from(viewer.push_segment(sub, seg));
+            }
+        }
+        skips
     }
 
     /// Hand a new segment to every caught-up local subscriber of `stream`. Hot path: per

@@ -78,6 +78,8 @@ pub struct WorkerStats {
     pub skipped: Counter,
     pub slow_closes: Counter,
     pub revocation_closes: Counter,
+    /// Subscriptions refused for too many different streams from one connection a minute.
+    pub stream_rate_refusals: Counter,
     /// Bytes waiting in this worker's send queues (sampled by its ticket sweep).
     pub queued_bytes: Counter,
     /// Per op, per result: `ok` first, then each [`ErrorCode`].

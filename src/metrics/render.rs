@@ -59,6 +59,8 @@ pub struct Figures {
     pub live_streams: u64,
     /// Live segments fetched and fanned out.
     pub segments_published: u64,
+    /// Subscriptions refused because the relay followed `max_streams` streams.
+    pub stream_limit_refusals: u64,
     /// The ticket snapshot.
     pub tickets: TicketFigures,
     /// Idle bytes in the payload buffer pool.
@@ -181,6 +183,22 @@ impl Metrics {
             "counter",
             "Close frames sent by code.",
             closes.collect(),
+        );
+        family(
+            &mut o,
+            "mediarelay_subscribe_refusals_total",
+            "counter",
+            "Subscriptions refused by a stream limit: the relay follows max_streams, or one connection asked for more than max_streams_per_minute different streams.",
+            vec![
+                (
+                    "limit=\"relay_streams\"".to_string(),
+                    figures.stream_limit_refusals.to_string(),
+                ),
+                (
+                    "limit=\"connection_rate\"".to_string(),
+                    self.sum(|w| w.stream_rate_refusals.get()).to_string(),
+                ),
+            ],
         );
         let cs = &figures.cache;
         let backend = format!("backend=\"{}\"", figures.backend);

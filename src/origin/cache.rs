@@ -134,6 +134,42 @@ impl Cache {
         self.publish_size(&lru);
     }
 
+    /// Read `key` from the origin again, bypassing the cache, and put what it holds now in
+    /// the cache's place (an object that can change in storage: a stream's init segment).
+    /// A key no longer in storage leaves the cache too.
+    pub async fn refresh(&self, key: &str) -> Result<Object, OriginError> {
+        let started = std::time::Instant::now();
+        let r = self.origin.get(key, self.max_object).await;
+        self.stats.fetch_latency.observe(started.elapsed());
+        self.count(&r);
+        match &r {
+            Ok(obj) => self.insert(obj),
+            Err(OriginError::NotFound) => self.forget(key),
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Count an origin read by its result.
+    fn count(&self, r: &Result<Object, OriginError>) {
+        let i = match r {
+            Ok(_) => 0,
+            Err(OriginError::NotFound) => 1,
+            Err(OriginError::TooLarge { .. }) => 2,
+            Err(OriginError::Unavailable(_)) => 3,
+        };
+        self.stats.origin_results[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Drop `key` from the cache.
+    pub fn forget(&self, key: &str) {
+        let Ok(mut lru) = self.lru.lock() else { return };
+        if let Some(old) = lru.map.pop(key) {
+            lru.bytes -= old.mem_size();
+            self.publish_size(&lru);
+        }
+    }
+
     /// The object `key` (validated), from the cache or the origin (once per key however
     /// many ask at the same time). Must be called on a worker runtime.
     pub async fn get(self: &Arc<Self>, key: &str) -> Result<Object, OriginError> {
@@ -171,16 +207,10 @@ impl Cache {
                         let started = std::time::Instant::now();
                         let r = this.origin.get(&key, this.max_object).await;
                         this.stats.fetch_latency.observe(started.elapsed());
-                        let i = match &r {
-                            Ok(obj) => {
-                                this.insert(obj);
-                                0
-                            }
-                            Err(OriginError::NotFound) => 1,
-                            Err(OriginError::TooLarge { .. }) => 2,
-                            Err(OriginError::Unavailable(_)) => 3,
-                        };
-                        this.stats.origin_results[i].fetch_add(1, Ordering::Relaxed);
+                        if let Ok(obj) = &r {
+                            this.insert(obj);
+                        }
+                        this.count(&r);
                         r
                     }
                 };

@@ -207,6 +207,27 @@ impl Origin for FsOrigin {
         })
     }
 
+    fn version<'a>(&'a self, key: &'a str) -> OriginFuture<'a, Option<u64>> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        use std::os::unix::fs::MetadataExt;
+        let found = match self.open_file(key).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => Ok(Some(
+                BuildHasherDefault::<DefaultHasher>::default().hash_one((
+                    m.ino(),
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                )),
+            )),
+            Ok(_) => Ok(None),
+            Err(e) => match map_open_error(e) {
+                OriginError::NotFound => Ok(None),
+                other => Err(other),
+            },
+        };
+        Box::pin(std::future::ready(found))
+    }
+
     fn check_ready(&self) -> Result<(), OriginError> {
         match std::fs::metadata(&self.root) {
             Ok(m) if m.is_dir() => Ok(()),

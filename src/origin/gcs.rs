@@ -110,6 +110,16 @@ impl GcsSettings {
         )
     }
 
+    /// Metadata URL of an object, asking for its generation only.
+    pub fn generation_url(&self, key: &str) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o/{}?fields=generation",
+            self.base,
+            encode(&self.bucket),
+            encode(&format!("{}{key}", self.prefix))
+        )
+    }
+
     /// Listing URL for the children of `prefix` (a key prefix ending in `/`).
     pub fn list_url(&self, prefix: &str, start_offset: Option<&str>, page: Option<&str>) -> String {
         let mut url = format!(
@@ -379,6 +389,32 @@ impl Shared {
         Attempt::Done(obj)
     }
 
+    async fn generation_once(&self, key: &str) -> Attempt<Option<u64>> {
+        let url = self.settings.generation_url(key);
+        let resp = match self.get_ok(&url, "a metadata read").await {
+            Ok(r) => r,
+            Err(Attempt::Fail(OriginError::NotFound)) => return Attempt::Done(None),
+            Err(outcome) => return outcome,
+        };
+        let body = match http_body_util::Limited::new(resp.into_body(), 64 << 10)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return Attempt::Retry(format!("metadata body: {e}")),
+        };
+        #[derive(Deserialize)]
+        struct Meta {
+            generation: String,
+        }
+        match serde_json::from_slice::<Meta>(&body).map(|m| m.generation.parse::<u64>()) {
+            Ok(Ok(g)) => Attempt::Done(Some(g)),
+            _ => Attempt::Fail(OriginError::Unavailable(
+                "object metadata has no generation".into(),
+            )),
+        }
+    }
+
     async fn list_page_once(
         &self,
         prefix: &str,
@@ -449,6 +485,25 @@ impl Origin for GcsOrigin {
                 "GCS download"
             );
             r
+        });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("fetch task: {e}"))))
+        })
+    }
+
+    fn version<'a>(&'a self, key: &'a str) -> OriginFuture<'a, Option<u64>> {
+        let shared = self.shared.clone();
+        let key = key.to_string();
+        let task = self.runtime.spawn(async move {
+            let s = shared.clone();
+            shared
+                .with_retries("metadata read", move |_| {
+                    let s = s.clone();
+                    let key = key.clone();
+                    async move { s.generation_once(&key).await }
+                })
+                .await
         });
         Box::pin(async move {
             task.await

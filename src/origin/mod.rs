@@ -147,6 +147,11 @@ pub trait Origin: Send + Sync + 'static {
         start_after: Option<&'a str>,
     ) -> OriginFuture<'a, Listing>;
 
+    /// What identifies the object `key` as stored now, without reading it: equal values
+    /// mean the object has not been replaced since (the directory's inode, size and mtime;
+    /// GCS's generation). `None`: there is no such object.
+    fn version<'a>(&'a self, key: &'a str) -> OriginFuture<'a, Option<u64>>;
+
     /// Whether the origin is usable (for `/readyz`); `Err` says why not.
     fn check_ready(&self) -> Result<(), OriginError>;
 

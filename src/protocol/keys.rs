@@ -3,14 +3,20 @@
 //! relay's discovery, the demo producer, the load generator and the tests all name
 //! segments through this module.
 
+/// Longest path segment of a key (docs/protocol.md: the limit of common file systems, so a
+/// key that is valid is also a name the directory origin can open).
+pub const MAX_SEGMENT: usize = 255;
+
 /// Digits of the sequence number in a segment name.
 pub const SEQ_DIGITS: usize = 10;
 
 /// Extension the demo and the load generator give their segments.
 pub const DEFAULT_SEGMENT_EXT: &str = "m4s";
 
-/// Validate a client-supplied key per PROTOCOL.md: `/`-separated, at most 1024 bytes,
-/// no `..` or empty segments, no leading `/`, no control characters or `\`.
+/// Validate a client-supplied key per docs/protocol.md: `/`-separated, at most 1024 bytes,
+/// no empty, `.` or `..` segments, no segment over 255 bytes, no leading `/`, no control
+/// characters or `\`. One object has one spelling, so the cache and single-flight see it as
+/// one key.
 pub fn validate_key(key: &str) -> Result<(), &'static str> {
     if key.is_empty() {
         return Err("key is empty");
@@ -27,7 +33,9 @@ pub fn validate_key(key: &str) -> Result<(), &'static str> {
     for seg in key.split('/') {
         match seg {
             "" => return Err("key has an empty segment"),
+            "." => return Err("key has a . segment"),
             ".." => return Err("key has a .. segment"),
+            s if s.len() > MAX_SEGMENT => return Err("key has a segment longer than 255 bytes"),
             _ => {}
         }
     }
@@ -86,11 +94,12 @@ mod tests {
             "live/cam1/seg-0000000001.m4s",
             "vod/a b/ü+%.mp4",
             "x/.hidden",
-            "a/./b",
+            "a/.../b",
         ] {
             assert!(validate_key(good).is_ok(), "{good}");
         }
         let long = "a".repeat(1025);
+        let long_segment = format!("vod/{}.bin", "s".repeat(252));
         for bad in [
             "",
             "/etc/passwd",
@@ -103,10 +112,15 @@ mod tests {
             "a\nb",
             "a\u{7f}",
             long.as_str(),
+            "a/./b",
+            "./a",
+            "a/.",
+            long_segment.as_str(),
         ] {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
-        assert!(validate_key(&"a".repeat(1024)).is_ok());
+        assert!(validate_key(&format!("vod/{}.bin", "s".repeat(251))).is_ok());
+        assert!(validate_key(&vec!["s".repeat(255); 4].join("/")).is_ok());
     }
 
     #[test]

@@ -240,6 +240,28 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_64_bits_are_json() {
+        assert_eq!(
+            p(r#"{"op":"get","id":3,"key":"a","n":18446744073709551616}"#),
+            Request::Get {
+                id: 3,
+                key: "a".into()
+            }
+        );
+        match p(r#"{"op":"fly","id":9,"n":-99999999999999999999999}"#) {
+            Request::Bad { id, .. } => assert_eq!(id, Some(9)),
+            other => panic!("{other:?}"),
+        }
+        match p(r#"{"op":"get","id":18446744073709551616,"key":"a"}"#) {
+            Request::Bad { id, message } => {
+                assert_eq!(id, None);
+                assert!(message.contains("`id`"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn bad_requests_keep_the_id() {
         let cases = [
             ("nope", None),

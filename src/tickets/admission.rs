@@ -1,8 +1,9 @@
-//! The upgrade rule: which connection attempts become connections. An address over its
-//! failure budget is refused first; then the ticket is checked against the snapshot (no
-//! lock, no I/O); a ticket missing from the snapshot gets one bounded point lookup (the
-//! only store call on the upgrade path); then the per-ticket connection limit is taken.
-//! Failed checks count against the client's address.
+//! The upgrade rule: which connection attempts become connections. The ticket is checked
+//! against the snapshot first (no lock, no I/O): valid there, it is accepted whatever its
+//! address did before. Otherwise an address over its failure budget is refused (429)
+//! before any more work; a ticket missing from the snapshot gets one bounded point lookup
+//! (the only store call on the upgrade path); then the per-ticket connection limit is
+//! taken. Failed checks count against the client's address.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -49,15 +50,21 @@ impl Gate {
         ticket: Option<&str>,
         lookup_timeout: Duration,
     ) -> Result<(TicketId, Arc<TicketRecord>), Refusal> {
-        let now = Instant::now();
-        if self.failures.is_limited(peer, now) {
-            return Err(Refusal::RateLimited);
-        }
-        let mut checked = self
+        // A ticket valid in the snapshot is accepted whatever its address's failure count:
+        // many users share an address behind NAT. The limiter guards the work below.
+        let checked = self
             .tickets
             .load()
             .check(ticket, SystemTime::now())
             .map(|(id, r)| (id, r.clone()));
+        if checked.is_ok() {
+            return checked;
+        }
+        let now = Instant::now();
+        if self.failures.is_limited(peer, now) {
+            return Err(Refusal::RateLimited);
+        }
+        let mut checked = checked;
         // A ticket issued since the last sync: one bounded point lookup, for this
         // connection only.
         if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &self.lookup, ticket) {

@@ -50,16 +50,28 @@ impl ConnCounts {
 pub struct FailureLimiter {
     limit: u32,
     window: Duration,
-    by_ip: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Failures per address in its current window, the least recently failing address
+    /// evicted first once [`MAX_TRACKED`] addresses are held.
+    by_ip: Mutex<lru::LruCache<IpAddr, (u32, Instant)>>,
 }
+
+/// Most addresses the limiter remembers: its memory is bounded (about 64 bytes an address)
+/// however many addresses fail. An evicted address starts again from zero failures.
+pub const MAX_TRACKED: usize = 65_536;
 
 impl FailureLimiter {
     /// `limit` failures per `window` per IP; 0 disables the limiter.
     pub fn new(limit: u32, window: Duration) -> Self {
+        Self::with_capacity(limit, window, MAX_TRACKED)
+    }
+
+    /// As [`FailureLimiter::new`], remembering at most `capacity` addresses.
+    pub fn with_capacity(limit: u32, window: Duration, capacity: usize) -> Self {
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
         FailureLimiter {
             limit,
             window,
-            by_ip: Mutex::new(HashMap::new()),
+            by_ip: Mutex::new(lru::LruCache::new(capacity)),
         }
     }
 
@@ -71,7 +83,7 @@ impl FailureLimiter {
         let Ok(m) = self.by_ip.lock() else {
             return false;
         };
-        m.get(&ip)
+        m.peek(&ip)
             .is_some_and(|(n, start)| now.duration_since(*start) < self.window && *n >= self.limit)
     }
 
@@ -81,16 +93,16 @@ impl FailureLimiter {
             return;
         }
         let Ok(mut m) = self.by_ip.lock() else { return };
-        // Keep the table bounded: drop expired windows when it grows.
-        if m.len() > 100_000 {
-            let window = self.window;
-            m.retain(|_, (_, start)| now.duration_since(*start) < window);
-        }
-        let e = m.entry(ip).or_insert((0, now));
+        let e = m.get_or_insert_mut(ip, || (0, now));
         if now.duration_since(e.1) >= self.window {
             *e = (0, now);
         }
         e.0 += 1;
+    }
+
+    /// Addresses remembered now.
+    pub fn tracked(&self) -> usize {
+        self.by_ip.lock().map_or(0, |m| m.len())
     }
 }
 
@@ -122,5 +134,19 @@ mod tests {
         assert!(l.is_limited(ip, t));
         assert!(!l.is_limited("127.0.0.3".parse().unwrap(), t));
         assert!(!l.is_limited(ip, t + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn memory_is_bounded_however_many_addresses_fail() {
+        let l = FailureLimiter::with_capacity(2, Duration::from_secs(60), 100);
+        let t = Instant::now();
+        for i in 0..10_000u32 {
+            l.record_failure(IpAddr::from(i.to_be_bytes()), t);
+        }
+        assert_eq!(l.tracked(), 100);
+        // The newest offenders are still tracked.
+        let last = IpAddr::from(9_999u32.to_be_bytes());
+        l.record_failure(last, t);
+        assert!(l.is_limited(last, t));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::Conn;
 use crate::config::Config;
 use crate::metrics::WorkerStats;
-use crate::protocol::From;
+use crate::protocol::{From, RequestError};
 use crate::ws::frame::Parser;
 
 /// A connection's view of its worker.
@@ -27,8 +27,15 @@ pub trait Context: 'static {
     /// How many streams `conn` follows.
     fn subscription_count(&self, conn: &Conn) -> usize;
     /// Subscribe `conn` to `stream` (request `id`): answer `subscribed` once the stream is
-    /// known, then catch up from `from` and go live.
-    fn subscribe(&self, conn: &Rc<Conn>, id: u32, stream: &str, from: From);
+    /// known, then catch up from `from` and go live. `Err` when the relay cannot follow
+    /// one more stream.
+    fn subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        id: u32,
+        stream: &str,
+        from: From,
+    ) -> Result<(), RequestError>;
     /// End `conn`'s subscription to `stream`, if any, dropping its queued segments.
     fn unsubscribe(&self, conn: &Conn, stream: &str);
     /// Start answering `conn`'s pending `get`s (a task that ends when none are left).

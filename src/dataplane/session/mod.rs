@@ -91,6 +91,9 @@ pub struct Conn {
     /// Raised when the queue drained (a waiting `get` may fit now) or the conn closed.
     pub room: Notify,
     next_sub_id: Cell<u32>,
+    /// Streams subscribed to in the last minute (a hash of the name, when): bounds how many
+    /// different streams one connection makes the relay discover.
+    recent_streams: RefCell<Vec<(u64, Instant)>>,
     /// `get`s waiting for an answer, in order: (request id, key).
     pub pending_gets: RefCell<VecDeque<(u32, String)>>,
     get_task: Cell<bool>,
@@ -118,6 +121,7 @@ impl Conn {
             wake: Notify::default(),
             room: Notify::default(),
             next_sub_id: Cell::new(1),
+            recent_streams: RefCell::new(Vec::new()),
             pending_gets: RefCell::new(VecDeque::new()),
             get_task: Cell::new(false),
             close_req: Cell::new(None),
@@ -147,6 +151,24 @@ impl Conn {
         let id = self.next_sub_id.get();
         self.next_sub_id.set(id.wrapping_add(1).max(1));
         id
+    }
+
+    /// Note a subscription to `stream` at `now`; false when it would be the
+    /// `max_per_minute + 1`-th different stream within a minute (nothing is noted then).
+    pub fn note_stream(&self, stream: &str, max_per_minute: usize, now: Instant) -> bool {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(stream);
+        let mut recent = self.recent_streams.borrow_mut();
+        recent.retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(60));
+        if let Some(seen) = recent.iter_mut().find(|(h, _)| *h == hash) {
+            seen.1 = now;
+            return true;
+        }
+        if recent.len() >= max_per_minute {
+            return false;
+        }
+        recent.push((hash, now));
+        true
     }
 
     /// Whether `get`s are being answered.

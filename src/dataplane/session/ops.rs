@@ -4,6 +4,7 @@
 //! errors are unit-tested below without a socket.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 
@@ -78,8 +79,14 @@ fn handle<C: Context>(ctx: &C, conn: &Rc<Conn>, request: Request) -> Result<(), 
                     "this connection follows the most streams it may",
                 ));
             }
-            ctx.subscribe(conn, id, &stream, from);
-            Ok(())
+            if !conn.note_stream(&stream, limits.max_streams_per_minute, Instant::now()) {
+                ctx.stats().stream_rate_refusals.inc();
+                return Err(RequestError::new(
+                    ErrorCode::RateLimited,
+                    "too many different streams in a minute",
+                ));
+            }
+            ctx.subscribe(conn, id, &stream, from)
         }
         Request::Unsubscribe { id, stream } => {
             ctx.unsubscribe(conn, &stream);
@@ -140,10 +147,17 @@ mod tests {
         fn subscription_count(&self, conn: &Conn) -> usize {
             self.subs.borrow().iter().filter(|s| s.0 == conn.id).count()
         }
-        fn subscribe(&self, conn: &Rc<Conn>, id: u32, stream: &str, from: From) {
+        fn subscribe(
+            &self,
+            conn: &Rc<Conn>,
+            id: u32,
+            stream: &str,
+            from: From,
+        ) -> Result<(), RequestError> {
             self.subs
                 .borrow_mut()
                 .push((conn.id, stream.to_string(), id, from));
+            Ok(())
         }
         fn unsubscribe(&self, conn: &Conn, stream: &str) {
             self.subs
@@ -280,6 +294,39 @@ mod tests {
         );
         assert_eq!(error_code(&r), Some("too_many_subscriptions"));
         assert_eq!(r[0]["id"], 99);
+    }
+
+    #[test]
+    fn new_stream_names_per_minute_are_limited() {
+        let mut ctx = Recorder::default();
+        let mut config = Config::default();
+        config.connection.max_streams_per_minute = 3;
+        ctx.config = Arc::new(config);
+        let c = conn(&["*"]);
+        for i in 0..3 {
+            let r = send(
+                &ctx,
+                &c,
+                &format!(r#"{{"op":"subscribe","id":{i},"stream":"live/{i}"}}"#),
+            );
+            assert!(r.is_empty(), "{r:?}");
+            send(
+                &ctx,
+                &c,
+                &format!(r#"{{"op":"unsubscribe","id":9,"stream":"live/{i}"}}"#),
+            );
+        }
+        // A stream seen this minute again is fine; a fourth new one is not.
+        let r = send(&ctx, &c, r#"{"op":"subscribe","id":20,"stream":"live/1"}"#);
+        assert!(r.is_empty(), "{r:?}");
+        let r = send(
+            &ctx,
+            &c,
+            r#"{"op":"subscribe","id":21,"stream":"live/new"}"#,
+        );
+        assert_eq!(error_code(&r), Some("rate_limited"));
+        assert_eq!(r[0]["id"], 21);
+        assert_eq!(ctx.stats.stream_rate_refusals.get(), 1);
     }
 
     #[test]

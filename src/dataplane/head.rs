@@ -1,0 +1,166 @@
+//! The rules a request head must follow before the front end acts on it (RFC 9112), as pure
+//! functions: the message framing a proxy in front could read differently (duplicate or
+//! conflicting `Content-Length`, `Content-Length` with `Transfer-Encoding`), the `Host`
+//! rule, obsolete line folding and bare-LF line ends, and the request target's forms.
+
+/// Largest request head (docs/protocol.md: 431 above this).
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Why a head is refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadHead {
+    /// A line ends in LF without CR.
+    #[error("line ends without CR")]
+    BareLf,
+    /// A header line continues the previous one (obs-fold).
+    #[error("folded header line")]
+    Folded,
+    /// More than one `Content-Length`.
+    #[error("more than one Content-Length")]
+    ContentLengths,
+    /// A body is announced; no request here has one.
+    #[error("request body not allowed")]
+    Body,
+    /// HTTP/1.1 without exactly one `Host`, or HTTP/1.0 with several.
+    #[error("Host missing or repeated")]
+    Host,
+}
+
+/// Whether the raw head bytes (up to and including the blank line) are well formed at the
+/// line level: every line ends in CRLF and no header line is folded. Also usable on a
+/// partial head, so a bad one is refused before it is complete.
+pub fn check_lines(raw: &[u8]) -> Result<(), BadHead> {
+    for (i, &b) in raw.iter().enumerate() {
+        if b == b'\n' {
+            if i == 0 || raw[i - 1] != b'\r' {
+                return Err(BadHead::BareLf);
+            }
+            // A line after the request line that starts with SP or HTAB continues a header.
+            if matches!(raw.get(i + 1), Some(b' ' | b'\t')) {
+                return Err(BadHead::Folded);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The framing and `Host` rules on parsed headers. `version` is httparse's minor version.
+pub fn check_headers(headers: &[httparse::Header<'_>], version: u8) -> Result<(), BadHead> {
+    let count = |name: &str| {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    if count("content-length") > 1 {
+        return Err(BadHead::ContentLengths);
+    }
+    let has_body = headers.iter().any(|h| {
+        (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+    });
+    if has_body {
+        return Err(BadHead::Body);
+    }
+    let hosts = count("host");
+    if hosts > 1 || (version == 1 && hosts == 0) {
+        return Err(BadHead::Host);
+    }
+    Ok(())
+}
+
+/// The path and query of a request target: origin-form (`/ws?ticket=...`) as it is, and
+/// absolute-form (`http://host:port/ws?...`, which clients send to proxies) reduced to its
+/// path and query.
+pub fn origin_form(target: &str) -> &str {
+    let rest = match target.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            rest
+        }
+        _ => return target,
+    };
+    match rest.find(['/', '?']) {
+        Some(at) if rest.as_bytes()[at] == b'/' => &rest[at..],
+        Some(at) => &rest[at..],
+        None => "/",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> Result<(), BadHead> {
+        check_lines(raw)?;
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        req.parse(raw).expect("parses");
+        check_headers(req.headers, req.version.unwrap_or(1))
+    }
+
+    #[test]
+    fn framing_that_proxies_could_read_differently_is_refused() {
+        let ok = b"GET /ws HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parse(ok), Ok(()));
+        let two_lengths =
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 30\r\n\r\n";
+        assert_eq!(parse(two_lengths), Err(BadHead::ContentLengths));
+        let same_twice =
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parse(same_twice), Err(BadHead::ContentLengths));
+        let both =
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse(both), Err(BadHead::Body));
+        let body = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(parse(body), Err(BadHead::Body));
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n\r\n"), Err(BadHead::Host));
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(BadHead::Host)
+        );
+        assert_eq!(parse(b"GET / HTTP/1.0\r\n\r\n"), Ok(()));
+        assert_eq!(
+            parse(b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n"),
+            Err(BadHead::Host)
+        );
+    }
+
+    #[test]
+    fn line_rules() {
+        assert_eq!(
+            check_lines(b"GET / HTTP/1.1\nHost: a\n\n"),
+            Err(BadHead::BareLf)
+        );
+        assert_eq!(
+            check_lines(b"GET / HTTP/1.1\r\nHost: a\n"),
+            Err(BadHead::BareLf)
+        );
+        assert_eq!(
+            check_lines(b"GET / HTTP/1.1\r\nX-A: 1\r\n 2\r\nHost: a\r\n\r\n"),
+            Err(BadHead::Folded)
+        );
+        assert_eq!(
+            check_lines(b"GET / HTTP/1.1\r\nX-A: 1\r\n\t2\r\n\r\n"),
+            Err(BadHead::Folded)
+        );
+        assert_eq!(check_lines(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        // A partial head is judged on what arrived.
+        assert_eq!(check_lines(b"GET / HTTP/1.1\r\nHo"), Ok(()));
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(origin_form("/ws?ticket=a"), "/ws?ticket=a");
+        assert_eq!(origin_form("http://relay:8080/ws?ticket=a"), "/ws?ticket=a");
+        assert_eq!(origin_form("HTTPS://relay/readyz"), "/readyz");
+        assert_eq!(origin_form("http://relay"), "/");
+        assert_eq!(origin_form("http://relay?x=1"), "?x=1");
+        assert_eq!(origin_form("*"), "*");
+    }
+}
