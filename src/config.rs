@@ -102,9 +102,13 @@ pub struct TicketsConfig {
     /// Firestore: incremental sync period.
     #[serde(deserialize_with = "duration")]
     pub sync_interval: Duration,
-    /// Firestore: full reload period (catches deleted documents).
+    /// Firestore: full reload period.
     #[serde(deserialize_with = "duration")]
     pub full_resync_interval: Duration,
+    /// Firestore: how often the collection's count is compared with the snapshot's, to
+    /// notice deleted documents (a reload follows a difference); `0s`: never.
+    #[serde(deserialize_with = "duration")]
+    pub deletion_check_interval: Duration,
     /// Firestore: where the snapshot is persisted for warm starts.
     pub snapshot_file: PathBuf,
     /// Firestore: documents per listing page.
@@ -203,6 +207,7 @@ impl Default for TicketsConfig {
             auth_failure_window: Duration::from_secs(60),
             sync_interval: Duration::from_secs(1),
             full_resync_interval: Duration::from_secs(600),
+            deletion_check_interval: Duration::from_secs(10),
             snapshot_file: PathBuf::from("./tickets.snapshot.json"),
             page_size: 300,
             lookup_timeout: Duration::from_secs(2),
@@ -260,6 +265,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     (
         "MEDIARELAY_FULL_RESYNC_INTERVAL",
         "tickets.full_resync_interval",
+    ),
+    (
+        "MEDIARELAY_DELETION_CHECK_INTERVAL",
+        "tickets.deletion_check_interval",
     ),
     ("MEDIARELAY_TICKET_SNAPSHOT", "tickets.snapshot_file"),
     ("MEDIARELAY_LOOKUP_RATE", "tickets.lookup_rate"),

@@ -29,6 +29,7 @@ pub fn start_tickets(config: &Config) -> anyhow::Result<Tickets> {
         let settings = SyncSettings {
             sync_interval: t.sync_interval,
             full_resync_interval: t.full_resync_interval,
+            deletion_check_interval: t.deletion_check_interval,
             snapshot_file: t.snapshot_file.clone(),
             page_size: t.page_size,
         };

@@ -211,7 +211,25 @@ async fn upgrade(
     let refuse = |r: Refusal| {
         let (status, code) = r.status_and_code();
         core.stats.upgrade(code);
-        error(&stream, status, code, false)
+        let body = format!("{{\"error\":\"{code}\"}}");
+        // A 503 tells the client to come back: the ticket was not judged.
+        let retry: &[(&str, &str)] = if status == 503 {
+            &[("Retry-After", "1")]
+        } else {
+            &[]
+        };
+        let stream = &stream;
+        async move {
+            respond(
+                stream,
+                status,
+                "application/json",
+                body.as_bytes(),
+                retry,
+                false,
+            )
+            .await;
+        }
     };
     let ticket = find_ticket(headers, query);
     let wait = core.shared.config().tickets.lookup_timeout;

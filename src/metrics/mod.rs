@@ -64,6 +64,7 @@ pub const UPGRADES: &[&str] = &[
     "ticket_revoked",
     "too_many_connections",
     "rate_limited",
+    "tickets_unavailable",
     "bad_handshake",
 ];
 

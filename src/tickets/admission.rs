@@ -2,8 +2,9 @@
 //! against the snapshot first (no lock, no I/O): valid there, it is accepted whatever its
 //! address did before. Otherwise an address over its failure budget is refused (429)
 //! before any more work; a ticket missing from the snapshot gets one bounded point lookup
-//! (the only store call on the upgrade path); then the per-ticket connection limit is
-//! taken. Failed checks count against the client's address.
+//! (the only store call on the upgrade path), and a lookup that gets no answer is 503
+//! `tickets_unavailable`, never "invalid"; then the per-ticket connection limit is taken.
+//! Failed checks count against the client's address.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::limits::{ConnCounts, FailureLimiter};
 use super::snapshot::TicketCell;
-use super::{ticket_id, Lookup, Refusal, TicketId, TicketRecord};
+use super::{ticket_id, Found, Lookup, Refusal, TicketId, TicketRecord};
 
 /// Everything the upgrade rule reads, shared by every worker.
 pub struct Gate {
@@ -70,14 +71,18 @@ impl Gate {
         if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &self.lookup, ticket) {
             let id = ticket_id(t);
             let found = match self.tickets.get(&id) {
-                Some(r) => Some(r),
+                Some(r) => Found::Record(r),
                 None => monoio::time::timeout(lookup_timeout, lookup.find(id))
                     .await
-                    .ok()
-                    .flatten(),
+                    .unwrap_or(Found::Unavailable),
             };
-            if let Some(record) = found {
-                checked = record.validity(SystemTime::now()).map(|()| (id, record));
+            match found {
+                Found::Record(record) => {
+                    checked = record.validity(SystemTime::now()).map(|()| (id, record));
+                }
+                Found::Missing => {}
+                // Not the client's failure: it may retry, and never reads "invalid".
+                Found::Unavailable => return Err(Refusal::Unavailable),
             }
         }
         if checked.is_err() {

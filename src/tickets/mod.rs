@@ -42,7 +42,7 @@ pub struct TicketRecord {
     pub updated_at: SystemTime,
 }
 
-/// Why a ticket was refused; each maps to a 401/429 body of PROTOCOL.md.
+/// Why a ticket was refused; each maps to a 401/429/503 answer of docs/protocol.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Missing,
@@ -51,6 +51,8 @@ pub enum Refusal {
     Revoked,
     TooManyConnections,
     RateLimited,
+    /// The ticket is not in the snapshot and the store could not be asked: retry.
+    Unavailable,
 }
 
 impl Refusal {
@@ -68,6 +70,7 @@ impl Refusal {
             Refusal::Revoked => (401, "ticket_revoked"),
             Refusal::TooManyConnections => (429, "too_many_connections"),
             Refusal::RateLimited => (429, "rate_limited"),
+            Refusal::Unavailable => (503, "tickets_unavailable"),
         }
     }
 }
@@ -185,13 +188,25 @@ pub fn open_store(url: &str) -> Result<Box<dyn TicketStore>, StoreError> {
     Ok(Box::new(file::FileStore::new(path.into())))
 }
 
+/// What a point lookup found.
+#[derive(Debug, Clone)]
+pub enum Found {
+    /// The store has this record.
+    Record(std::sync::Arc<TicketRecord>),
+    /// The store answered that it has no such ticket.
+    Missing,
+    /// The store could not be asked (down, timed out, lookup budget spent): the ticket is
+    /// neither valid nor invalid as far as the relay knows.
+    Unavailable,
+}
+
+/// Boxed future of a point lookup.
+pub type LookupFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Found>>>;
+
 /// Looks up a ticket missing from the snapshot (off the hot path, bounded).
 pub trait Lookup: Send + Sync {
-    /// The record for `id`, or `None` if the store has none (or may not be asked now).
-    fn find(
-        &self,
-        id: TicketId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<std::sync::Arc<TicketRecord>>>>>;
+    /// What the store says about `id`.
+    fn find(&self, id: TicketId) -> LookupFuture;
 }
 
 /// RFC 3339 timestamps in serde.

@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""A wire-compatible fake of the Cloud Firestore REST API v1, for tests.
+"""A wire-compatible fake of the Cloud Firestore REST API v1, for the tests Google's own
+emulator cannot serve: injected outages (every request 503 on demand), malformed documents
+planted as they are, and request counts. Every other Firestore test runs against the
+emulator (tests/firestore.rs).
 
 Implements exactly the subset mediarelay uses, to the formats in shared/google-wire.md, and
 rejects what the real API would reject (unknown fields, bad paths, malformed values) with
@@ -202,6 +205,8 @@ class Handler(BaseHTTPRequestHandler):
         q = parse_qs(u.query, keep_blank_values=True)
         if rest == ":runQuery" and self.command == "POST":
             return self.run_query(root, self.body())
+        if rest == ":runAggregationQuery" and self.command == "POST":
+            return self.run_aggregation(root, self.body())
         if rest == ":commit" and self.command == "POST":
             return self.commit(root, self.body())
         parts = [unquote(p) for p in rest.split("/") if p]
@@ -247,9 +252,28 @@ class Handler(BaseHTTPRequestHandler):
                 out["nextPageToken"] = page[-1]
         return self.reply(200, out)
 
+    def run_aggregation(self, root, body):
+        only(body, ["structuredAggregationQuery", "readTime"], "")
+        saq = body.get("structuredAggregationQuery")
+        only(saq, ["structuredQuery", "aggregations"], "structured_aggregation_query")
+        aggs = saq.get("aggregations") or []
+        if len(aggs) != 1 or "count" not in aggs[0]:
+            raise bad("only one count aggregation is supported here")
+        alias = aggs[0].get("alias", "field_1")
+        items, read_time = self.select(root, saq["structuredQuery"])
+        return self.reply(200, [{"result": {"aggregateFields": {
+            alias: {"integerValue": str(len(items))}}}, "readTime": read_time}])
+
     def run_query(self, root, body):
         only(body, ["structuredQuery", "readTime"], "")
-        sq = body.get("structuredQuery")
+        items, read_time = self.select(root, body.get("structuredQuery"))
+        out = [{"document": doc_json(n, d), "readTime": read_time} for n, d in items]
+        if not out:
+            out = [{"readTime": read_time}]
+        return self.reply(200, out)
+
+    def select(self, root, sq):
+        """The documents a structured query selects, and the read time."""
         only(sq, ["from", "where", "orderBy", "limit", "startAt", "select", "offset", "endAt"], "structured_query")
         frm = sq.get("from")
         if not isinstance(frm, list) or len(frm) != 1:
@@ -293,6 +317,10 @@ class Handler(BaseHTTPRequestHandler):
                 raise bad("too many cursor values")
             for v in start["values"]:
                 check_value(v, "start_at.values")
+                # As Google's emulator and service answer an empty document reference.
+                ref = v.get("referenceValue") if isinstance(v, dict) else None
+                if ref is not None and not ref.startswith("projects/"):
+                    raise bad(f'Resource name "{ref}" lacks "projects" at index 0.')
         prefix = f"{root}/{coll}/"
 
         def field(name, doc, path):
@@ -339,10 +367,7 @@ class Handler(BaseHTTPRequestHandler):
             if limit is not None:
                 items = items[:limit]
             read_time = fmt_ts(now_ns())
-            out = [{"document": doc_json(n, d), "readTime": read_time} for n, d in items]
-        if not out:
-            out = [{"readTime": read_time}]
-        return self.reply(200, out)
+        return items, read_time
 
     def commit(self, root, body):
         only(body, ["writes", "transaction"], "")

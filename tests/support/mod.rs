@@ -2,6 +2,7 @@
 //! CLI, and talk to it with a real WebSocket client (tungstenite) or raw sockets.
 #![allow(dead_code)]
 
+pub mod emulator;
 pub mod firestore;
 pub mod gcs;
 

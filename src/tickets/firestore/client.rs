@@ -3,6 +3,7 @@
 //! get, commit), supplies credentials (gcp_auth tokens, or `Bearer owner` for the
 //! emulator named by `FIRESTORE_EMULATOR_HOST`) and retries retryable failures.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,6 +115,22 @@ struct ListResponse {
 struct QueryItem {
     #[serde(default)]
     document: Option<Document>,
+    /// The time the query read at (every item of one answer has the same).
+    #[serde(default, rename = "readTime")]
+    read_time: Option<String>,
+}
+
+/// One item of a `runAggregationQuery` answer.
+#[derive(Deserialize)]
+struct AggregationItem {
+    #[serde(default)]
+    result: Option<AggregationResult>,
+}
+
+#[derive(Deserialize)]
+struct AggregationResult {
+    #[serde(rename = "aggregateFields")]
+    aggregate_fields: HashMap<String, Value>,
 }
 
 impl Firestore {
@@ -276,31 +293,44 @@ impl Firestore {
         }
     }
 
-    /// Documents whose `updatedAt` sorts after `cursor` (the last seen `updatedAt` and
-    /// document name), oldest first, all pages.
-    pub async fn changes_since(&self, cursor: &Cursor) -> Result<Vec<Decoded>, FsError> {
+    /// Documents whose `updatedAt` is at or after `from.updated_at`, oldest first, all
+    /// pages, and the time the first page was read at (the server's clock). With a
+    /// `from.name`, only documents after (`updatedAt`, name) `from` are returned; without
+    /// one, every document at `from.updated_at` is.
+    pub async fn changes_since(
+        &self,
+        from: &Cursor,
+    ) -> Result<(Vec<Decoded>, Option<String>), FsError> {
         const PAGE: usize = 1000;
         let mut out = Vec::new();
-        let mut cursor = cursor.clone();
+        let mut cursor = from.clone();
+        let mut read_time = None;
         loop {
-            let query = json!({"structuredQuery": {
+            let mut query = json!({"structuredQuery": {
                 "from": [{"collectionId": self.target.collection}],
                 "where": {"fieldFilter": {
                     "field": {"fieldPath": "updatedAt"},
                     "op": "GREATER_THAN_OR_EQUAL",
-                    "value": {"timestampValue": cursor.updated_at}}},
+                    "value": {"timestampValue": from.updated_at}}},
                 "orderBy": [
                     {"field": {"fieldPath": "updatedAt"}, "direction": "ASCENDING"},
                     {"field": {"fieldPath": "__name__"}, "direction": "ASCENDING"}],
-                "startAt": {"values": [
-                    {"timestampValue": cursor.updated_at},
-                    {"referenceValue": cursor.name}], "before": false},
                 "limit": PAGE}});
+            // A cursor needs a document name: Firestore refuses an empty reference (400
+            // "Resource name \"\" lacks \"projects\""), as an empty collection would give.
+            if !cursor.name.is_empty() {
+                query["structuredQuery"]["startAt"] = json!({"values": [
+                    {"timestampValue": cursor.updated_at},
+                    {"referenceValue": cursor.name}], "before": false});
+            }
             let path = format!("{}:runQuery", self.target.root());
             let bytes = self.call(Method::POST, &path, Some(query)).await?;
             let mut raw = bytes.to_vec();
             let items: Vec<QueryItem> = simd_json::serde::from_slice(&mut raw)
                 .map_err(|e| FsError::Failed(format!("runQuery response: {e}")))?;
+            if read_time.is_none() {
+                read_time = items.iter().find_map(|i| i.read_time.clone());
+            }
             let docs: Vec<Document> = items.into_iter().filter_map(|i| i.document).collect();
             let full = docs.len() == PAGE;
             for d in docs {
@@ -317,10 +347,35 @@ impl Firestore {
                     out.push(dec);
                 }
             }
-            if !full {
-                return Ok(out);
+            if !full || cursor.name.is_empty() {
+                return Ok((out, read_time));
             }
         }
+    }
+
+    /// How many documents of the collection have an `updatedAt` at or before `until`
+    /// (a count aggregation: about one document read per 1,000 counted).
+    pub async fn count_until(&self, until: &str) -> Result<u64, FsError> {
+        let query = json!({"structuredAggregationQuery": {
+            "structuredQuery": {
+                "from": [{"collectionId": self.target.collection}],
+                "where": {"fieldFilter": {
+                    "field": {"fieldPath": "updatedAt"},
+                    "op": "LESS_THAN_OR_EQUAL",
+                    "value": {"timestampValue": until}}}},
+            "aggregations": [{"alias": "n", "count": {}}]}});
+        let path = format!("{}:runAggregationQuery", self.target.root());
+        let bytes = self.call(Method::POST, &path, Some(query)).await?;
+        let items: Vec<AggregationItem> = serde_json::from_slice(&bytes)
+            .map_err(|e| FsError::Failed(format!("runAggregationQuery response: {e}")))?;
+        items
+            .into_iter()
+            .find_map(|i| {
+                let mut result = i.result?;
+                let v = result.aggregate_fields.remove("n")?;
+                v.get("integerValue")?.as_str()?.parse().ok()
+            })
+            .ok_or_else(|| FsError::Failed("runAggregationQuery answered no count".into()))
     }
 
     /// One document by ticket id.

@@ -3,15 +3,13 @@
 //! global rate limit, so a flood of unknown tickets cannot become a flood of reads.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::client::Firestore;
 use crate::tickets::snapshot::TicketCell;
-use crate::tickets::{Lookup, TicketId, TicketRecord};
+use crate::tickets::{Found, Lookup, LookupFuture, TicketId};
 
 /// Point lookups of tickets missing from the snapshot.
 pub struct FirestoreLookup {
@@ -23,7 +21,7 @@ pub struct FirestoreLookup {
     state: Arc<Mutex<LookupState>>,
 }
 
-type Waiters = Vec<tokio::sync::oneshot::Sender<Option<Arc<TicketRecord>>>>;
+type Waiters = Vec<tokio::sync::oneshot::Sender<Found>>;
 
 struct LookupState {
     inflight: HashMap<TicketId, Waiters>,
@@ -62,27 +60,27 @@ impl FirestoreLookup {
 }
 
 impl Lookup for FirestoreLookup {
-    fn find(&self, id: TicketId) -> Pin<Box<dyn Future<Output = Option<Arc<TicketRecord>>>>> {
+    fn find(&self, id: TicketId) -> LookupFuture {
         let now = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let Ok(mut st) = self.state.lock() else {
-                return Box::pin(async { None });
+                return Box::pin(async { Found::Unavailable });
             };
             if st.negative.get(&id).is_some_and(|until| *until > now) {
                 self.count(1);
-                return Box::pin(async { None });
+                return Box::pin(async { Found::Missing });
             }
             if let Some(waiters) = st.inflight.get_mut(&id) {
                 waiters.push(tx);
-                return Box::pin(async move { rx.await.ok().flatten() });
+                return Box::pin(async move { rx.await.unwrap_or(Found::Unavailable) });
             }
             let elapsed = now.duration_since(st.refilled).as_secs_f64();
             st.tokens = (st.tokens + elapsed * self.rate).min(self.rate.max(1.0));
             st.refilled = now;
             if st.tokens < 1.0 {
                 self.count(2);
-                return Box::pin(async { None });
+                return Box::pin(async { Found::Unavailable });
             }
             st.tokens -= 1.0;
             if st.negative.len() > 100_000 {
@@ -96,15 +94,15 @@ impl Lookup for FirestoreLookup {
         self.runtime.spawn(async move {
             let result = fs.get(&id).await;
             let (found, outcome) = match result {
-                Ok(Some(d)) => (Some(Arc::new(d.record)), 0),
-                Ok(None) => (None, 1),
+                Ok(Some(d)) => (Found::Record(Arc::new(d.record)), 0),
+                Ok(None) => (Found::Missing, 1),
                 Err(e) => {
                     tracing::warn!("ticket lookup failed: {e}");
-                    (None, 3)
+                    (Found::Unavailable, 3)
                 }
             };
             cell.lookups[outcome].fetch_add(1, Ordering::Relaxed);
-            if let Some(r) = &found {
+            if let Found::Record(r) = &found {
                 cell.remember(id, r.clone());
             }
             let waiters = {
@@ -118,6 +116,6 @@ impl Lookup for FirestoreLookup {
                 let _ = w.send(found.clone());
             }
         });
-        Box::pin(async move { rx.await.ok().flatten() })
+        Box::pin(async move { rx.await.unwrap_or(Found::Unavailable) })
     }
 }
