@@ -61,6 +61,7 @@ fn record(i: usize) -> TicketRecord {
         expires_at: now + Duration::from_secs(3600),
         revoked: false,
         max_connections: None,
+        publish: Vec::new(),
         updated_at: now,
     }
 }

@@ -102,6 +102,10 @@ pub struct TicketsConfig {
     /// Firestore: incremental sync period.
     #[serde(deserialize_with = "duration")]
     pub sync_interval: Duration,
+    /// How long before a connection's ticket expires it is sent `expiring` (once per
+    /// ticket); `0s`: never.
+    #[serde(deserialize_with = "duration")]
+    pub expiring_notice: Duration,
     /// Firestore: full reload period.
     #[serde(deserialize_with = "duration")]
     pub full_resync_interval: Duration,
@@ -208,6 +212,7 @@ impl Default for TicketsConfig {
             sync_interval: Duration::from_secs(1),
             full_resync_interval: Duration::from_secs(600),
             deletion_check_interval: Duration::from_secs(10),
+            expiring_notice: Duration::from_secs(60),
             snapshot_file: PathBuf::from("./tickets.snapshot.json"),
             page_size: 300,
             lookup_timeout: Duration::from_secs(2),
@@ -266,6 +271,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
         "MEDIARELAY_FULL_RESYNC_INTERVAL",
         "tickets.full_resync_interval",
     ),
+    ("MEDIARELAY_EXPIRING_NOTICE", "tickets.expiring_notice"),
     (
         "MEDIARELAY_DELETION_CHECK_INTERVAL",
         "tickets.deletion_check_interval",

@@ -226,3 +226,130 @@ fn malformed_ticket_file_keeps_the_last_good_snapshot() {
     let (s, _) = http_get(r.admin, "/readyz").unwrap();
     assert_eq!(s, 200);
 }
+
+#[test]
+fn refresh_replaces_the_ticket_of_an_open_connection() {
+    let r = Relay::start(&[("MEDIARELAY_EXPIRING_NOTICE", "2s")]);
+    let first = r.issue("live/*", &["--ttl", "3s"]);
+    let mut c = r.ws(&first);
+    c.send(json!({"op":"subscribe","id":1,"stream":"live/a"}));
+    c.send(json!({"op":"subscribe","id":2,"stream":"live/b"}));
+    // Within a second of connecting the ticket is 2 s from its end: `expiring`, once (in
+    // any order with the two `subscribed`).
+    let mut ops: Vec<String> = (0..3)
+        .map(|_| {
+            let v = c.json();
+            if v["op"] == "expiring" {
+                assert!(v["expiresAt"].as_str().unwrap().ends_with('Z'), "{v}");
+            }
+            v["op"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ops.sort();
+    assert_eq!(ops, ["expiring", "subscribed", "subscribed"]);
+
+    // Not valid, another user's: errors, and the old ticket stays in force.
+    c.send(json!({"op":"refresh","id":3,"ticket":"nonsense"}));
+    let v = c.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(3), Some("ticket_invalid"))
+    );
+    let other = r.issue("*", &["--uid", "someone-else"]);
+    c.send(json!({"op":"refresh","id":4,"ticket":other}));
+    let v = c.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(4), Some("forbidden"))
+    );
+
+    // The same user's newer ticket, narrower: accepted; live/b is ended for it.
+    let second = r.issue("live/a", &["--ttl", "1h"]);
+    c.send(json!({"op":"refresh","id":5,"ticket":second}));
+    let v = c.json();
+    assert_eq!(
+        (v["op"].as_str(), v["id"].as_u64()),
+        (Some("refreshed"), Some(5)),
+        "{v}"
+    );
+    assert!(v["expiresAt"].is_string());
+    assert_eq!(
+        c.json(),
+        json!({"op":"unsubscribed","stream":"live/b","reason":"forbidden"})
+    );
+    // The first ticket expires: the connection lives on with the second.
+    let expiry = Instant::now() + Duration::from_secs(3);
+    wait_for("the first ticket's expiry", Duration::from_secs(5), || {
+        Instant::now() >= expiry
+    });
+    // Nothing to wait on for "not closed": give the 250 ms ticket sweep two rounds.
+    std::thread::sleep(Duration::from_millis(600));
+    c.send(json!({"op":"subscribe","id":6,"stream":"live/b"}));
+    assert_eq!(c.json()["code"], "forbidden");
+    c.send(json!({"op":"unsubscribe","id":7,"stream":"live/a"}));
+    assert_eq!(c.json()["op"], "unsubscribed");
+    // Revoking the second ticket closes it.
+    r.revoke(&[&second]);
+    let (code, _) = c.close_code();
+    assert_eq!(code, Some(4401));
+    assert_eq!(
+        r.metric("mediarelay_requests_total", "op=\"refresh\",result=\"ok\""),
+        1.0
+    );
+}
+
+#[test]
+fn refresh_moves_the_connection_slot() {
+    let r = Relay::start(&[]);
+    let a = r.issue("*", &[]);
+    let b = r.issue("*", &["--max-connections", "1"]);
+    let mut c = r.ws(&a);
+    c.send(json!({"op":"refresh","id":1,"ticket":b}));
+    assert_eq!(c.json()["op"], "refreshed");
+    // The connection holds b's only slot now.
+    match Client::try_connect(r.addr, Some(&b)).map_err(|e| *e) {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 429),
+        other => panic!("a second connection with b: {:?}", other.map(|_| ())),
+    }
+    // Refreshing again to b (the same ticket) changes nothing; its slot is kept.
+    c.send(json!({"op":"refresh","id":2,"ticket":b}));
+    assert_eq!(c.json()["op"], "refreshed");
+    c.close();
+    wait_for("the slot to come back", Duration::from_secs(5), || {
+        Client::try_connect(r.addr, Some(&b)).is_ok()
+    });
+}
+
+#[test]
+fn watch_refreshes_its_ticket_with_a_command() {
+    let r = Relay::start(&[("MEDIARELAY_EXPIRING_NOTICE", "5s")]);
+    let first = r.issue("live/*", &["--ttl", "10s"]);
+    let second = r.issue("live/*", &["--ttl", "1h"]);
+    let ticket_file = r.dir.path().join("next-ticket");
+    std::fs::write(&ticket_file, format!("{second}\n")).unwrap();
+    let out_file = r.dir.path().join("watch.out");
+    let mut watch = std::process::Command::new(BIN)
+        .args([
+            "watch",
+            "--url",
+            &format!("ws://{}/ws", r.addr),
+            "--stream",
+            "live/w",
+        ])
+        .arg(format!("--ticket={first}"))
+        .arg("--refresh-cmd")
+        .arg(format!("cat {}", ticket_file.display()))
+        .stdout(std::fs::File::create(&out_file).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "watch to refresh its ticket",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&out_file).is_ok_and(|t| t.contains("\"op\":\"refreshed\"")),
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let out = std::fs::read_to_string(&out_file).unwrap();
+    assert!(out.contains("\"op\":\"expiring\""), "{out}");
+    assert!(!out.contains(&second), "the ticket is never printed: {out}");
+}

@@ -132,6 +132,7 @@ fn sessions_leave_nothing_behind() {
         expires_at: SystemTime::now() + Duration::from_secs(600),
         revoked: false,
         max_connections: None,
+        publish: Vec::new(),
         updated_at: SystemTime::now(),
     };
     let ticket = "churn-ticket-0123456789";

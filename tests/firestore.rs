@@ -150,6 +150,46 @@ fn point_lookups_and_the_cli() {
         (401, r#"{"error":"ticket_invalid"}"#)
     );
     assert_eq!(r.metric("mediarelay_ticket_lookups_total", "missing"), 1.0);
+    // Publish rights travel through the store.
+    let out = cli_fs(
+        &e,
+        &[
+            "ticket",
+            "issue",
+            "--uid",
+            "encoder",
+            "--streams",
+            "live/cam1",
+            "--publish",
+            "live/cam1,live/cam2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let encoder = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let _b = r.ws(&encoder);
+    // A refresh round trip with a ticket only the store knows (one point lookup), and
+    // with one already in the snapshot.
+    let mut c = r.ws(&fresh);
+    for round in ["point lookup", "snapshot"] {
+        let newer = if round == "snapshot" {
+            fresh.clone()
+        } else {
+            issue(&e, "*")
+        };
+        let start = Instant::now();
+        c.send(json!({"op":"refresh","id":1,"ticket":newer}));
+        let v = c.json();
+        assert_eq!(v["op"], "refreshed", "{v}");
+        eprintln!(
+            "refresh round trip ({round}): {} µs",
+            start.elapsed().as_micros()
+        );
+    }
+    drop(c);
     // The CLI lists from Firestore and never prints a ticket.
     revoke(&e, &fresh);
     let out = cli_fs(&e, &["ticket", "list"]);
@@ -159,6 +199,7 @@ fn point_lookups_and_the_cli() {
         "{text}"
     );
     assert!(text.contains("revoked"), "{text}");
+    assert!(text.contains("live/cam1,live/cam2"), "{text}");
     // Revoking a ticket the store does not have is an error.
     let out = cli_fs(&e, &["ticket", "revoke", "never-issued"]);
     assert!(!out.status.success());

@@ -165,6 +165,7 @@ fn one_buffer_for_a_hundred_viewers() {
                 expires_at: SystemTime::now() + Duration::from_secs(600),
                 revoked: false,
                 max_connections: None,
+                publish: Vec::new(),
                 updated_at: SystemTime::now(),
             },
         )

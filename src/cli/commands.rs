@@ -67,6 +67,7 @@ pub fn ticket(cmd: TicketCommand) -> ExitCode {
                 streams,
                 ttl,
                 max_connections,
+                publish,
             } => {
                 let ttl = crate::config::parse_duration(&ttl)
                     .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
@@ -77,6 +78,7 @@ pub fn ticket(cmd: TicketCommand) -> ExitCode {
                 if streams.is_empty() {
                     anyhow::bail!("--streams: give at least one pattern");
                 }
+                let publish: Vec<String> = publish.into_iter().filter(|s| !s.is_empty()).collect();
                 let store = tickets::open_store(&url)?;
                 let ticket = tickets::new_ticket()?;
                 let now = SystemTime::now();
@@ -88,6 +90,7 @@ pub fn ticket(cmd: TicketCommand) -> ExitCode {
                         expires_at: now + ttl,
                         revoked: false,
                         max_connections,
+                        publish,
                         updated_at: now,
                     },
                 )?;
@@ -113,7 +116,7 @@ pub fn ticket(cmd: TicketCommand) -> ExitCode {
                 all.sort_by_key(|(_, r)| r.updated_at);
                 let now = SystemTime::now();
                 println!(
-                    "{:<64}  {:<16}  {:<8}  {:<24}  STREAMS",
+                    "{:<64}  {:<16}  {:<8}  {:<24}  STREAMS  PUBLISH",
                     "ID", "UID", "STATE", "EXPIRES"
                 );
                 for (id, r) in all {
@@ -122,13 +125,19 @@ pub fn ticket(cmd: TicketCommand) -> ExitCode {
                         Err(tickets::Refusal::Revoked) => "revoked",
                         Err(_) => "expired",
                     };
+                    let publish = if r.publish.is_empty() {
+                        "-".to_string()
+                    } else {
+                        r.publish.join(",")
+                    };
                     println!(
-                        "{:<64}  {:<16}  {:<8}  {:<24}  {}",
+                        "{:<64}  {:<16}  {:<8}  {:<24}  {}  {}",
                         tickets::id_hex(&id),
                         r.uid,
                         state,
                         humantime::format_rfc3339_seconds(r.expires_at),
-                        r.streams.join(",")
+                        r.streams.join(","),
+                        publish
                     );
                 }
             }

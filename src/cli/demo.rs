@@ -44,6 +44,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             expires_at: now + Duration::from_secs(24 * 3600),
             revoked: false,
             max_connections: None,
+            publish: Vec::new(),
             updated_at: now,
         },
     )?;
@@ -77,6 +78,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         stream: args.stream,
         from: "live".into(),
         count,
+        refresh_cmd: None,
     });
     if let Err(e) = &watched {
         eprintln!("watch: {e:#}");
@@ -195,7 +197,20 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            Message::Text(t) => println!("{t}"),
+            Message::Text(t) => {
+                println!("{t}");
+                let expiring = serde_json::from_str::<serde_json::Value>(&t)
+                    .is_ok_and(|v| v["op"] == "expiring");
+                if let (true, Some(cmd)) = (expiring, &args.refresh_cmd) {
+                    match new_ticket_from(cmd) {
+                        Ok(ticket) => {
+                            let msg = serde_json::json!({"op":"refresh","id":2,"ticket":ticket});
+                            ws.send(Message::Text(msg.to_string()))?;
+                        }
+                        Err(e) => eprintln!("mediarelay watch: --refresh-cmd: {e:#}"),
+                    }
+                }
+            }
             Message::Close(c) => {
                 println!("closed: {c:?}");
                 return Ok(());
@@ -203,6 +218,26 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<()> {
             _ => {}
         }
     }
+}
+
+/// Run `cmd` with `sh -c`; its trimmed standard output is the new ticket.
+fn new_ticket_from(cmd: &str) -> anyhow::Result<String> {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run it")?;
+    if !out.status.success() {
+        anyhow::bail!("it exited with {}", out.status);
+    }
+    let ticket = String::from_utf8(out.stdout)
+        .context("it printed something that is not UTF-8")?
+        .trim()
+        .to_string();
+    if ticket.is_empty() {
+        anyhow::bail!("it printed no ticket");
+    }
+    Ok(ticket)
 }
 
 /// Split a media frame into its meta object and payload.

@@ -81,6 +81,9 @@ pub enum TicketCommand {
         /// Most concurrent connections with this ticket on one relay.
         #[arg(long, value_name = "N")]
         max_connections: Option<u32>,
+        /// Key patterns the ticket may publish (ingest), same rules as --streams.
+        #[arg(long, value_delimiter = ',', value_name = "P1[,P2...]")]
+        publish: Vec<String>,
     },
     /// Revoke a ticket, given the ticket or its id (SHA-256 hex).
     Revoke {
@@ -156,6 +159,10 @@ pub struct WatchArgs {
     /// Stop after this many segments (0: until interrupted).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
+    /// On `expiring`, run this shell command and send what it prints as the new ticket
+    /// (`refresh`); without it the notice is only shown. Example: `cat ticket.txt`.
+    #[arg(long, value_name = "COMMAND")]
+    pub refresh_cmd: Option<String>,
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         tickets.url => false, tickets.reload_interval => false,
         tickets.auth_failure_limit => false, tickets.auth_failure_window => false,
         tickets.sync_interval => false, tickets.full_resync_interval => false,
-        tickets.deletion_check_interval => false,
+        tickets.deletion_check_interval => false, tickets.expiring_notice => true,
         tickets.snapshot_file => false, tickets.page_size => false,
         tickets.lookup_timeout => true, tickets.lookup_negative_ttl => false,
         tickets.lookup_rate => false,

@@ -18,9 +18,14 @@ use super::shared::Shared;
 use crate::config::Config;
 use crate::fanout::{Seg, Stream, Subscriptions};
 use crate::metrics::WorkerStats;
-use crate::protocol::{ErrorCode, From, Reason, RequestError};
+use crate::protocol::{ErrorCode, From, Op, Reason, Reply, RequestError};
 use crate::tickets::{Refusal, TicketId, TicketRecord};
 use crate::ws::frame::Parser;
+
+/// An instant as RFC 3339 (UTC, milliseconds), as the wire carries `expiresAt`.
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
 
 /// Size of each worker's scratch read buffer.
 const SCRATCH: usize = 64 * 1024;
@@ -104,10 +109,11 @@ impl Core {
     /// waiting in send queues on the way.
     pub fn sweep_tickets(&self) {
         let now = SystemTime::now();
+        let notice = self.shared.config().tickets.expiring_notice;
         let mut queued = 0u64;
         for (_, conn) in self.conns.borrow().iter() {
             queued += conn.queue.borrow().bytes() as u64;
-            let verdict = match self.shared.gate.tickets.get(&conn.ticket_id) {
+            let verdict = match self.shared.gate.tickets.get(&conn.ticket_id.get()) {
                 None => Err(Refusal::Revoked),
                 Some(r) => {
                     if !Arc::ptr_eq(&r, &conn.ticket.borrow()) {
@@ -116,6 +122,15 @@ impl Core {
                     r.validity(now)
                 }
             };
+            if verdict.is_ok() && !conn.expiring_sent.get() && !notice.is_zero() {
+                let expires_at = conn.ticket.borrow().expires_at;
+                if expires_at.duration_since(now).unwrap_or_default() <= notice {
+                    conn.expiring_sent.set(true);
+                    conn.push_reply(&Reply::Expiring {
+                        expires_at: rfc3339(expires_at),
+                    });
+                }
+            }
             if let Err(r) = verdict {
                 if conn.close_req.get().is_none() {
                     let reason = if r == Refusal::Expired {
@@ -130,6 +145,77 @@ impl Core {
             }
         }
         self.stats.queued_bytes.set(queued);
+    }
+
+    /// `refresh`: check `ticket` and make it `conn`'s ticket (same user, a free connection
+    /// slot), end the streams it no longer covers, and answer request `id`.
+    async fn refresh_ticket(self: Rc<Self>, conn: Rc<Conn>, id: u32, ticket: String) {
+        let wait = self.shared.config().tickets.lookup_timeout;
+        let checked = self.shared.gate.verify(&ticket, wait).await;
+        drop(ticket);
+        if conn.is_closing() {
+            return;
+        }
+        let outcome = checked
+            .map_err(|r| match r {
+                Refusal::Expired => {
+                    RequestError::new(ErrorCode::TicketExpired, "the ticket has expired")
+                }
+                Refusal::Revoked => {
+                    RequestError::new(ErrorCode::TicketRevoked, "the ticket was revoked")
+                }
+                Refusal::Unavailable => RequestError::new(
+                    ErrorCode::TicketsUnavailable,
+                    "the ticket store cannot be asked now: retry",
+                ),
+                _ => RequestError::new(ErrorCode::TicketInvalid, "the ticket is not valid"),
+            })
+            .and_then(|(new_id, record)| {
+                if record.uid != conn.ticket.borrow().uid {
+                    return Err(RequestError::new(
+                        ErrorCode::Forbidden,
+                        "the ticket belongs to another user",
+                    ));
+                }
+                let old_id = conn.ticket_id.get();
+                if new_id != old_id {
+                    // The connection's slot moves to the new ticket.
+                    self.shared.gate.acquire(&new_id, &record).map_err(|_| {
+                        RequestError::new(
+                            ErrorCode::Forbidden,
+                            "the ticket has no free connection slot",
+                        )
+                    })?;
+                    self.shared.gate.release(&old_id);
+                    conn.ticket_id.set(new_id);
+                }
+                *conn.ticket.borrow_mut() = record.clone();
+                conn.expiring_sent.set(false);
+                Ok(record)
+            });
+        self.stats.request(
+            Op::Refresh,
+            outcome.as_ref().map(|_| ()).map_err(|e| e.code),
+        );
+        match outcome {
+            Ok(record) => {
+                tracing::debug!(conn = conn.id, uid = %record.uid, "ticket refreshed");
+                conn.push_reply(&Reply::Refreshed {
+                    id,
+                    expires_at: rfc3339(record.expires_at),
+                });
+                for stream in self.subs.streams_of(conn.id) {
+                    if !record.covers_stream(&stream) {
+                        self.unsubscribe(&conn, &stream);
+                        conn.push_reply(&Reply::Ended {
+                            stream: &stream,
+                            reason: ErrorCode::Forbidden,
+                        });
+                    }
+                }
+            }
+            Err(e) => conn.push_error(Some(id), e.code, &e.message),
+        }
     }
 
     /// Stop accepting; stop every live subscription; close each connection with 1001 after
@@ -211,6 +297,10 @@ impl Context for Core {
     fn start_gets(&self, conn: &Rc<Conn>) {
         let cache = self.shared.cache.clone();
         monoio::spawn(session::serve_gets(self.me(), cache, conn.clone()));
+    }
+
+    fn refresh(&self, conn: &Rc<Conn>, id: u32, ticket: String) {
+        monoio::spawn(self.me().refresh_ticket(conn.clone(), id, ticket));
     }
 
     fn closed(&self, conn: &Conn) {

@@ -288,7 +288,8 @@ async fn upgrade(
     // only its small state machine.
     monoio::spawn(async move {
         session::run(core.clone(), conn.clone(), stream, pending).await;
-        core.shared.gate.release(&id);
+        // The ticket it holds now (a refresh may have replaced the first one).
+        core.shared.gate.release(&conn.ticket_id.get());
         tracing::debug!(conn = conn.id, "disconnected");
     });
 }

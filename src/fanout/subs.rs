@@ -72,6 +72,15 @@ impl<V: Viewer> Subscriptions<V> {
             .is_some_and(|subs| subs.iter().any(|s| &*s.stream.name == stream))
     }
 
+    /// The streams viewer `viewer_id` follows.
+    pub fn streams_of(&self, viewer_id: u64) -> Vec<Arc<str>> {
+        self.by_viewer
+            .borrow()
+            .get(&viewer_id)
+            .map(|subs| subs.iter().map(|s| s.stream.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// How many streams viewer `viewer_id` follows.
     pub fn count(&self, viewer_id: u64) -> usize {
         self.by_viewer.borrow().get(&viewer_id).map_or(0, Vec::len)

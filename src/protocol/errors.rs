@@ -19,11 +19,19 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// Too many `get`s in flight on this connection.
     RateLimited,
+    /// `refresh`: the new ticket is unknown.
+    TicketInvalid,
+    /// `refresh`: the new ticket has expired.
+    TicketExpired,
+    /// `refresh`: the new ticket was revoked.
+    TicketRevoked,
+    /// `refresh`: the ticket store could not be asked; retry.
+    TicketsUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in the order metrics list them.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -31,6 +39,10 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::TooManySubscriptions,
         ErrorCode::RateLimited,
+        ErrorCode::TicketInvalid,
+        ErrorCode::TicketExpired,
+        ErrorCode::TicketRevoked,
+        ErrorCode::TicketsUnavailable,
     ];
 
     /// The code on the wire.
@@ -43,6 +55,10 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TicketInvalid => "ticket_invalid",
+            ErrorCode::TicketExpired => "ticket_expired",
+            ErrorCode::TicketRevoked => "ticket_revoked",
+            ErrorCode::TicketsUnavailable => "tickets_unavailable",
         }
     }
 
@@ -82,13 +98,21 @@ pub enum Op {
     Subscribe,
     /// `unsubscribe`
     Unsubscribe,
+    /// `refresh`
+    Refresh,
     /// A malformed message.
     Bad,
 }
 
 impl Op {
     /// Every op, in the order metrics list them.
-    pub const ALL: [Op; 4] = [Op::Get, Op::Subscribe, Op::Unsubscribe, Op::Bad];
+    pub const ALL: [Op; 5] = [
+        Op::Get,
+        Op::Subscribe,
+        Op::Unsubscribe,
+        Op::Refresh,
+        Op::Bad,
+    ];
 
     /// The metric label.
     pub const fn as_str(self) -> &'static str {
@@ -96,6 +120,7 @@ impl Op {
             Op::Get => "get",
             Op::Subscribe => "subscribe",
             Op::Unsubscribe => "unsubscribe",
+            Op::Refresh => "refresh",
             Op::Bad => "bad",
         }
     }

@@ -40,6 +40,11 @@ pub enum Request {
         id: u32,
         stream: String,
     },
+    /// Replace the connection's ticket with a newer one of the same user.
+    Refresh {
+        id: u32,
+        ticket: String,
+    },
     /// A message the relay cannot act on: answered with `error`/`bad_request`.
     Bad {
         id: Option<u32>,
@@ -115,6 +120,11 @@ pub fn parse(buf: &mut [u8]) -> Request {
             let stream = str_field("stream")?;
             Ok(Request::Unsubscribe { id, stream })
         }
+        "refresh" => {
+            let id = need_id()?;
+            let ticket = str_field("ticket")?;
+            Ok(Request::Refresh { id, ticket })
+        }
         other => Err(bad(id, format!("unknown op `{}`", other.escape_debug()))),
     })();
     result.unwrap_or_else(|r| r)
@@ -146,6 +156,24 @@ pub enum Reply<'a> {
     },
     Closing {
         reason: Reason,
+    },
+    /// A refresh was accepted: the connection's ticket now expires at `expiresAt`.
+    Refreshed {
+        id: u32,
+        #[serde(rename = "expiresAt")]
+        expires_at: String,
+    },
+    /// The connection's ticket expires soon (sent once per ticket).
+    Expiring {
+        #[serde(rename = "expiresAt")]
+        expires_at: String,
+    },
+    /// A stream ended by the relay, not by the client: the refreshed ticket no longer
+    /// covers it (`reason` is `forbidden`).
+    #[serde(rename = "unsubscribed")]
+    Ended {
+        stream: &'a str,
+        reason: ErrorCode,
     },
 }
 
@@ -294,6 +322,44 @@ mod tests {
                 other => panic!("{text} parsed as {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn refresh_messages() {
+        assert_eq!(
+            p(r#"{"op":"refresh","id":8,"ticket":"abc"}"#),
+            Request::Refresh {
+                id: 8,
+                ticket: "abc".into()
+            }
+        );
+        match p(r#"{"op":"refresh","id":8}"#) {
+            Request::Bad { id, .. } => assert_eq!(id, Some(8)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            Reply::Refreshed {
+                id: 8,
+                expires_at: "2030-01-01T00:00:00Z".into()
+            }
+            .to_json(),
+            br#"{"op":"refreshed","id":8,"expiresAt":"2030-01-01T00:00:00Z"}"#
+        );
+        assert_eq!(
+            Reply::Expiring {
+                expires_at: "2030-01-01T00:00:00Z".into()
+            }
+            .to_json(),
+            br#"{"op":"expiring","expiresAt":"2030-01-01T00:00:00Z"}"#
+        );
+        assert_eq!(
+            Reply::Ended {
+                stream: "live/a",
+                reason: ErrorCode::Forbidden
+            }
+            .to_json(),
+            br#"{"op":"unsubscribed","stream":"live/a","reason":"forbidden"}"#
+        );
     }
 
     #[test]

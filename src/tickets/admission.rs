@@ -53,11 +53,7 @@ impl Gate {
     ) -> Result<(TicketId, Arc<TicketRecord>), Refusal> {
         // A ticket valid in the snapshot is accepted whatever its address's failure count:
         // many users share an address behind NAT. The limiter guards the work below.
-        let checked = self
-            .tickets
-            .load()
-            .check(ticket, SystemTime::now())
-            .map(|(id, r)| (id, r.clone()));
+        let checked = self.in_snapshot(ticket);
         if checked.is_ok() {
             return checked;
         }
@@ -65,30 +61,58 @@ impl Gate {
         if self.failures.is_limited(peer, now) {
             return Err(Refusal::RateLimited);
         }
-        let mut checked = checked;
-        // A ticket issued since the last sync: one bounded point lookup, for this
-        // connection only.
-        if let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &self.lookup, ticket) {
-            let id = ticket_id(t);
-            let found = match self.tickets.get(&id) {
-                Some(r) => Found::Record(r),
-                None => monoio::time::timeout(lookup_timeout, lookup.find(id))
-                    .await
-                    .unwrap_or(Found::Unavailable),
-            };
-            match found {
-                Found::Record(record) => {
-                    checked = record.validity(SystemTime::now()).map(|()| (id, record));
-                }
-                Found::Missing => {}
-                // Not the client's failure: it may retry, and never reads "invalid".
-                Found::Unavailable => return Err(Refusal::Unavailable),
-            }
-        }
-        if checked.is_err() {
+        let checked = self.look_up(checked, ticket, lookup_timeout).await;
+        if matches!(checked, Err(r) if r != Refusal::Unavailable) {
             self.failures.record_failure(peer, now);
         }
         checked
+    }
+
+    /// Check a ticket an open connection presents to replace its own (`refresh`): as an
+    /// upgrade, without the per-address limit (the connection is authenticated already).
+    pub async fn verify(
+        &self,
+        ticket: &str,
+        lookup_timeout: Duration,
+    ) -> Result<(TicketId, Arc<TicketRecord>), Refusal> {
+        let checked = self.in_snapshot(Some(ticket));
+        if checked.is_ok() {
+            return checked;
+        }
+        self.look_up(checked, Some(ticket), lookup_timeout).await
+    }
+
+    fn in_snapshot(&self, ticket: Option<&str>) -> Result<(TicketId, Arc<TicketRecord>), Refusal> {
+        self.tickets
+            .load()
+            .check(ticket, SystemTime::now())
+            .map(|(id, r)| (id, r.clone()))
+    }
+
+    /// A ticket issued since the last sync: one bounded point lookup, for this request
+    /// only. A lookup that gets no answer is `Unavailable`, never "invalid".
+    async fn look_up(
+        &self,
+        checked: Result<(TicketId, Arc<TicketRecord>), Refusal>,
+        ticket: Option<&str>,
+        lookup_timeout: Duration,
+    ) -> Result<(TicketId, Arc<TicketRecord>), Refusal> {
+        let (Err(Refusal::Invalid), Some(lookup), Some(t)) = (&checked, &self.lookup, ticket)
+        else {
+            return checked;
+        };
+        let id = ticket_id(t);
+        let found = match self.tickets.get(&id) {
+            Some(r) => Found::Record(r),
+            None => monoio::time::timeout(lookup_timeout, lookup.find(id))
+                .await
+                .unwrap_or(Found::Unavailable),
+        };
+        match found {
+            Found::Record(record) => record.validity(SystemTime::now()).map(|()| (id, record)),
+            Found::Missing => checked,
+            Found::Unavailable => Err(Refusal::Unavailable),
+        }
     }
 
     /// Take one of the ticket's connection slots; `Err` when all are taken.

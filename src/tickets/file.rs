@@ -185,6 +185,7 @@ mod tests {
             expires_at: SystemTime::now() + Duration::from_secs(3600),
             revoked: false,
             max_connections: Some(2),
+            publish: Vec::new(),
             updated_at: SystemTime::now(),
         }
     }
@@ -223,5 +224,20 @@ mod tests {
         assert_eq!(parse(good.as_bytes()).unwrap().len(), 1);
         let upper = good.replace(&"a".repeat(64), &"A".repeat(64));
         assert!(parse(upper.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn publish_rights_load_and_save() {
+        let with_publish = format!(
+            "{{\"tickets\":{{\"{}\":{{\"uid\":\"enc\",\"streams\":[],\"publish\":[\"live/cam1\"],\"expiresAt\":\"2030-01-01T00:00:00Z\",\"updatedAt\":\"2026-01-01T00:00:00Z\"}}}}}}",
+            "c".repeat(64)
+        );
+        let loaded = parse(with_publish.as_bytes()).unwrap();
+        assert_eq!(loaded[0].1.publish, vec!["live/cam1"]);
+        assert!(loaded[0].1.covers_publish("live/cam1/seg-0000000001.m4s"));
+        assert!(!loaded[0].1.covers_publish("live/cam2/seg-0000000001.m4s"));
+        // Saved without the field when there are no rights.
+        let json = serde_json::to_string(&rec()).unwrap();
+        assert!(!json.contains("publish"), "{json}");
     }
 }

@@ -37,6 +37,9 @@ pub struct TicketRecord {
     /// Most concurrent connections with this ticket on one relay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Key patterns it may write through ingest (same rules as `streams`; none if absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
     /// Last write.
     #[serde(with = "rfc3339")]
     pub updated_at: SystemTime,
@@ -90,6 +93,11 @@ impl TicketRecord {
     /// Whether the ticket covers object `key`.
     pub fn covers_key(&self, key: &str) -> bool {
         self.streams.iter().any(|p| pattern_covers_key(p, key))
+    }
+
+    /// Whether the ticket may publish (ingest) object `key`.
+    pub fn covers_publish(&self, key: &str) -> bool {
+        self.publish.iter().any(|p| pattern_covers_key(p, key))
     }
 
     /// Whether the ticket covers stream `stream` (every key under `stream/`).
@@ -270,6 +278,7 @@ mod tests {
             expires_at: now + std::time::Duration::from_secs(10),
             revoked: false,
             max_connections: None,
+            publish: Vec::new(),
             updated_at: now,
         };
         assert_eq!(r.validity(now), Ok(()));

@@ -272,6 +272,7 @@ mod tests {
             expires_at: now + Duration::from_secs(expires_in),
             revoked,
             max_connections: None,
+            publish: Vec::new(),
             updated_at: now,
         }
     }

@@ -357,7 +357,11 @@ pub fn issue(tickets: &Path, streams: &str, extra: &[&str]) -> String {
     let out = Command::new(BIN)
         .args(["ticket", "issue", "--tickets"])
         .arg(tickets)
-        .args(["--uid", "tester", "--streams", streams])
+        .args(if extra.contains(&"--uid") {
+            vec!["--streams", streams]
+        } else {
+            vec!["--uid", "tester", "--streams", streams]
+        })
         .args(extra)
         .output()
         .unwrap();

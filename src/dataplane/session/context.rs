@@ -40,6 +40,9 @@ pub trait Context: 'static {
     fn unsubscribe(&self, conn: &Conn, stream: &str);
     /// Start answering `conn`'s pending `get`s (a task that ends when none are left).
     fn start_gets(&self, conn: &Rc<Conn>);
+    /// Check `ticket` and, when it is valid and the same user's, make it `conn`'s ticket;
+    /// answers request `id` (`refreshed` or an `error`) when done.
+    fn refresh(&self, conn: &Rc<Conn>, id: u32, ticket: String);
     /// `conn` has closed: end its subscriptions and forget it.
     fn closed(&self, conn: &Conn);
 }

@@ -80,8 +80,10 @@ impl CloseReq {
 pub struct Conn {
     /// Unique on the relay: a per-worker counter and the worker's index.
     pub id: u64,
-    /// The id of the ticket it was admitted with.
-    pub ticket_id: TicketId,
+    /// The id of its ticket (the one it was admitted with, or the last refreshed).
+    pub ticket_id: Cell<TicketId>,
+    /// Whether `expiring` was sent for the current ticket.
+    pub expiring_sent: Cell<bool>,
     /// That ticket's current record (the ticket sweep keeps it fresh).
     pub ticket: RefCell<Arc<TicketRecord>>,
     /// Frames waiting to be written.
@@ -115,7 +117,8 @@ impl Conn {
     ) -> Conn {
         Conn {
             id,
-            ticket_id,
+            ticket_id: Cell::new(ticket_id),
+            expiring_sent: Cell::new(false),
             ticket: RefCell::new(ticket),
             queue: RefCell::new(SendQueue::new(queue_limit)),
             wake: Notify::default(),

@@ -18,6 +18,7 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
         Request::Get { id, .. } => (Op::Get, Some(*id)),
         Request::Subscribe { id, .. } => (Op::Subscribe, Some(*id)),
         Request::Unsubscribe { id, .. } => (Op::Unsubscribe, Some(*id)),
+        Request::Refresh { id, .. } => (Op::Refresh, Some(*id)),
         Request::Bad { id, .. } => (Op::Bad, *id),
     };
     if conn.draining.get() {
@@ -25,8 +26,9 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
         return conn.push_error(id, e.code, &e.message);
     }
     let result = handle(ctx, conn, request);
-    // A queued `get` is counted when it is answered (by the `get` task), not here.
-    if !(op == Op::Get && result.is_ok()) {
+    // A queued `get` or a `refresh` under way is counted when it is answered (by its
+    // task), not here.
+    if !(matches!(op, Op::Get | Op::Refresh) && result.is_ok()) {
         ctx.stats()
             .request(op, result.as_ref().map(|_| ()).map_err(|e| e.code));
     }
@@ -88,6 +90,10 @@ fn handle<C: Context>(ctx: &C, conn: &Rc<Conn>, request: Request) -> Result<(), 
             }
             ctx.subscribe(conn, id, &stream, from)
         }
+        Request::Refresh { id, ticket } => {
+            ctx.refresh(conn, id, ticket);
+            Ok(())
+        }
         Request::Unsubscribe { id, stream } => {
             ctx.unsubscribe(conn, &stream);
             conn.push_reply(&Reply::Unsubscribed {
@@ -123,6 +129,7 @@ mod tests {
         subs: RefCell<Vec<(u64, String, u32, From)>>,
         unsubscribed: RefCell<Vec<String>>,
         gets_started: RefCell<u32>,
+        refreshes: RefCell<Vec<(u32, String)>>,
     }
 
     impl Context for Recorder {
@@ -168,6 +175,9 @@ mod tests {
         fn start_gets(&self, _conn: &Rc<Conn>) {
             *self.gets_started.borrow_mut() += 1;
         }
+        fn refresh(&self, _conn: &Rc<Conn>, id: u32, ticket: String) {
+            self.refreshes.borrow_mut().push((id, ticket));
+        }
         fn closed(&self, _conn: &Conn) {}
     }
 
@@ -179,6 +189,7 @@ mod tests {
             expires_at: now + Duration::from_secs(60),
             revoked: false,
             max_connections: None,
+            publish: Vec::new(),
             updated_at: now,
         };
         Rc::new(Conn::new(1, [0; 32], Arc::new(record), 1 << 20))
@@ -354,6 +365,17 @@ mod tests {
         assert_eq!(error_code(&r), Some("bad_request"));
         assert!(r[0].get("id").is_none());
         assert!(!c.is_closing());
+    }
+
+    #[test]
+    fn refresh_is_handed_to_the_worker() {
+        let ctx = Recorder::default();
+        let c = conn(&["*"]);
+        let r = send(&ctx, &c, r#"{"op":"refresh","id":6,"ticket":"new"}"#);
+        assert!(r.is_empty(), "answered by the refresh task: {r:?}");
+        assert_eq!(*ctx.refreshes.borrow(), vec![(6, "new".to_string())]);
+        let r = send(&ctx, &c, r#"{"op":"refresh","id":7}"#);
+        assert_eq!(error_code(&r), Some("bad_request"));
     }
 
     #[test]

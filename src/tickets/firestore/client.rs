@@ -408,6 +408,10 @@ impl Firestore {
         if let Some(m) = r.max_connections {
             fields["maxConnections"] = json!({"integerValue": m.to_string()});
         }
+        if !r.publish.is_empty() {
+            fields["publish"] = json!({"arrayValue": {"values":
+                r.publish.iter().map(|s| json!({"stringValue": s})).collect::<Vec<_>>()}});
+        }
         let write = json!({"writes": [{
             "update": {"name": self.target.doc_name(id), "fields": fields},
             "updateTransforms": [{"fieldPath": "updatedAt", "setToServerValue": "REQUEST_TIME"}]}]});

@@ -106,21 +106,28 @@ fn decode(doc: &Document) -> Result<Decoded, DecodeError> {
         .as_str()
         .ok_or_else(|| wrong("uid", "be a string"))?
         .to_string();
-    let streams = match need("streams", "arrayValue")? {
-        Value::Object(a) => match a.get("values") {
-            None => Vec::new(),
-            Some(Value::Array(vals)) => vals
-                .iter()
-                .map(|v| {
-                    v.get("stringValue")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                        .ok_or_else(|| wrong("streams", "hold strings"))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Some(_) => return Err(wrong("streams", "be an array")),
-        },
-        _ => return Err(wrong("streams", "be an array")),
+    let strings = |name: &'static str, v: &Value| -> Result<Vec<String>, DecodeError> {
+        match v {
+            Value::Object(a) => match a.get("values") {
+                None => Ok(Vec::new()),
+                Some(Value::Array(vals)) => vals
+                    .iter()
+                    .map(|v| {
+                        v.get("stringValue")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                            .ok_or_else(|| wrong(name, "hold strings"))
+                    })
+                    .collect(),
+                Some(_) => Err(wrong(name, "be an array")),
+            },
+            _ => Err(wrong(name, "be an array")),
+        }
+    };
+    let streams = strings("streams", need("streams", "arrayValue")?)?;
+    let publish = match field("publish", "arrayValue")? {
+        None => Vec::new(),
+        Some(v) => strings("publish", v)?,
     };
     let (expires_at, _) = ts("expiresAt")?;
     let (updated_at, updated_raw) = ts("updatedAt")?;
@@ -144,6 +151,7 @@ fn decode(doc: &Document) -> Result<Decoded, DecodeError> {
             expires_at,
             revoked,
             max_connections,
+            publish,
             updated_at,
         },
         updated_raw,
@@ -174,9 +182,11 @@ mod tests {
             "expiresAt": {"timestampValue": "2030-01-01T00:00:00Z"},
             "updatedAt": {"timestampValue": "2026-11-24T15:00:00.123456789Z"},
             "revoked": {"booleanValue": true},
-            "maxConnections": {"integerValue": "3"}
+            "maxConnections": {"integerValue": "3"},
+            "publish": {"arrayValue": {"values": [{"stringValue": "live/cam1"}]}}
         })))
         .unwrap();
+        assert_eq!(d.record.publish, vec!["live/cam1"]);
         assert_eq!(d.record.uid, "alice");
         assert_eq!(d.record.streams, vec!["live/*"]);
         assert!(d.record.revoked);
