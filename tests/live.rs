@@ -214,6 +214,10 @@ fn stream_limits_per_relay_and_per_connection() {
     // One connection: at most 3 different stream names a minute.
     a.send(json!({"op":"unsubscribe","id":5,"stream":"live/b"}));
     assert_eq!(a.json()["op"], "unsubscribed");
+    // The empty stream is let go, so the relay has room for another.
+    wait_for("live/b to be released", Duration::from_secs(3), || {
+        r.metric("mediarelay_live_streams", "") == 1.0
+    });
     a.send(json!({"op":"subscribe","id":6,"stream":"live/x"}));
     assert_eq!(a.json()["op"], "subscribed");
     a.send(json!({"op":"unsubscribe","id":7,"stream":"live/x"}));
