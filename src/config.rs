@@ -47,6 +47,16 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     /// listen(2) backlog of each listener.
     pub backlog: u32,
+    /// Most WebSocket connections the relay holds; the next upgrade gets 503 `overloaded`.
+    /// 0: the process's open-file limit less 256.
+    pub max_connections: usize,
+    /// A connection that has sent nothing for this long is pinged.
+    #[serde(deserialize_with = "duration")]
+    pub ping_interval: Duration,
+    /// A connection that has sent nothing (not even a pong) for this long is closed with
+    /// 4402 (`idle_timeout`).
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
 }
 
 /// `[storage]`: the origin, discovery and the segment cache.
@@ -147,6 +157,10 @@ pub struct ConnectionConfig {
     /// Distinct streams one connection may subscribe to within a minute; more get
     /// `rate_limited` (each new stream name starts discovery on the relay).
     pub max_streams_per_minute: usize,
+    /// Requests one connection may send per second; more get `rate_limited`, and a
+    /// connection that keeps at it (three times as many refused within a second) is closed
+    /// with 1008.
+    pub max_requests_per_sec: u32,
 }
 
 /// `[log]`.
@@ -180,6 +194,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             backlog: 4096,
+            max_connections: 0,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -231,6 +248,7 @@ impl Default for ConnectionConfig {
             max_subscriptions: 16,
             max_pending_gets: 64,
             max_streams_per_minute: 32,
+            max_requests_per_sec: 100,
         }
     }
 }
@@ -251,6 +269,13 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_WORKERS", "server.workers"),
     ("MEDIARELAY_DRIVER", "server.driver"),
     ("MEDIARELAY_HANDSHAKE_TIMEOUT", "server.handshake_timeout"),
+    ("MEDIARELAY_MAX_CONNECTIONS", "server.max_connections"),
+    ("MEDIARELAY_PING_INTERVAL", "server.ping_interval"),
+    ("MEDIARELAY_IDLE_TIMEOUT", "server.idle_timeout"),
+    (
+        "MEDIARELAY_MAX_REQUESTS_PER_SEC",
+        "connection.max_requests_per_sec",
+    ),
     ("MEDIARELAY_DRAIN_TIMEOUT", "server.drain_timeout"),
     ("MEDIARELAY_STORAGE", "storage.url"),
     ("MEDIARELAY_POLL_INTERVAL", "storage.poll_interval"),
@@ -300,6 +325,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
 const INTEGER_SETTINGS: &[&str] = &[
     "server.workers",
     "server.backlog",
+    "server.max_connections",
+    "connection.max_requests_per_sec",
     "connection.max_subscriptions",
     "connection.max_pending_gets",
     "connection.max_streams_per_minute",
@@ -352,6 +379,17 @@ impl Config {
         let bad = |s: &str, why: &str| Err(ConfigError(format!("{s}: {why}")));
         if self.connection.max_message < 125 || self.connection.max_message > 1 << 20 {
             return bad("connection.max_message", "must be between 125 B and 1 MiB");
+        }
+        if self.server.idle_timeout <= self.server.ping_interval
+            || self.server.ping_interval < Duration::from_millis(100)
+        {
+            return bad(
+                "server.idle_timeout",
+                "must be longer than server.ping_interval (at least 100ms)",
+            );
+        }
+        if self.connection.max_requests_per_sec == 0 {
+            return bad("connection.max_requests_per_sec", "must be at least 1");
         }
         if self.connection.send_queue < 64 << 10 {
             return bad("connection.send_queue", "must be at least 64 KiB");

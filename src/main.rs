@@ -14,5 +14,6 @@ fn main() -> ExitCode {
         Command::Ticket(cmd) => cli::commands::ticket(cmd),
         Command::Demo(args) => cli::commands::report(cli::demo::demo(args)),
         Command::Watch(args) => cli::commands::report(cli::demo::watch(args)),
+        Command::Echo(args) => cli::commands::echo(args),
     }
 }

@@ -116,3 +116,14 @@ pub fn flock_exclusive(fd: RawFd) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// The process's soft limit on open files (`RLIMIT_NOFILE`), if it can be read.
+pub fn open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}

@@ -194,3 +194,24 @@ fn log_lines_in_a_file_carry_no_colour_codes() {
         "ANSI codes in the log file:\n{log}"
     );
 }
+
+#[test]
+fn a_head_split_after_a_line_end_is_read_whole() {
+    let r = Relay::start(&[]);
+    let mut s = TcpStream::connect(r.addr).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Piece by piece, each ending in CRLF, as a client writing one header at a time does.
+    for piece in [
+        &b"GET /healthz HTTP/1.1\r\n"[..],
+        b"Host: x\r\n",
+        b"Connection: close\r\n",
+        b"\r\n",
+    ] {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(30)); // separate packets
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}

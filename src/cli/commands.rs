@@ -146,3 +146,16 @@ pub fn ticket(cmd: TicketCommand) -> ExitCode {
     };
     report(run())
 }
+
+/// `mediarelay echo`.
+pub fn echo(args: super::EchoArgs) -> ExitCode {
+    let max = match crate::config::parse_bytes(&args.max_message) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("mediarelay: --max-message: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = crate::control::init_logging("warn", "text");
+    report(crate::control::echo(args.listen, max))
+}

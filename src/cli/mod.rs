@@ -28,6 +28,20 @@ pub enum Command {
     Demo(DemoArgs),
     /// Connect to a relay, subscribe to a stream and print each segment as it arrives.
     Watch(WatchArgs),
+    /// Run the relay's data plane as a WebSocket echo server (no tickets, no storage), for
+    /// RFC 6455 conformance suites such as Autobahn's.
+    Echo(EchoArgs),
+}
+
+/// `echo` flags.
+#[derive(Args, Debug)]
+pub struct EchoArgs {
+    /// Address to listen on (any path upgrades).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    pub listen: std::net::SocketAddr,
+    /// Largest message echoed (bytes, or with a unit: 16MiB).
+    #[arg(long, default_value = "16MiB")]
+    pub max_message: String,
 }
 
 /// `serve` flags; each overrides the config file and `MEDIARELAY_*` variables.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::dataplane::Relay;
+use crate::dataplane::{Mode, Relay};
 use crate::metrics::Metrics;
 use crate::origin::cache::Cache;
 use crate::tickets::admission::Gate;
@@ -50,23 +50,32 @@ pub fn serve(
         config.tickets.auth_failure_window,
     );
     let workers = config.worker_count();
-    let relay = Relay::start(config, gate, cache, metrics)?;
+    let relay = Relay::start(config, gate, cache, metrics, Mode::Relay)?;
     tracing::info!(
         workers,
         listen = %relay.listen,
         admin = %relay.admin,
         "mediarelay serving"
     );
-    // Wait for a shutdown request or a worker failure; reload on SIGHUP.
+    run_until_stopped(relay, &rx, Some(&reload_rx), reloader.as_ref())
+}
+
+/// Wait for a shutdown request or a worker failure, reload on SIGHUP, then drain.
+fn run_until_stopped(
+    relay: Relay,
+    shutdown: &flume::Receiver<()>,
+    reload_rx: Option<&flume::Receiver<()>>,
+    reloader: Option<&Reloader>,
+) -> anyhow::Result<()> {
     let failed = loop {
-        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+        if shutdown.recv_timeout(Duration::from_millis(100)).is_ok() {
             break None;
         }
         if let Some(e) = relay.failure() {
             break Some(e);
         }
-        if let Some(r) = &reloader {
-            if reload_rx.try_recv().is_ok() {
+        if let (Some(rx), Some(r)) = (reload_rx, reloader) {
+            if rx.try_recv().is_ok() {
                 reload::apply(&relay, r);
             }
         }
@@ -76,4 +85,32 @@ pub fn serve(
         Some(e) => Err(e.into()),
         None => Ok(()),
     }
+}
+
+/// `mediarelay echo`: the relay's data plane (listener, HTTP front end, handshake, frame
+/// reader, writer, connection handling) sending every message back, with no tickets and
+/// no storage: the server the Autobahn TestSuite checks against RFC 6455. Runs until
+/// SIGTERM or SIGINT.
+pub fn echo(listen: std::net::SocketAddr, max_message: u64) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    config.server.listen = listen;
+    config.server.admin = "127.0.0.1:0".parse().expect("literal address");
+    config.connection.max_message = max_message;
+    // Echoes of 16 MiB messages are queued whole.
+    config.connection.send_queue = config.connection.send_queue.max(2 * max_message);
+    let (tx, rx) = flume::unbounded();
+    let (reload_tx, _) = flume::unbounded();
+    on_signals(tx, reload_tx)?;
+    let cell = Arc::new(crate::tickets::snapshot::TicketCell::default());
+    cell.publish(Vec::new());
+    let gate = Gate::new(cell, None, 0, Duration::from_secs(60));
+    let cache = Arc::new(Cache::new(
+        Arc::new(crate::origin::empty::Empty),
+        1 << 20,
+        1 << 20,
+    ));
+    let metrics = Arc::new(Metrics::new(config.worker_count()));
+    let relay = Relay::start(config, gate, cache, metrics, Mode::Echo)?;
+    tracing::info!(listen = %relay.listen, "mediarelay echo serving");
+    run_until_stopped(relay, &rx, None, None)
 }

@@ -49,6 +49,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         server.listen => false, server.admin => false, server.workers => false,
         server.driver => false, server.handshake_timeout => true,
         server.drain_timeout => true, server.backlog => false,
+        server.max_connections => true, server.ping_interval => true, server.idle_timeout => true,
         storage.url => false, storage.poll_interval => true, storage.cache_size => false,
         storage.max_object_size => false, storage.stream_linger => false,
         storage.request_deadline => false, storage.attempt_timeout => false,
@@ -64,6 +65,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         connection.send_queue => true, connection.stall_timeout => true,
         connection.max_message => true, connection.max_subscriptions => true,
         connection.max_pending_gets => true, connection.max_streams_per_minute => true,
+        connection.max_requests_per_sec => true,
         log.level => true, log.format => false,
     );
     Diff {

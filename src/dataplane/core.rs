@@ -8,7 +8,9 @@ use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
 
 use slab::Slab;
 
@@ -20,7 +22,7 @@ use crate::fanout::{Seg, Stream, Subscriptions};
 use crate::metrics::WorkerStats;
 use crate::protocol::{ErrorCode, From, Op, Reason, Reply, RequestError};
 use crate::tickets::{Refusal, TicketId, TicketRecord};
-use crate::ws::frame::Parser;
+use crate::ws::frame::{self, Parser};
 
 /// An instant as RFC 3339 (UTC, milliseconds), as the wire carries `expiresAt`.
 fn rfc3339(t: SystemTime) -> String {
@@ -105,14 +107,39 @@ impl Core {
         }
     }
 
-    /// Close connections whose ticket was revoked, deleted or has expired; sample the bytes
-    /// waiting in send queues on the way.
-    pub fn sweep_tickets(&self) {
+    /// The worker's periodic pass over its connections: close those whose ticket was
+    /// revoked, deleted or has expired, send `expiring` notices, ping silent connections and
+    /// close those silent for `idle_timeout` (4402), and sample the bytes waiting in send
+    /// queues.
+    pub fn sweep(&self) {
         let now = SystemTime::now();
-        let notice = self.shared.config().tickets.expiring_notice;
+        let instant = Instant::now();
+        let config = self.shared.config();
+        let notice = config.tickets.expiring_notice;
+        let (ping_after, idle_after) = (config.server.ping_interval, config.server.idle_timeout);
         let mut queued = 0u64;
         for (_, conn) in self.conns.borrow().iter() {
             queued += conn.queue.borrow().bytes() as u64;
+            // Keepalive: one pass over the worker's connections, no timer per connection.
+            let silent = instant.saturating_duration_since(conn.last_rx.get());
+            if silent >= idle_after {
+                if conn.close_req.get().is_none() {
+                    tracing::debug!(conn = conn.id, "closing a silent connection");
+                    conn.request_close(CloseReq::because(Reason::IdleTimeout));
+                }
+                continue;
+            }
+            if silent >= ping_after && !conn.pinged.get() && !conn.is_closing() {
+                conn.pinged.set(true);
+                conn.queue
+                    .borrow_mut()
+                    .push_keep(frame::ping(b""), Bytes::new());
+                conn.wake.notify();
+                self.stats.pings.inc();
+            }
+            if self.shared.mode == super::Mode::Echo {
+                continue; // no tickets there
+            }
             let verdict = match self.shared.gate.tickets.get(&conn.ticket_id.get()) {
                 None => Err(Refusal::Revoked),
                 Some(r) => {
@@ -301,6 +328,10 @@ impl Context for Core {
 
     fn refresh(&self, conn: &Rc<Conn>, id: u32, ticket: String) {
         monoio::spawn(self.me().refresh_ticket(conn.clone(), id, ticket));
+    }
+
+    fn echo(&self) -> bool {
+        self.shared.mode == super::Mode::Echo
     }
 
     fn closed(&self, conn: &Conn) {

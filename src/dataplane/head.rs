@@ -30,8 +30,15 @@ pub enum BadHead {
 /// line level: every line ends in CRLF and no header line is folded. Also usable on a
 /// partial head, so a bad one is refused before it is complete.
 pub fn check_lines(raw: &[u8]) -> Result<(), BadHead> {
-    for (i, &b) in raw.iter().enumerate() {
-        if b == b'\n' {
+    check_lines_from(raw, 0)
+}
+
+/// [`check_lines`] on the bytes of `raw` from `from` on, the bytes before being already
+/// checked (a head arriving in pieces): the byte before `from` is looked at too, as the
+/// first byte of a new piece may continue its line.
+pub fn check_lines_from(raw: &[u8], from: usize) -> Result<(), BadHead> {
+    for i in from.saturating_sub(1)..raw.len() {
+        if raw[i] == b'\n' {
             if i == 0 || raw[i - 1] != b'\r' {
                 return Err(BadHead::BareLf);
             }
@@ -152,6 +159,20 @@ mod tests {
         assert_eq!(check_lines(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
         // A partial head is judged on what arrived.
         assert_eq!(check_lines(b"GET / HTTP/1.1\r\nHo"), Ok(()));
+    }
+
+    #[test]
+    fn heads_arriving_a_byte_at_a_time() {
+        let good = b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n\r\n";
+        for n in 1..=good.len() {
+            assert_eq!(check_lines_from(&good[..n], n - 1), Ok(()), "at {n}");
+        }
+        let folded = b"GET / HTTP/1.1\r\nX-A: 1\r\n 2\r\n\r\n";
+        let first_bad =
+            (1..=folded.len()).find(|&n| check_lines_from(&folded[..n], n - 1).is_err());
+        assert_eq!(first_bad, Some(25)); // as soon as the space after the CRLF arrives
+        let bare = b"GET / HTTP/1.1\nHost: a\n\n";
+        assert_eq!(check_lines_from(&bare[..15], 14), Err(BadHead::BareLf));
     }
 
     #[test]

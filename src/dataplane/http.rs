@@ -12,8 +12,9 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::core::Core;
-use super::head::{check_headers, check_lines, origin_form, MAX_HEAD};
+use super::head::{check_headers, check_lines, check_lines_from, origin_form, MAX_HEAD};
 use super::session::{self, Context};
+use super::Mode;
 use crate::sys::{self, Io};
 use crate::tickets::Refusal;
 use crate::ws::handshake::{self, HandshakeError};
@@ -83,6 +84,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
             (_, "/readyz") => Route::Ready,
             (Listener::Admin, "/metrics") => Route::Metrics,
             (Listener::Public, "/ws") => Route::Ws,
+            // The conformance server upgrades on any path.
+            (Listener::Public, _) if core.shared.mode == Mode::Echo => Route::Ws,
             _ => Route::NotFound,
         };
         if route != Route::NotFound && method != "GET" && !(method == "HEAD" && route != Route::Ws)
@@ -208,6 +211,22 @@ async fn upgrade(
     pending: Vec<u8>,
 ) {
     let gate = &core.shared.gate;
+    // At its limit the relay refuses before any ticket or WebSocket work.
+    if !core.shared.admit_connection() {
+        core.stats.upgrade("overloaded");
+        respond(
+            &stream,
+            503,
+            "application/json",
+            br#"{"error":"overloaded"}"#,
+            &[("Retry-After", "1")],
+            false,
+        )
+        .await;
+        return;
+    }
+    // The slot is given back however the upgrade ends.
+    let slot = ConnectionSlot(core.shared.clone());
     let refuse = |r: Refusal| {
         let (status, code) = r.status_and_code();
         core.stats.upgrade(code);
@@ -231,10 +250,13 @@ async fn upgrade(
             .await;
         }
     };
-    let ticket = find_ticket(headers, query);
-    let wait = core.shared.config().tickets.lookup_timeout;
-    let checked = gate.check(peer.ip(), ticket.as_deref(), wait).await;
-    drop(ticket);
+    let checked = if core.shared.mode == Mode::Echo {
+        Ok(([0u8; 32], echo_record()))
+    } else {
+        let ticket = find_ticket(headers, query);
+        let wait = core.shared.config().tickets.lookup_timeout;
+        gate.check(peer.ip(), ticket.as_deref(), wait).await
+    };
     let (id, record) = match checked {
         Ok(ok) => ok,
         Err(r) => {
@@ -287,11 +309,35 @@ async fn upgrade(
     // (this future's buffers and header arrays) is freed now: an idle connection keeps
     // only its small state machine.
     monoio::spawn(async move {
+        let _slot = slot;
         session::run(core.clone(), conn.clone(), stream, pending).await;
         // The ticket it holds now (a refresh may have replaced the first one).
         core.shared.gate.release(&conn.ticket_id.get());
         tracing::debug!(conn = conn.id, "disconnected");
     });
+}
+
+/// The stand-in ticket of echo-mode connections (no tickets there).
+fn echo_record() -> std::sync::Arc<crate::tickets::TicketRecord> {
+    let far = std::time::SystemTime::now() + std::time::Duration::from_secs(100 * 365 * 86_400);
+    std::sync::Arc::new(crate::tickets::TicketRecord {
+        uid: "echo".into(),
+        streams: Vec::new(),
+        expires_at: far,
+        revoked: false,
+        max_connections: None,
+        publish: Vec::new(),
+        updated_at: std::time::SystemTime::now(),
+    })
+}
+
+/// A relay-wide connection slot, given back when dropped.
+struct ConnectionSlot(std::sync::Arc<super::shared::Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.release_connection();
+    }
 }
 
 /// Read until a complete request head is buffered.
@@ -306,7 +352,7 @@ async fn read_head(core: &Core, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRe
         let end = head_end(&buf[from..]).map(|n| from + n);
         // Line ends are checked in the new bytes of the head only (and the byte before,
         // for its CR): what follows the head may be WebSocket frames.
-        if check_lines(&buf[scanned.saturating_sub(1)..end.unwrap_or(buf.len())]).is_err() {
+        if check_lines_from(&buf[..end.unwrap_or(buf.len())], scanned).is_err() {
             return HeadRead::Malformed;
         }
         if let Some(n) = end {

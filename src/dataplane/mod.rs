@@ -39,8 +39,8 @@ use crate::metrics::Metrics;
 use crate::origin::cache::Cache;
 use crate::tickets::admission::Gate;
 
-/// How often each worker re-checks its connections' tickets (revocation, expiry).
-const TICKET_SWEEP: Duration = Duration::from_millis(250);
+/// How often each worker passes over its connections (tickets, keepalive, queue sizes).
+const SWEEP: Duration = Duration::from_millis(250);
 
 /// Why the data plane did not start, or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,16 @@ pub enum DataPlaneError {
     /// A worker ended without saying why.
     #[error("a worker exited during start")]
     WorkerExited,
+}
+
+/// What the data plane serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The relay: tickets, `get`, `subscribe` (docs/protocol.md).
+    Relay,
+    /// The conformance server: any path upgrades without a ticket and every message is
+    /// echoed (the Autobahn TestSuite's fuzzingclient drives it).
+    Echo,
 }
 
 /// What a worker reports once: its listeners' addresses, or why it failed.
@@ -84,6 +94,7 @@ impl Relay {
         gate: Gate,
         cache: Arc<Cache>,
         metrics: Arc<Metrics>,
+        mode: Mode,
     ) -> Result<Relay, DataPlaneError> {
         let n = config.worker_count();
         ensure_unshared(config.server.listen)?;
@@ -96,7 +107,15 @@ impl Relay {
             config.storage.max_streams,
         ));
         let driver = config.server.driver;
-        let shared = Arc::new(Shared::new(config, gate, cache, hub.clone(), metrics, n));
+        let shared = Arc::new(Shared::new(
+            config,
+            gate,
+            cache,
+            hub.clone(),
+            metrics,
+            n,
+            mode,
+        ));
         let pool = monoio::blocking::DefaultThreadPool::new(2);
         // The live streams' pollers get a runtime of their own, so discovery and origin
         // fetches keep up with the live edge however busy the workers are with sending.
@@ -241,8 +260,8 @@ async fn worker(
     let sweeper = core.clone();
     monoio::spawn(async move {
         loop {
-            monoio::time::sleep(TICKET_SWEEP).await;
-            sweeper.sweep_tickets();
+            monoio::time::sleep(SWEEP).await;
+            sweeper.sweep();
         }
     });
     while let Ok(msg) = inbox.recv_async().await {

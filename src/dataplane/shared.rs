@@ -31,6 +31,10 @@ pub struct Shared {
     pub draining_workers: AtomicUsize,
     /// Number of workers.
     pub workers: usize,
+    /// WebSocket connections open on all workers.
+    pub connections: AtomicUsize,
+    /// What the connections do.
+    pub mode: super::Mode,
 }
 
 /// Why the relay is not ready (`/readyz`).
@@ -58,6 +62,7 @@ impl Shared {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         workers: usize,
+        mode: super::Mode,
     ) -> Shared {
         Shared {
             config: arc_swap::ArcSwap::from_pointee(config),
@@ -69,6 +74,8 @@ impl Shared {
             listening: AtomicUsize::new(0),
             draining_workers: AtomicUsize::new(workers),
             workers,
+            connections: AtomicUsize::new(0),
+            mode,
         }
     }
 
@@ -80,6 +87,31 @@ impl Shared {
     /// Put a new configuration in force.
     pub fn set_config(&self, config: Config) {
         self.config.store(Arc::new(config));
+    }
+
+    /// The connection limit in force: `server.max_connections`, or (0) the process's
+    /// open-file limit less 256 for listeners, origin files and the like.
+    pub fn max_connections(&self) -> usize {
+        match self.config().server.max_connections {
+            0 => crate::sys::open_file_limit()
+                .map_or(usize::MAX, |n| (n as usize).saturating_sub(256).max(64)),
+            n => n,
+        }
+    }
+
+    /// Take a connection slot of the relay; false when it holds its limit.
+    pub fn admit_connection(&self) -> bool {
+        let max = self.max_connections();
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Give a connection slot back.
+    pub fn release_connection(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// `/readyz`: storage usable, ticket snapshot loaded, listeners up, not draining.
@@ -131,6 +163,7 @@ impl Shared {
             live_streams: self.hub.stream_count() as u64,
             segments_published: l(&self.hub.published),
             stream_limit_refusals: l(&self.hub.refused),
+            max_connections: self.max_connections().min(u64::MAX as usize) as u64,
             tickets: TicketFigures {
                 snapshot_entries: tickets.load().len() as u64,
                 snapshot_age_seconds: tickets.age().map(|d| d.as_secs_f64()),

@@ -65,6 +65,7 @@ pub const UPGRADES: &[&str] = &[
     "too_many_connections",
     "rate_limited",
     "tickets_unavailable",
+    "overloaded",
     "bad_handshake",
 ];
 
@@ -81,6 +82,8 @@ pub struct WorkerStats {
     pub revocation_closes: Counter,
     /// Subscriptions refused for too many different streams from one connection a minute.
     pub stream_rate_refusals: Counter,
+    /// Keepalive pings sent.
+    pub pings: Counter,
     /// Bytes waiting in this worker's send queues (sampled by its ticket sweep).
     pub queued_bytes: Counter,
     /// Per op, per result: `ok` first, then each [`ErrorCode`].
@@ -160,6 +163,6 @@ mod tests {
         assert_eq!(w.requests[0][0].get(), 1);
         assert_eq!(w.requests[1][7].get(), 1);
         assert_eq!(w.upgrades[2].get(), 1);
-        assert_eq!(w.closes[8].get(), 1);
+        assert_eq!(w.closes[9].get(), 1);
     }
 }

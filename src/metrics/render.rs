@@ -61,6 +61,8 @@ pub struct Figures {
     pub segments_published: u64,
     /// Subscriptions refused because the relay followed `max_streams` streams.
     pub stream_limit_refusals: u64,
+    /// The connection limit in force.
+    pub max_connections: u64,
     /// The ticket snapshot.
     pub tickets: TicketFigures,
     /// Idle bytes in the payload buffer pool.
@@ -106,7 +108,26 @@ impl Metrics {
             "Open WebSocket connections.",
             conns.collect(),
         );
-        let counters: [(&str, &str, Reader); 6] = [
+        let queued = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("worker=\"{i}\""), w.queued_bytes.get().to_string()));
+        family(
+            &mut o,
+            "mediarelay_send_queue_bytes",
+            "gauge",
+            "Bytes waiting in connections' send queues (sampled every 250 ms).",
+            queued.collect(),
+        );
+        family(
+            &mut o,
+            "mediarelay_max_connections",
+            "gauge",
+            "The relay's connection limit (upgrades above it get 503 overloaded).",
+            vec![(String::new(), figures.max_connections.to_string())],
+        );
+        let counters: [(&str, &str, Reader); 7] = [
             (
                 "mediarelay_accepted_connections_total",
                 "TCP connections accepted on the public listener.",
@@ -126,6 +147,11 @@ impl Metrics {
                 "mediarelay_skipped_total",
                 "skipped messages sent to slow subscribers.",
                 |w| w.skipped.get(),
+            ),
+            (
+                "mediarelay_pings_total",
+                "Keepalive pings sent to silent connections.",
+                |w| w.pings.get(),
             ),
             (
                 "mediarelay_slow_consumer_closes_total",

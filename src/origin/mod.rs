@@ -11,6 +11,7 @@
 //! knows storage, not connections: it never imports the data plane or the fan-out.
 
 pub mod cache;
+pub mod empty;
 pub mod fs;
 pub mod gcs;
 pub mod pool;

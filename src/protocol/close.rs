@@ -20,6 +20,8 @@ pub enum CloseCode {
     TooBig,
     /// 4401: the ticket was revoked, deleted or expired.
     Ticket,
+    /// 4402: nothing received for `idle_timeout` (keepalive).
+    Idle,
     /// 4408: the client did not read fast enough (slow consumer).
     SlowConsumer,
     /// A valid code the client sent, echoed back (1000–1003, 1007–1011, 3000–4999).
@@ -28,7 +30,7 @@ pub enum CloseCode {
 
 impl CloseCode {
     /// The codes the relay itself sends, in the order metrics list them.
-    pub const SENT: [CloseCode; 9] = [
+    pub const SENT: [CloseCode; 10] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::ProtocolError,
@@ -37,6 +39,7 @@ impl CloseCode {
         CloseCode::Policy,
         CloseCode::TooBig,
         CloseCode::Ticket,
+        CloseCode::Idle,
         CloseCode::SlowConsumer,
     ];
 
@@ -51,6 +54,7 @@ impl CloseCode {
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
             CloseCode::Ticket => 4401,
+            CloseCode::Idle => 4402,
             CloseCode::SlowConsumer => 4408,
             CloseCode::Echo(c) => c,
         }
@@ -81,6 +85,8 @@ pub enum Reason {
     SlowConsumer,
     /// The relay is draining (1001).
     ShuttingDown,
+    /// Nothing received for `idle_timeout` (4402).
+    IdleTimeout,
 }
 
 impl Reason {
@@ -91,6 +97,7 @@ impl Reason {
             Reason::TicketRevoked => "ticket_revoked",
             Reason::SlowConsumer => "slow_consumer",
             Reason::ShuttingDown => "shutting_down",
+            Reason::IdleTimeout => "idle_timeout",
         }
     }
 
@@ -100,6 +107,7 @@ impl Reason {
             Reason::TicketExpired | Reason::TicketRevoked => CloseCode::Ticket,
             Reason::SlowConsumer => CloseCode::SlowConsumer,
             Reason::ShuttingDown => CloseCode::GoingAway,
+            Reason::IdleTimeout => CloseCode::Idle,
         }
     }
 }

@@ -76,6 +76,19 @@ pub fn close_frame(code: CloseCode, reason: &str) -> Bytes {
     )
 }
 
+/// A complete ping frame.
+pub fn ping(payload: &[u8]) -> Bytes {
+    whole(
+        Frame::new(true, OpCode::Ping, None, Payload::Borrowed(payload)),
+        payload.len(),
+    )
+}
+
+/// A complete binary frame (echo mode; media frames are laid out by [`media_prefix`]).
+pub fn binary(payload: &[u8]) -> Bytes {
+    whole(Frame::binary(Payload::Borrowed(payload)), payload.len())
+}
+
 /// A complete pong frame.
 pub fn pong(payload: &[u8]) -> Bytes {
     whole(Frame::pong(Payload::Borrowed(payload)), payload.len())

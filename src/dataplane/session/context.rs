@@ -45,4 +45,8 @@ pub trait Context: 'static {
     fn refresh(&self, conn: &Rc<Conn>, id: u32, ticket: String);
     /// `conn` has closed: end its subscriptions and forget it.
     fn closed(&self, conn: &Conn);
+    /// Echo mode (the conformance server): every message is sent back, no request runs.
+    fn echo(&self) -> bool {
+        false
+    }
 }

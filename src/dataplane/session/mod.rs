@@ -93,6 +93,12 @@ pub struct Conn {
     /// Raised when the queue drained (a waiting `get` may fit now) or the conn closed.
     pub room: Notify,
     next_sub_id: Cell<u32>,
+    /// When the client last sent anything (keepalive).
+    pub last_rx: Cell<Instant>,
+    /// A keepalive ping went out since then.
+    pub pinged: Cell<bool>,
+    /// Requests in the current one-second window, and refused ones (request rate limit).
+    requests: Cell<(Instant, u32, u32)>,
     /// Streams subscribed to in the last minute (a hash of the name, when): bounds how many
     /// different streams one connection makes the relay discover.
     recent_streams: RefCell<Vec<(u64, Instant)>>,
@@ -125,6 +131,9 @@ impl Conn {
             room: Notify::default(),
             next_sub_id: Cell::new(1),
             recent_streams: RefCell::new(Vec::new()),
+            last_rx: Cell::new(Instant::now()),
+            pinged: Cell::new(false),
+            requests: Cell::new((Instant::now(), 0, 0)),
             pending_gets: RefCell::new(VecDeque::new()),
             get_task: Cell::new(false),
             close_req: Cell::new(None),
@@ -154,6 +163,25 @@ impl Conn {
         let id = self.next_sub_id.get();
         self.next_sub_id.set(id.wrapping_add(1).max(1));
         id
+    }
+
+    /// Count a request at `now` against `per_sec`: `Ok` to go on, `Err(false)` to refuse it
+    /// (`rate_limited`), `Err(true)` when the client keeps flooding (three times the limit
+    /// refused within a second): close with 1008.
+    pub fn note_request(&self, per_sec: u32, now: Instant) -> Result<(), bool> {
+        let (mut start, mut n, mut refused) = self.requests.get();
+        if now.duration_since(start) >= Duration::from_secs(1) {
+            (start, n, refused) = (now, 0, 0);
+        }
+        let verdict = if n < per_sec {
+            n += 1;
+            Ok(())
+        } else {
+            refused += 1;
+            Err(refused >= per_sec.saturating_mul(3))
+        };
+        self.requests.set((start, n, refused));
+        verdict
     }
 
     /// Note a subscription to `stream` at `now`; false when it would be the

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{Conn, Context};
-use crate::protocol::{self, ErrorCode, Op, Reply, Request, RequestError};
+use super::{CloseReq, Conn, Context};
+use crate::protocol::{self, CloseCode, ErrorCode, Op, Reply, Request, RequestError};
 
 /// Act on one complete text message.
 pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMut) {
@@ -24,6 +24,14 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
     if conn.draining.get() {
         let e = RequestError::new(ErrorCode::Unavailable, "the relay is shutting down");
         return conn.push_error(id, e.code, &e.message);
+    }
+    let per_sec = ctx.config().connection.max_requests_per_sec;
+    if let Err(flooding) = conn.note_request(per_sec, Instant::now()) {
+        ctx.stats().request(op, Err(ErrorCode::RateLimited));
+        if flooding {
+            return conn.request_close(CloseReq::code(CloseCode::Policy));
+        }
+        return conn.push_error(id, ErrorCode::RateLimited, "too many requests per second");
     }
     let result = handle(ctx, conn, request);
     // A queued `get` or a `refresh` under way is counted when it is answered (by its
@@ -376,6 +384,31 @@ mod tests {
         assert_eq!(*ctx.refreshes.borrow(), vec![(6, "new".to_string())]);
         let r = send(&ctx, &c, r#"{"op":"refresh","id":7}"#);
         assert_eq!(error_code(&r), Some("bad_request"));
+    }
+
+    #[test]
+    fn request_floods_are_refused_then_closed() {
+        let mut ctx = Recorder::default();
+        let mut config = Config::default();
+        config.connection.max_requests_per_sec = 2;
+        ctx.config = Arc::new(config);
+        let c = conn(&["*"]);
+        for i in 0..2 {
+            let r = send(
+                &ctx,
+                &c,
+                &format!(r#"{{"op":"unsubscribe","id":{i},"stream":"s"}}"#),
+            );
+            assert_eq!(r[0]["op"], "unsubscribed");
+        }
+        let r = send(&ctx, &c, r#"{"op":"unsubscribe","id":9,"stream":"s"}"#);
+        assert_eq!(error_code(&r), Some("rate_limited"));
+        assert_eq!(r[0]["id"], 9);
+        assert!(!c.is_closing());
+        for _ in 0..5 {
+            send(&ctx, &c, r#"{"op":"unsubscribe","id":9,"stream":"s"}"#);
+        }
+        assert_eq!(c.close_req.get(), Some(CloseReq::code(CloseCode::Policy)));
     }
 
     #[test]

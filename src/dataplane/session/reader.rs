@@ -18,7 +18,8 @@ use crate::ws::frame;
 #[derive(Default)]
 pub(super) struct Reader {
     inbuf: Vec<u8>,
-    fragments: Option<Vec<u8>>,
+    /// A fragmented message being reassembled: its opcode and the bytes so far.
+    fragments: Option<(OpCode, Vec<u8>)>,
 }
 
 impl Reader {
@@ -37,6 +38,8 @@ impl Reader {
                 Ok(Io::Done(n)) => n,
                 Ok(Io::WouldBlock) => return false,
             };
+            conn.last_rx.set(std::time::Instant::now());
+            conn.pinged.set(false);
             if discard {
                 // We sent our close frame: the client's close frame ends the connection.
                 if self.close_answered(&scratch[..n]) {
@@ -119,11 +122,16 @@ impl Reader {
     fn frame<C: Context>(&mut self, ctx: &C, conn: &Rc<Conn>, f: frame::Incoming, max: usize) {
         let fail = |code| conn.request_close(CloseReq::code(code));
         match f.opcode {
-            OpCode::Text if self.fragments.is_some() => fail(CloseCode::ProtocolError),
-            OpCode::Text if f.fin => ops::message(ctx, conn, f.payload),
-            OpCode::Text => self.fragments = Some(f.payload.to_vec()),
+            OpCode::Text | OpCode::Binary if self.fragments.is_some() => {
+                fail(CloseCode::ProtocolError)
+            }
+            OpCode::Binary if !ctx.echo() => fail(CloseCode::UnsupportedData),
+            OpCode::Text | OpCode::Binary if f.fin => complete(ctx, conn, f.opcode, f.payload),
+            OpCode::Text | OpCode::Binary => {
+                self.fragments = Some((f.opcode, f.payload.to_vec()));
+            }
             OpCode::Continuation => {
-                let Some(mut buf) = self.fragments.take() else {
+                let Some((opcode, mut buf)) = self.fragments.take() else {
                     return fail(CloseCode::ProtocolError);
                 };
                 if buf.len() + f.payload.len() > max {
@@ -131,14 +139,13 @@ impl Reader {
                 }
                 buf.extend_from_slice(&f.payload);
                 if !f.fin {
-                    self.fragments = Some(buf);
-                } else if std::str::from_utf8(&buf).is_err() {
+                    self.fragments = Some((opcode, buf));
+                } else if opcode == OpCode::Text && std::str::from_utf8(&buf).is_err() {
                     fail(CloseCode::InvalidUtf8);
                 } else {
-                    ops::message(ctx, conn, BytesMut::from(&buf[..]));
+                    complete(ctx, conn, opcode, BytesMut::from(&buf[..]));
                 }
             }
-            OpCode::Binary => fail(CloseCode::UnsupportedData),
             OpCode::Close => {
                 let code = match f.payload.len() {
                     0 => CloseCode::Normal,
@@ -162,5 +169,20 @@ impl Reader {
             }
             OpCode::Pong => {}
         }
+    }
+}
+
+/// A complete message: a request (text), or, in echo mode, sent back as it came.
+fn complete<C: Context>(ctx: &C, conn: &Rc<Conn>, opcode: OpCode, payload: BytesMut) {
+    if ctx.echo() {
+        let out = if opcode == OpCode::Text {
+            frame::text(&payload)
+        } else {
+            frame::binary(&payload)
+        };
+        conn.queue.borrow_mut().push_keep(out, Bytes::new());
+        conn.wake.notify();
+    } else {
+        ops::message(ctx, conn, payload);
     }
 }
