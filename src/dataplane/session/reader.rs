@@ -123,7 +123,7 @@ impl Reader {
         let fail = |code| conn.request_close(CloseReq::code(code));
         match f.opcode {
             OpCode::Text | OpCode::Binary if self.fragments.is_some() => {
-                fail(CloseCode::ProtocolError)
+                fail(CloseCode::ProtocolError);
             }
             OpCode::Binary if !ctx.echo() => fail(CloseCode::UnsupportedData),
             OpCode::Text | OpCode::Binary if f.fin => complete(ctx, conn, f.opcode, f.payload),
