@@ -36,6 +36,37 @@ cargo test --locked --workspace --all-targets
 # The epoll fallback driver runs the connection and fan-out tests too.
 MEDIARELAY_DRIVER=epoll cargo test --locked --test live --test requests
 MEDIARELAY_BIN="$PWD/target/debug/mediarelay" python3 -m pytest -q tests/python
+# RFC 6455 conformance: the Autobahn TestSuite against the relay's data plane in echo mode.
+autobahn=../shared/tools/autobahn/run-fuzzingclient.sh
+if [ -x "$autobahn" ] || [ -f "$autobahn" ]; then
+  ab_out=$(mktemp -d)
+  target/debug/mediarelay echo --listen 127.0.0.1:9311 2>"$ab_out/echo.log" &
+  echo_pid=$!
+  ab_status=0
+  bash "$autobahn" ws://127.0.0.1:9311 "$ab_out/report" --agent mediarelay | tee "$ab_out/summary" || ab_status=$?
+  kill "$echo_pid" 2>/dev/null || true
+  wait "$echo_pid" 2>/dev/null || true
+  if [ "$ab_status" != 0 ] || ! tail -1 "$ab_out/summary" | grep -q ' 0 failed'; then
+    echo "scripts/test.sh: Autobahn conformance failed (report: $ab_out/report)" >&2
+    exit 1
+  fi
+  # Only the cases docs/conformance.md explains may be non-strict or informational.
+  python3 - "$ab_out/report/index.json" <<'PY'
+import json, sys
+allowed = {"6.4.1", "6.4.2", "6.4.3", "6.4.4", "7.1.6", "7.13.1", "7.13.2"}
+cases = next(iter(json.load(open(sys.argv[1])).values()))
+other = sorted(c for c, r in cases.items()
+               if r["behavior"] != "OK" and c not in allowed)
+if other:
+    sys.exit(f"Autobahn: not OK and not explained in docs/conformance.md: {other}")
+PY
+  rm -rf "$ab_out"
+else
+  echo "scripts/test.sh: $autobahn not found: the RFC 6455 conformance run needs ../shared/tools" >&2
+  exit 1
+fi
+# Alerting rules, their unit tests and the dashboard's queries against the relay's metrics.
+scripts/check-operator-kit.sh target/debug/mediarelay
 # The systemd unit passes systemd's own checks (pointed at the built binary).
 if command -v systemd-analyze >/dev/null 2>&1; then
   unit_dir=$(mktemp -d)
