@@ -477,19 +477,25 @@ fn set(table: &mut toml::Table, setting: &str, value: &str) -> Result<(), Config
     }
 }
 
+/// A setting's value that does not parse (the message names the value and what was wanted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadValue(pub String);
+
 /// Parse `30s`, `15m`, `1h`, `7d`, `250ms` (and combinations such as `1h30m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e})"))
+pub fn parse_duration(s: &str) -> Result<Duration, BadValue> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| BadValue(format!("`{s}` is not a duration ({e})")))
 }
 
 /// Parse `512MiB`, `8 MiB`, `64KiB`, `4096`, `1GB` (decimal units are powers of 1000).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, BadValue> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size (try `8MiB`)"))?;
+        .map_err(|_| BadValue(format!("`{s}` is not a size (try `8MiB`)")))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -499,13 +505,13 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
         _ => {
-            return Err(format!(
+            return Err(BadValue(format!(
                 "`{s}` has an unknown unit (B, KiB, MiB, GiB, kB, MB, GB)"
-            ))
+            )))
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| BadValue(format!("`{s}` is too large")))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

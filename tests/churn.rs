@@ -177,9 +177,18 @@ fn sessions_leave_nothing_behind() {
             assert!(Instant::now() < deadline, "sessions never ended");
             std::thread::sleep(Duration::from_millis(20));
         }
-        // The ticket file's reload thread and the hub settle too.
-        std::thread::sleep(Duration::from_millis(300));
-        HELD.load(Ordering::Relaxed)
+        // The ticket file's reload thread and the hub settle too: wait until the bytes held
+        // stop moving (the same over 200 ms).
+        let mut last = HELD.load(Ordering::Relaxed);
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = HELD.load(Ordering::Relaxed);
+            if now == last {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "the heap never settled");
+            last = now;
+        }
     };
     let churn = |from: usize, to: usize| {
         for n in from..to {

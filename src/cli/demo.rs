@@ -19,8 +19,8 @@ use crate::tickets::{self, TicketRecord};
 
 /// Run the demo.
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let interval = parse_duration(&args.interval).map_err(anyhow::Error::msg)?;
-    let size = parse_bytes(&args.size).map_err(anyhow::Error::msg)? as usize;
+    let interval = parse_duration(&args.interval).context("--interval")?;
+    let size = parse_bytes(&args.size).context("--size")? as usize;
     crate::protocol::keys::validate_stream(&args.stream).map_err(anyhow::Error::msg)?;
     let overrides = [
         ("server.listen", args.listen.clone()),
