@@ -202,3 +202,83 @@ fn retries_recover_and_fail_within_the_deadline() {
     c.send(json!({"op":"get","id":10,"key":"vod/r0.bin"}));
     assert_eq!(c.media().0["id"], 10, "cached object still served");
 }
+
+#[test]
+fn origin_faults_are_bounded_and_never_serve_wrong_bytes() {
+    let gcs = FakeGcs::start();
+    gcs.upload("vod/small.bin", &data(4_000, 7));
+    gcs.upload("live/loop/seg-0000000001.m4s", &data(100, 1));
+    let proxy = FaultProxy::start(gcs.addr);
+    let r = Relay::builder()
+        .gcs(proxy.addr, "gs://media")
+        .env(&[
+            ("MEDIARELAY_ATTEMPT_TIMEOUT", "1s"),
+            ("MEDIARELAY_REQUEST_DEADLINE", "4s"),
+        ])
+        .start();
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    c.set_timeout(Duration::from_secs(20));
+    // A body that is garbage for its declared length (checksum mismatch): retried, and
+    // only the right bytes ever reach the client.
+    proxy.push(Fault::Garbage, 1);
+    c.send(json!({"op":"get","id":1,"key":"vod/small.bin"}));
+    assert_eq!(c.media().1, data(4_000, 7));
+    // A body that drips at 1 KiB/s: the attempt times out and is retried.
+    proxy.push(Fault::Drip, 1);
+    c.send(json!({"op":"get","id":2,"key":"vod/small.bin"}));
+    assert_eq!(c.media().1, data(4_000, 7));
+    // Garbage every time: `unavailable` within the deadline, nothing partial or wrong.
+    gcs.upload("vod/other.bin", &data(4_000, 8));
+    proxy.push(Fault::Garbage, 1_000);
+    let start = Instant::now();
+    c.send(json!({"op":"get","id":3,"key":"vod/other.bin"}));
+    let v = c.json();
+    assert_eq!(
+        (v["id"].as_u64(), v["code"].as_str()),
+        (Some(3), Some("unavailable"))
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(r.metric("mediarelay_origin_requests_total", "result=\"unavailable\"") >= 1.0);
+    // A listing whose page token loops: it fails instead of looping; the stream still
+    // answers its subscriber, and the relay keeps serving.
+    proxy
+        .loop_listings
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    c.send(json!({"op":"subscribe","id":4,"stream":"live/loop"}));
+    assert_eq!(c.json()["op"], "subscribed");
+    let seen = proxy.listings.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(seen < 100, "{seen} listing requests");
+    assert!(r.log_text().contains("does not end"), "{}", r.log_text());
+    assert_eq!(http_get(r.admin, "/healthz").unwrap().0, 200);
+}
+
+#[test]
+fn storage_refusing_connections_at_start_recovers() {
+    let gcs = FakeGcs::start();
+    gcs.upload("vod/a.bin", &data(2_000, 3));
+    // Nothing listens on the storage address yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let r = Relay::builder()
+        .gcs(port, "gs://media")
+        .env(&[
+            ("MEDIARELAY_ATTEMPT_TIMEOUT", "1s"),
+            ("MEDIARELAY_REQUEST_DEADLINE", "2s"),
+        ])
+        .start();
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"get","id":1,"key":"vod/a.bin"}));
+    assert_eq!(c.json()["code"], "unavailable");
+    // Storage comes up on that address: the next get is served.
+    let _proxy = FaultProxy::start_on(std::net::TcpListener::bind(port).unwrap(), gcs.addr);
+    c.send(json!({"op":"get","id":2,"key":"vod/a.bin"}));
+    assert_eq!(c.media().1, data(2_000, 3));
+}

@@ -141,6 +141,11 @@ impl GcsSettings {
     }
 }
 
+/// Most pages one listing follows (a stream's directory of 10 million objects at the
+/// 1,000-object maximum page size): past that, or on a page token seen before, the listing
+/// fails instead of looping.
+const MAX_LIST_PAGES: usize = 10_000;
+
 /// The crc32c from an `X-Goog-Hash` header value (`crc32c=<b64>,md5=<b64>`).
 pub fn crc32c_of(header: &str) -> Option<u32> {
     use base64::Engine;
@@ -523,6 +528,8 @@ impl Origin for GcsOrigin {
             let strip = shared.settings.prefix.clone();
             let mut keys = Vec::new();
             let mut page: Option<String> = None;
+            // A listing that hands back a page token it gave before would never end.
+            let mut tokens = std::collections::HashSet::new();
             loop {
                 let s = shared.clone();
                 let (p, st, pg) = (prefix.clone(), start_after.clone(), page.clone());
@@ -543,7 +550,15 @@ impl Origin for GcsOrigin {
                     keys.push(key.to_string());
                 }
                 match result.next_page_token {
-                    Some(t) if !t.is_empty() => page = Some(t),
+                    Some(t) if !t.is_empty() => {
+                        if tokens.len() >= MAX_LIST_PAGES || !tokens.insert(t.clone()) {
+                            tracing::warn!(prefix = %prefix, pages = tokens.len(), "GCS listing does not end: a page token repeats or too many pages");
+                            return Err(OriginError::Unavailable(
+                                "GCS listing does not end (a page token repeats)".into(),
+                            ));
+                        }
+                        page = Some(t);
+                    }
                     _ => break,
                 }
             }

@@ -168,6 +168,11 @@ pub enum Fault {
     Stall,
     /// Answer 403 (credentials refused).
     Forbidden,
+    /// Forward, but send the body at 1 KiB/s.
+    Drip,
+    /// Forward with the body's bytes changed (same length, same headers: the checksum in
+    /// `X-Goog-Hash` no longer matches).
+    Garbage,
 }
 
 /// A loopback HTTP proxy that applies queued faults to the next download requests
@@ -177,24 +182,41 @@ pub struct FaultProxy {
     faults: Arc<Mutex<VecDeque<Fault>>>,
     pub downloads: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// When set, every listing answers with the same `nextPageToken` ("loop").
+    pub loop_listings: Arc<AtomicBool>,
+    /// Listing requests seen.
+    pub listings: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
     pub fn start(upstream: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), upstream)
+    }
+
+    /// A proxy on a listener the caller bound (to start it on a port the relay already
+    /// uses).
+    pub fn start_on(listener: TcpListener, upstream: SocketAddr) -> FaultProxy {
         let addr = listener.local_addr().unwrap();
         let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
         let downloads = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (f, d, st) = (faults.clone(), downloads.clone(), stop.clone());
+        let loop_listings = Arc::new(AtomicBool::new(false));
+        let listings = Arc::new(AtomicUsize::new(0));
+        let (f, d, st, lp, ls) = (
+            faults.clone(),
+            downloads.clone(),
+            stop.clone(),
+            loop_listings.clone(),
+            listings.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if st.load(Ordering::Relaxed) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (f, d, st) = (f.clone(), d.clone(), st.clone());
-                std::thread::spawn(move || handle(conn, upstream, &f, &d, &st));
+                let (f, d, st, lp, ls) = (f.clone(), d.clone(), st.clone(), lp.clone(), ls.clone());
+                std::thread::spawn(move || handle(conn, upstream, &f, &d, &st, &lp, &ls));
             }
         });
         FaultProxy {
@@ -202,6 +224,8 @@ impl FaultProxy {
             faults,
             downloads,
             stop,
+            loop_listings,
+            listings,
         }
     }
 
@@ -226,6 +250,8 @@ fn handle(
     faults: &Mutex<VecDeque<Fault>>,
     downloads: &AtomicUsize,
     stop: &AtomicBool,
+    loop_listings: &AtomicBool,
+    listings: &AtomicUsize,
 ) {
     client.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut head = Vec::new();
@@ -244,6 +270,10 @@ fn handle(
     } else {
         None
     };
+    let listing = first.contains("/o?prefix=");
+    if listing {
+        listings.fetch_add(1, Ordering::Relaxed);
+    }
     match fault {
         Some(Fault::Unavailable) => {
             let _ = client.write_all(
@@ -279,6 +309,48 @@ fn handle(
             }
             let mut resp = Vec::new();
             let _ = up.read_to_end(&mut resp);
+            let split = resp
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(resp.len(), |p| p + 4);
+            if listing && loop_listings.load(Ordering::Relaxed) {
+                let (head, body) = resp.split_at(split);
+                let head = String::from_utf8_lossy(head).to_string();
+                let body = if head
+                    .to_ascii_lowercase()
+                    .contains("transfer-encoding: chunked")
+                {
+                    dechunk(body)
+                } else {
+                    body.to_vec()
+                };
+                let mut page: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or(serde_json::json!({}));
+                page["nextPageToken"] = serde_json::json!("loop");
+                let body = page.to_string();
+                let status = head.lines().next().unwrap_or("HTTP/1.1 200 OK");
+                let out = format!(
+                    "{status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(out.as_bytes());
+                return;
+            }
+            if matches!(other, Some(Fault::Garbage)) {
+                for b in &mut resp[split..] {
+                    *b = b.wrapping_add(1);
+                }
+            }
+            if matches!(other, Some(Fault::Drip)) {
+                let _ = client.write_all(&resp[..split]);
+                for chunk in resp[split..].chunks(1024) {
+                    if stop.load(Ordering::Relaxed) || client.write_all(chunk).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                return;
+            }
             if matches!(other, Some(Fault::ResetMidBody)) {
                 let split = resp
                     .windows(4)
@@ -294,6 +366,22 @@ fn handle(
             let _ = client.write_all(&resp);
         }
     }
+}
+
+/// The body of a chunked response.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&body[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&body[start..(start + size).min(body.len())]);
+        body = &body[(start + size + 2).min(body.len())..];
+    }
+    out
 }
 
 /// Close with RST (SO_LINGER 0).
