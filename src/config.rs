@@ -157,6 +157,11 @@ pub struct ConnectionConfig {
     /// Distinct streams one connection may subscribe to within a minute; more get
     /// `rate_limited` (each new stream name starts discovery on the relay).
     pub max_streams_per_minute: usize,
+    /// Bytes all connections' send queues may hold together (the relay's memory for slow
+    /// viewers); above it the largest queues lose their oldest live segments first
+    /// (`skipped`). `get` replies are never dropped.
+    #[serde(deserialize_with = "bytesize")]
+    pub queue_budget: u64,
     /// Requests one connection may send per second; more get `rate_limited`, and a
     /// connection that keeps at it (three times as many refused within a second) is closed
     /// with 1008.
@@ -249,6 +254,7 @@ impl Default for ConnectionConfig {
             max_pending_gets: 64,
             max_streams_per_minute: 32,
             max_requests_per_sec: 100,
+            queue_budget: 1 << 30,
         }
     }
 }
@@ -306,6 +312,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_LOOKUP_TIMEOUT", "tickets.lookup_timeout"),
     ("MEDIARELAY_MAX_PENDING_GETS", "connection.max_pending_gets"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
+    ("MEDIARELAY_QUEUE_BUDGET", "connection.queue_budget"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
     ("MEDIARELAY_MAX_MESSAGE", "connection.max_message"),
     (

@@ -238,6 +238,49 @@ fn stream_limits_per_relay_and_per_connection() {
 }
 
 #[test]
+fn the_queue_budget_bounds_what_stalled_viewers_hold() {
+    const BUDGET: f64 = 4.0 * 1024.0 * 1024.0;
+    let r = Relay::start(&[("MEDIARELAY_QUEUE_BUDGET", "4MiB")]);
+    let t = r.issue("*", &[]);
+    let s = "live/budget";
+    // Six viewers that subscribe and then read nothing more.
+    let mut stalled: Vec<Client> = (0..6)
+        .map(|_| {
+            let mut c = r.ws(&t);
+            c.send(json!({"op":"subscribe","id":1,"stream":s}));
+            assert_eq!(c.json()["op"], "subscribed");
+            c
+        })
+        .collect();
+    for seq in 1..=16 {
+        r.put(&seg_key(s, seq), &seg(seq, 512 * 1024));
+        std::thread::sleep(Duration::from_millis(50)); // the producer's pace
+    }
+    // Over budget, the largest queues lose their oldest segments: what stays queued is
+    // the budget plus at most the frame each connection is in the middle of writing.
+    let bound = BUDGET + 6.0 * 512.0 * 1024.0;
+    wait_for("the queues to be trimmed", Duration::from_secs(5), || {
+        r.metric("mediarelay_skipped_total", "") > 0.0
+            && r.metric("mediarelay_send_queue_bytes", "") <= bound
+    });
+    // A stalled viewer that reads again finds `skipped` where segments were dropped.
+    let c = &mut stalled[0];
+    c.set_timeout(Duration::from_secs(5));
+    let mut skipped = false;
+    for _ in 0..32 {
+        match c.recv() {
+            Got::Json(v) if v["op"] == "skipped" => {
+                skipped = true;
+                break;
+            }
+            Got::Closed(code) => panic!("closed {code:?}"),
+            _ => {}
+        }
+    }
+    assert!(skipped);
+}
+
+#[test]
 fn concurrent_cold_gets_read_the_origin_once() {
     let r = Relay::start(&[]);
     let payload = vec![7u8; 4 << 20];

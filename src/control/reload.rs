@@ -65,7 +65,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         connection.send_queue => true, connection.stall_timeout => true,
         connection.max_message => true, connection.max_subscriptions => true,
         connection.max_pending_gets => true, connection.max_streams_per_minute => true,
-        connection.max_requests_per_sec => true,
+        connection.max_requests_per_sec => true, connection.queue_budget => true,
         log.level => true, log.format => false,
     );
     Diff {

@@ -171,7 +171,46 @@ impl Core {
                 }
             }
         }
+        let budget = (config.connection.queue_budget / self.shared.workers.max(1) as u64) as usize;
+        if queued as usize > budget {
+            queued = self.trim_queues(queued as usize, budget) as u64;
+        }
         self.stats.queued_bytes.set(queued);
+    }
+
+    /// The worker's send queues hold `queued` bytes, over its share `budget` of the
+    /// relay's queue budget: halve the largest queues' live segments, largest first, until
+    /// under it. Each subscription that lost segments gets its `skipped`. Returns the
+    /// bytes queued after.
+    fn trim_queues(&self, mut queued: usize, budget: usize) -> usize {
+        let mut conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
+        conns.sort_by_key(|c| std::cmp::Reverse(c.queue.borrow().bytes()));
+        for conn in conns {
+            if queued <= budget || conn.is_closing() {
+                break;
+            }
+            let mut q = conn.queue.borrow_mut();
+            let before = q.bytes();
+            let dropped = q.trim_segments(before / 2);
+            for (sub, from, to, at) in &dropped {
+                let Some(stream) = self.subs.stream_of(conn.id, *sub) else {
+                    continue;
+                };
+                let skipped = Reply::Skipped {
+                    stream: &stream,
+                    from: *from,
+                    to: *to,
+                };
+                q.insert_keep(*at, frame::text(&skipped.to_json()));
+                self.stats.skipped.inc();
+            }
+            queued = queued - before + q.bytes();
+            drop(q);
+            if !dropped.is_empty() {
+                conn.wake.notify();
+            }
+        }
+        queued
     }
 
     /// `refresh`: check `ticket` and make it `conn`'s ticket (same user, a free connection

@@ -164,6 +164,7 @@ impl Shared {
             segments_published: l(&self.hub.published),
             stream_limit_refusals: l(&self.hub.refused),
             max_connections: self.max_connections().min(u64::MAX as usize) as u64,
+            queue_budget: self.config().connection.queue_budget,
             tickets: TicketFigures {
                 snapshot_entries: tickets.load().len() as u64,
                 snapshot_age_seconds: tickets.age().map(|d| d.as_secs_f64()),

@@ -163,6 +163,38 @@ impl SendQueue {
         );
     }
 
+    /// Drop the oldest live segments not yet started (never an init segment, never a
+    /// partially written frame), subscription by subscription, until at most `target` bytes
+    /// are queued. Returns, per subscription that lost segments, the range dropped and
+    /// where the first one was, for the caller's `skipped` frame (placed with
+    /// [`SendQueue::insert_keep`], in the order returned).
+    pub fn trim_segments(&mut self, target: usize) -> Vec<(u32, u64, u64, usize)> {
+        let mut out: Vec<(u32, u64, u64, usize)> = Vec::new();
+        let first = usize::from(self.front_written > 0);
+        let mut i = first;
+        while i < self.frames.len() && self.bytes > target {
+            match self.frames[i].kind {
+                Kind::Segment { sub, seq } if seq != 0 => {
+                    if let Some(f) = self.frames.remove(i) {
+                        self.bytes -= f.len();
+                    }
+                    match out.iter_mut().find(|(s, ..)| *s == sub) {
+                        Some(range) => range.2 = seq,
+                        None => out.push((sub, seq, seq, i)),
+                    }
+                }
+                _ => i += 1,
+            }
+        }
+        // Each `skipped` goes where its subscription's first dropped segment was; inserting
+        // one moves the later positions by one.
+        out.sort_by_key(|r| r.3);
+        for (n, r) in out.iter_mut().enumerate() {
+            r.3 += n;
+        }
+        out
+    }
+
     /// Drop every queued segment of `sub` except a partially written one.
     pub fn remove_sub(&mut self, sub: u32) {
         self.drop_unstarted(|k| matches!(k, Kind::Segment { sub: s, .. } if s == sub));
@@ -312,6 +344,30 @@ mod tests {
         // Far over: every droppable segment of sub 1 goes, oldest first.
         let d = q.push_segment(1, 4, b(10), b(990), t);
         assert_eq!(d.map(|d| (d.0, d.1)), Some((2, 3)));
+    }
+
+    #[test]
+    fn trimming_drops_the_oldest_segments_of_each_subscription() {
+        let mut q = SendQueue::new(1 << 20);
+        let t = Instant::now();
+        q.push_segment(1, 0, b(0), b(10), t); // init: kept
+        for seq in 1..=3 {
+            q.push_segment(1, seq, b(0), b(100), t);
+            q.push_segment(2, seq, b(0), b(100), t);
+        }
+        q.push_keep(b(5), Bytes::new()); // a reply: kept
+        let dropped = q.trim_segments(250);
+        assert!(q.bytes() <= 250, "{}", q.bytes());
+        assert_eq!(dropped, vec![(1, 1, 2, 1), (2, 1, 2, 2)]);
+        assert_eq!(
+            seqs(&q),
+            vec![
+                Kind::Segment { sub: 1, seq: 0 },
+                Kind::Segment { sub: 1, seq: 3 },
+                Kind::Segment { sub: 2, seq: 3 },
+                Kind::Keep
+            ]
+        );
     }
 
     #[test]

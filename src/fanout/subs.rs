@@ -81,6 +81,16 @@ impl<V: Viewer> Subscriptions<V> {
             .unwrap_or_default()
     }
 
+    /// The stream of viewer `viewer_id`'s subscription `sub_id`.
+    pub fn stream_of(&self, viewer_id: u64, sub_id: u32) -> Option<Arc<str>> {
+        self.by_viewer
+            .borrow()
+            .get(&viewer_id)?
+            .iter()
+            .find(|s| s.id == sub_id)
+            .map(|s| s.stream.name.clone())
+    }
+
     /// How many streams viewer `viewer_id` follows.
     pub fn count(&self, viewer_id: u64) -> usize {
         self.by_viewer.borrow().get(&viewer_id).map_or(0, Vec::len)

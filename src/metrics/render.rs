@@ -63,6 +63,8 @@ pub struct Figures {
     pub stream_limit_refusals: u64,
     /// The connection limit in force.
     pub max_connections: u64,
+    /// The relay-wide send queue budget.
+    pub queue_budget: u64,
     /// The ticket snapshot.
     pub tickets: TicketFigures,
     /// Idle bytes in the payload buffer pool.
@@ -119,6 +121,13 @@ impl Metrics {
             "gauge",
             "Bytes waiting in connections' send queues (sampled every 250 ms).",
             queued.collect(),
+        );
+        family(
+            &mut o,
+            "mediarelay_queue_budget_bytes",
+            "gauge",
+            "Bytes all send queues may hold together before the largest are trimmed.",
+            vec![(String::new(), figures.queue_budget.to_string())],
         );
         family(
             &mut o,
