@@ -349,6 +349,17 @@ const INTEGER_SETTINGS: &[&str] = &[
 impl Config {
     /// Build the configuration: `file` (if any), then `env` (name, value) pairs, then
     /// `overrides` (setting, value) from flags; later layers win.
+    /// A configuration from the text of a TOML file alone (defaults for the rest).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError(format!("config: {}", one_line(&e.to_string()))))?;
+        let config: Config = Config::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,

@@ -440,14 +440,28 @@ impl Shared {
             Ok(b) => b.to_bytes(),
             Err(e) => return Attempt::Retry(format!("listing body: {e}")),
         };
-        let mut raw = body.to_vec();
-        match simd_json::serde::from_slice::<ListPage>(&mut raw) {
+        match parse_listing_page(&body) {
             Ok(p) => Attempt::Done(p),
-            Err(e) => Attempt::Fail(OriginError::Unavailable(format!(
-                "listing is not JSON: {e}"
-            ))),
+            Err(e) => Attempt::Fail(e),
         }
     }
+}
+
+/// One page of an `objects.list` answer: its object names and the next page's token
+/// (also the fuzzing entry point).
+pub fn parse_listing(body: &[u8]) -> Result<(Vec<String>, Option<String>), OriginError> {
+    parse_listing_page(body).map(|p| {
+        (
+            p.items.into_iter().map(|i| i.name).collect(),
+            p.next_page_token,
+        )
+    })
+}
+
+fn parse_listing_page(body: &[u8]) -> Result<ListPage, OriginError> {
+    let mut raw = body.to_vec();
+    simd_json::serde::from_slice::<ListPage>(&mut raw)
+        .map_err(|e| OriginError::Unavailable(format!("listing is not JSON: {e}")))
 }
 
 #[derive(Deserialize, Default)]

@@ -76,6 +76,14 @@ pub(super) fn decode_logged(doc: Document) -> Option<Decoded> {
 }
 
 /// Turn a Firestore document into a ticket record (PROTOCOL.md's ticket table).
+/// Decode one document from its REST JSON (`{"name": ..., "fields": {...}}`): what the
+/// sync does with each document it reads (also the fuzzing entry point).
+pub fn decode_json(json: &[u8]) -> Result<Decoded, DecodeError> {
+    let doc: Document =
+        serde_json::from_slice(json).map_err(|_| DecodeError::NotAValue("document"))?;
+    decode(&doc)
+}
+
 fn decode(doc: &Document) -> Result<Decoded, DecodeError> {
     let id_str = doc.name.rsplit('/').next().unwrap_or_default();
     let id = parse_id_hex(id_str).ok_or(DecodeError::BadId)?;

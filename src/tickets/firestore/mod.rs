@@ -36,7 +36,7 @@ pub mod store;
 pub mod sync;
 
 pub use client::{Firestore, FsError, Target, TargetError, SCOPE};
-pub use decode::{DecodeError, Decoded};
+pub use decode::{decode_json, DecodeError, Decoded};
 pub use lookup::FirestoreLookup;
 pub use store::FirestoreStore;
 pub use sync::{sync_forever, Cursor, SyncSettings};
