@@ -15,8 +15,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list --fuzz-dir fuzz)
 fi
-cargo +nightly fuzz build --fuzz-dir fuzz "${targets[@]}" >/dev/null 2>&1 \
-  || cargo +nightly fuzz build --fuzz-dir fuzz "${targets[@]}"
+cargo +nightly fuzz build --fuzz-dir fuzz >/dev/null 2>&1 || cargo +nightly fuzz build --fuzz-dir fuzz
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for t in "${targets[@]}"; do
