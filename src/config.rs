@@ -164,7 +164,8 @@ pub struct ConnectionConfig {
     pub queue_budget: u64,
     /// Requests one connection may send per second; more get `rate_limited`, and a
     /// connection that keeps at it (three times as many refused within a second) is closed
-    /// with 1008.
+    /// with 1008. High enough for load generators and prefetching players; it bounds what
+    /// one flooding connection costs.
     pub max_requests_per_sec: u32,
 }
 
@@ -253,7 +254,7 @@ impl Default for ConnectionConfig {
             max_subscriptions: 16,
             max_pending_gets: 64,
             max_streams_per_minute: 32,
-            max_requests_per_sec: 100,
+            max_requests_per_sec: 1000,
             queue_budget: 1 << 30,
         }
     }
