@@ -189,7 +189,10 @@ fn has_token(value: &[u8], token: &str) -> bool {
 
 /// The ticket from `Authorization: Bearer` or `?ticket=` (percent-decoded), borrowed from
 /// the request where possible.
-fn find_ticket<'a>(headers: &'a [httparse::Header<'a>], query: &'a str) -> Option<Cow<'a, str>> {
+pub fn find_ticket<'a>(
+    headers: &'a [httparse::Header<'a>],
+    query: &'a str,
+) -> Option<Cow<'a, str>> {
     if let Some(v) = header(headers, "authorization") {
         let v = std::str::from_utf8(v).ok()?.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
