@@ -237,3 +237,21 @@ fn an_offered_extension_is_answered_without_one() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(!head.contains("sec-websocket-extensions"), "{head}");
 }
+
+#[test]
+fn a_non_ascii_authorization_value_is_refused_not_fatal() {
+    let r = Relay::start(&[]);
+    // A multi-byte character across byte 7 of the value (found by fuzzing: it used to
+    // panic the worker).
+    let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: ".to_vec();
+    req.extend_from_slice(&[b'a', b'b', b'c', b'k', 0xcf, 0x86, 0xd3, 0x95]);
+    req.extend_from_slice(b"\r\n\r\n");
+    let (status, body) = raw_http(r.addr, &req).unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (401, r#"{"error":"ticket_missing"}"#)
+    );
+    assert_eq!(http_get(r.admin, "/healthz").unwrap(), (200, "ok".into()));
+    let t = r.issue("*", &[]);
+    let _ok = r.ws(&t);
+}

@@ -195,7 +195,9 @@ pub fn find_ticket<'a>(
 ) -> Option<Cow<'a, str>> {
     if let Some(v) = header(headers, "authorization") {
         let v = std::str::from_utf8(v).ok()?.trim();
-        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+        // Compared as bytes: slicing the text at 7 could split a multi-byte character of a
+        // value that is not a bearer token (found by fuzzing: a panic on such a header).
+        if v.len() > 7 && v.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ") {
             return Some(Cow::Borrowed(v[7..].trim()));
         }
     }
@@ -530,6 +532,17 @@ mod tests {
             value: b"Basic xyz",
         }];
         assert_eq!(find_ticket(&basic, ""), None);
+        // Not a bearer value, with a multi-byte character across byte 7: no panic.
+        let odd = [httparse::Header {
+            name: "Authorization",
+            value: &[0, 0, 0, b'k', 0xcf, 0x86, 0xd3, 0x95],
+        }];
+        assert_eq!(find_ticket(&odd, "x=1"), None);
+        let fuzzed = [httparse::Header {
+            name: "Authorization",
+            value: &[9, 0, 0, 0, 107, 207, 134, 211, 149],
+        }];
+        assert_eq!(find_ticket(&fuzzed, "er X11"), None);
     }
 
     #[test]
