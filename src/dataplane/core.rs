@@ -15,6 +15,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::notify::Notify;
+use super::runtime::contained;
 use super::session::{self, CloseReq, Conn, Context};
 use super::shared::Shared;
 use crate::config::Config;
@@ -343,13 +344,9 @@ impl Context for Core {
             ));
         };
         let cache = self.shared.cache.clone();
-        monoio::spawn(session::catch_up(
-            self.me(),
-            cache,
-            conn.clone(),
-            sub,
-            id,
-            from,
+        monoio::spawn(contained(
+            "subscription",
+            session::catch_up(self.me(), cache, conn.clone(), sub, id, from),
         ));
         Ok(())
     }
@@ -362,11 +359,17 @@ impl Context for Core {
 
     fn start_gets(&self, conn: &Rc<Conn>) {
         let cache = self.shared.cache.clone();
-        monoio::spawn(session::serve_gets(self.me(), cache, conn.clone()));
+        monoio::spawn(contained(
+            "get",
+            session::serve_gets(self.me(), cache, conn.clone()),
+        ));
     }
 
     fn refresh(&self, conn: &Rc<Conn>, id: u32, ticket: String) {
-        monoio::spawn(self.me().refresh_ticket(conn.clone(), id, ticket));
+        monoio::spawn(contained(
+            "refresh",
+            self.me().refresh_ticket(conn.clone(), id, ticket),
+        ));
     }
 
     fn echo(&self) -> bool {

@@ -313,13 +313,13 @@ async fn upgrade(
     // The connection lives on in a task of its own, so everything the handshake used
     // (this future's buffers and header arrays) is freed now: an idle connection keeps
     // only its small state machine.
-    monoio::spawn(async move {
+    monoio::spawn(super::runtime::contained("connection", async move {
         let _slot = slot;
         session::run(core.clone(), conn.clone(), stream, pending).await;
         // The ticket it holds now (a refresh may have replaced the first one).
         core.shared.gate.release(&conn.ticket_id.get());
         tracing::debug!(conn = conn.id, "disconnected");
-    });
+    }));
 }
 
 /// The stand-in ticket of echo-mode connections (no tickets there).

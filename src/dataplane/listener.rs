@@ -10,6 +10,7 @@ use monoio::net::{ListenerOpts, TcpListener};
 
 use super::core::Core;
 use super::http::{self, Listener};
+use super::runtime::contained;
 
 /// A listener that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +63,10 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener) {
             None => return,
             Some(Ok((stream, peer))) => {
                 core.stats.accepted.inc();
-                monoio::spawn(http::serve(core.clone(), stream, peer, Listener::Public));
+                monoio::spawn(contained(
+                    "connection",
+                    http::serve(core.clone(), stream, peer, Listener::Public),
+                ));
             }
             Some(Err(e)) => accept_error(e).await,
         }
@@ -74,7 +78,10 @@ pub async fn accept_admin(core: Rc<Core>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                monoio::spawn(http::serve(core.clone(), stream, peer, Listener::Admin));
+                monoio::spawn(contained(
+                    "admin connection",
+                    http::serve(core.clone(), stream, peer, Listener::Admin),
+                ));
             }
             Err(e) => accept_error(e).await,
         }
