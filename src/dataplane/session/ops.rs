@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 
 use super::{CloseReq, Conn, Context};
+use crate::config::Config;
 use crate::protocol::{self, CloseCode, ErrorCode, Op, Reply, Request, RequestError};
 
 /// Act on one complete text message.
@@ -25,7 +26,8 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
         let e = RequestError::new(ErrorCode::Unavailable, "the relay is shutting down");
         return conn.push_error(id, e.code, &e.message);
     }
-    let per_sec = ctx.config().connection.max_requests_per_sec;
+    let config = ctx.config();
+    let per_sec = config.connection.max_requests_per_sec;
     if let Err(flooding) = conn.note_request(per_sec, Instant::now()) {
         ctx.stats().request(op, Err(ErrorCode::RateLimited));
         if flooding {
@@ -33,7 +35,7 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
         }
         return conn.push_error(id, ErrorCode::RateLimited, "too many requests per second");
     }
-    let result = handle(ctx, conn, request);
+    let result = handle(ctx, conn, &config, request);
     // A queued `get` or a `refresh` under way is counted when it is answered (by its
     // task), not here.
     if !(matches!(op, Op::Get | Op::Refresh) && result.is_ok()) {
@@ -46,8 +48,12 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
 }
 
 /// Run one request; `Err` is answered with an `error` reply.
-fn handle<C: Context>(ctx: &C, conn: &Rc<Conn>, request: Request) -> Result<(), RequestError> {
-    let config = ctx.config();
+fn handle<C: Context>(
+    ctx: &C,
+    conn: &Rc<Conn>,
+    config: &Config,
+    request: Request,
+) -> Result<(), RequestError> {
     let limits = &config.connection;
     match request {
         Request::Bad { message, .. } => Err(RequestError::new(ErrorCode::BadRequest, message)),
