@@ -216,27 +216,11 @@ async fn upgrade(
     pending: Vec<u8>,
 ) {
     let gate = &core.shared.gate;
-    // At its limit the relay refuses before any ticket or WebSocket work.
-    if !core.shared.admit_connection() {
-        core.stats.upgrade("overloaded");
-        respond(
-            &stream,
-            503,
-            "application/json",
-            br#"{"error":"overloaded"}"#,
-            &[("Retry-After", "1")],
-            false,
-        )
-        .await;
-        return;
-    }
-    // The slot is given back however the upgrade ends.
-    let slot = ConnectionSlot(core.shared.clone());
     let refuse = |r: Refusal| {
         let (status, code) = r.status_and_code();
         core.stats.upgrade(code);
         let body = format!("{{\"error\":\"{code}\"}}");
-        // A 503 tells the client to come back: the ticket was not judged.
+        // A 503 tells the client to come back: overloaded, or the ticket was not judged.
         let retry: &[(&str, &str)] = if status == 503 {
             &[("Retry-After", "1")]
         } else {
@@ -255,6 +239,13 @@ async fn upgrade(
             .await;
         }
     };
+    // At its limit the relay refuses before any ticket or WebSocket work.
+    if !core.shared.admit_connection() {
+        refuse(Refusal::Overloaded).await;
+        return;
+    }
+    // The slot is given back however the upgrade ends.
+    let slot = ConnectionSlot(core.shared.clone());
     let checked = if core.shared.mode == Mode::Echo {
         Ok(([0u8; 32], echo_record()))
     } else {

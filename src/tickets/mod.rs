@@ -56,6 +56,8 @@ pub enum Refusal {
     RateLimited,
     /// The ticket is not in the snapshot and the store could not be asked: retry.
     Unavailable,
+    /// The relay holds its most connections (checked before the ticket): retry.
+    Overloaded,
 }
 
 impl Refusal {
@@ -74,6 +76,7 @@ impl Refusal {
             Refusal::TooManyConnections => (429, "too_many_connections"),
             Refusal::RateLimited => (429, "rate_limited"),
             Refusal::Unavailable => (503, "tickets_unavailable"),
+            Refusal::Overloaded => (503, "overloaded"),
         }
     }
 }
