@@ -46,7 +46,7 @@ pub fn encode(s: &str) -> String {
     out
 }
 
-/// Send one HTTP/1.1 request; returns (status, body).
+/// Send one HTTP/1.1 request; returns (status, body). Panics on a transport error.
 pub fn request(
     addr: SocketAddr,
     method: &str,
@@ -54,19 +54,39 @@ pub fn request(
     ctype: &str,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    try_request(addr, method, path, ctype, body)
+        .unwrap_or_else(|e| panic!("{method} {path} to {addr}: {e}"))
+}
+
+/// Send one HTTP/1.1 request; returns (status, body), or the transport error.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let status = std::str::from_utf8(&out[9..12]).unwrap().parse().unwrap();
-    (status, out[split..].to_vec())
+    s.read_to_end(&mut out)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?
+        + 4;
+    let status = std::str::from_utf8(out.get(9..12).ok_or_else(bad)?)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((status, out[split..].to_vec()))
 }
 
 /// A fake-gcs-server process with a bucket `media`.
@@ -78,7 +98,22 @@ pub struct FakeGcs {
 }
 
 impl FakeGcs {
+    /// Start the server and create the bucket. Ready means it answered a bucket listing over
+    /// HTTP (an open port alone may be another test's process, or the server still starting);
+    /// a server that exits (its port taken between choosing and binding) is started again on
+    /// another port.
     pub fn start() -> FakeGcs {
+        for attempt in 1..=3 {
+            if let Some(g) = Self::try_start() {
+                g.create_bucket();
+                return g;
+            }
+            eprintln!("fake-gcs-server did not come up (attempt {attempt}); trying another port");
+        }
+        panic!("fake-gcs-server did not start in 3 attempts");
+    }
+
+    fn try_start() -> Option<FakeGcs> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let log = dir.path().join("fake-gcs.log");
@@ -100,26 +135,52 @@ impl FakeGcs {
             .spawn()
             .expect("start fake-gcs-server");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let g = FakeGcs {
+        let mut g = FakeGcs {
             child,
             addr,
             log,
             _dir: dir,
         };
-        let (status, body) = request(
-            addr,
-            "POST",
-            "/storage/v1/b?project=test",
-            "application/json",
-            br#"{"name":"media"}"#,
-        );
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        g
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                eprintln!("fake-gcs-server exited ({status}):\n{}", g.log());
+                return None;
+            }
+            let listing = try_request(addr, "GET", "/storage/v1/b?project=test", "text/plain", b"");
+            if let Ok((200, body)) = listing {
+                if body.starts_with(b"{") {
+                    return Some(g);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("fake-gcs-server did not answer within 20 s:\n{}", g.log());
+        None
+    }
+
+    fn create_bucket(&self) {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match try_request(
+                self.addr,
+                "POST",
+                "/storage/v1/b?project=test",
+                "application/json",
+                br#"{"name":"media"}"#,
+            ) {
+                Ok((200, _)) => return,
+                // An earlier try that was cut off after the server acted on it.
+                Ok((409, _)) if !last.is_empty() => return,
+                Ok((status, body)) => panic!(
+                    "creating the bucket: {status} {}",
+                    String::from_utf8_lossy(&body)
+                ),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("creating the bucket: {last}\n{}", self.log());
     }
 
     pub fn upload(&self, name: &str, data: &[u8]) {
