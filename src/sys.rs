@@ -106,6 +106,58 @@ pub fn open_beneath(root: RawFd, rel: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
 }
 
+fn c_name(name: &str) -> io::Result<CString> {
+    // One path component: no separator, nothing that walks up.
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Create the directory `name` (one component) in the directory `dir`.
+pub fn mkdir_at(dir: RawFd, name: &str) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: `name` is a NUL-terminated string alive for the call.
+    check(unsafe { libc::mkdirat(dir, name.as_ptr(), 0o755) })
+}
+
+/// Create the new file `name` (one component, which must not exist) in the directory
+/// `dir`, open for writing.
+pub fn create_at(dir: RawFd, name: &str) -> io::Result<OwnedFd> {
+    let name = c_name(name)?;
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: `name` is a NUL-terminated string alive for the call; a non-negative return
+    // is a fresh descriptor that we now own.
+    let fd = unsafe { libc::openat(dir, name.as_ptr(), flags, 0o644 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Rename `from` to `to` (both one component) inside the directory `dir`, replacing `to`.
+pub fn rename_at(dir: RawFd, from: &str, to: &str) -> io::Result<()> {
+    let (from, to) = (c_name(from)?, c_name(to)?);
+    // SAFETY: both names are NUL-terminated strings alive for the call.
+    check(unsafe { libc::renameat(dir, from.as_ptr(), dir, to.as_ptr()) })
+}
+
+/// Remove the file `name` (one component) from the directory `dir`.
+pub fn unlink_at(dir: RawFd, name: &str) -> io::Result<()> {
+    let name = c_name(name)?;
+    // SAFETY: `name` is a NUL-terminated string alive for the call.
+    check(unsafe { libc::unlinkat(dir, name.as_ptr(), 0) })
+}
+
 /// Take an exclusive advisory lock on `fd`, waiting for it (released when `fd` closes).
 pub fn flock_exclusive(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a descriptor the caller owns.

@@ -1,7 +1,8 @@
 //! The rules a request head must follow before the front end acts on it (RFC 9112), as pure
-//! functions: the message framing a proxy in front could read differently (duplicate or
-//! conflicting `Content-Length`, `Content-Length` with `Transfer-Encoding`), the `Host`
-//! rule, obsolete line folding and bare-LF line ends, and the request target's forms.
+//! functions: the message framing ([`Framing`]; refused where a proxy in front could read it
+//! differently: duplicate or malformed `Content-Length`, `Content-Length` with
+//! `Transfer-Encoding`, a transfer coding other than `chunked`), the `Host` rule, obsolete
+//! line folding and bare-LF line ends, and the request target's forms.
 
 /// Largest request head (docs/protocol.md: 431 above this).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -18,9 +19,10 @@ pub enum BadHead {
     /// More than one `Content-Length`.
     #[error("more than one Content-Length")]
     ContentLengths,
-    /// A body is announced; no request here has one.
-    #[error("request body not allowed")]
-    Body,
+    /// `Content-Length` is not a decimal number, or comes with `Transfer-Encoding`, or the
+    /// transfer coding is not `chunked` alone (or is on an HTTP/1.0 request).
+    #[error("body framing not understood")]
+    Framing,
     /// HTTP/1.1 without exactly one `Host`, or HTTP/1.0 with several.
     #[error("Host missing or repeated")]
     Host,
@@ -51,29 +53,62 @@ pub fn check_lines_from(raw: &[u8], from: usize) -> Result<(), BadHead> {
     Ok(())
 }
 
-/// The framing and `Host` rules on parsed headers. `version` is httparse's minor version.
-pub fn check_headers(headers: &[httparse::Header<'_>], version: u8) -> Result<(), BadHead> {
+/// How a request's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (no framing header, or `Content-Length: 0`).
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The framing and `Host` rules on parsed headers; the body's framing when they hold.
+/// `version` is httparse's minor version.
+pub fn check_headers(headers: &[httparse::Header<'_>], version: u8) -> Result<Framing, BadHead> {
     let count = |name: &str| {
         headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case(name))
             .count()
     };
+    let value = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.trim_ascii())
+    };
     if count("content-length") > 1 {
         return Err(BadHead::ContentLengths);
-    }
-    let has_body = headers.iter().any(|h| {
-        (h.name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
-            || h.name.eq_ignore_ascii_case("transfer-encoding")
-    });
-    if has_body {
-        return Err(BadHead::Body);
     }
     let hosts = count("host");
     if hosts > 1 || (version == 1 && hosts == 0) {
         return Err(BadHead::Host);
     }
-    Ok(())
+    match (value("content-length"), count("transfer-encoding")) {
+        (None, 0) => Ok(Framing::None),
+        (Some(len), 0) => {
+            // 1*DIGIT, and small enough to be a size (no sign, no spaces, no overflow).
+            if len.is_empty() || len.len() > 18 || !len.iter().all(u8::is_ascii_digit) {
+                return Err(BadHead::Framing);
+            }
+            let n = std::str::from_utf8(len)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or(BadHead::Framing)?;
+            Ok(if n == 0 {
+                Framing::None
+            } else {
+                Framing::Length(n)
+            })
+        }
+        (None, 1) if version == 1 => match value("transfer-encoding") {
+            Some(v) if v.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+            _ => Err(BadHead::Framing),
+        },
+        _ => Err(BadHead::Framing),
+    }
 }
 
 /// The path and query of a request target: origin-form (`/ws?ticket=...`) as it is, and
@@ -99,12 +134,16 @@ pub fn origin_form(target: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn parse(raw: &[u8]) -> Result<(), BadHead> {
+    fn framing(raw: &[u8]) -> Result<Framing, BadHead> {
         check_lines(raw)?;
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
         req.parse(raw).expect("parses");
         check_headers(req.headers, req.version.unwrap_or(1))
+    }
+
+    fn parse(raw: &[u8]) -> Result<(), BadHead> {
+        framing(raw).map(|_| ())
     }
 
     #[test]
@@ -118,10 +157,24 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(parse(same_twice), Err(BadHead::ContentLengths));
         let both =
-            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse(both), Err(BadHead::Body));
-        let body = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n";
-        assert_eq!(parse(body), Err(BadHead::Body));
+            b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse(both), Err(BadHead::Framing));
+        let body = b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(framing(body), Ok(Framing::Length(5)));
+        let chunked = b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert_eq!(framing(chunked), Ok(Framing::Chunked));
+        for bad in [
+            &b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"[..],
+            b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5 5\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"PUT / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(parse(bad), Err(BadHead::Framing), "{}", String::from_utf8_lossy(bad));
+        }
+        let empty = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(framing(empty), Ok(Framing::None));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 front end of both listeners: reading a request head (bounded size and
-//! time), routing (`/ws`, `/healthz`, `/readyz`, `/metrics`), the ticket check before the
-//! upgrade, and plain responses. Parsing is httparse; responses are small and written
+//! time), routing (`/ws`, `/healthz`, `/readyz`, `/metrics`, and `/ingest/...` to
+//! [`super::ingest`]), the ticket check before the upgrade, and plain responses. Parsing is httparse; responses are small and written
 //! directly.
 
 use std::borrow::Cow;
@@ -12,7 +12,8 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::core::Core;
-use super::head::{check_headers, check_lines, check_lines_from, origin_form, MAX_HEAD};
+use super::head::{check_headers, check_lines, check_lines_from, origin_form, Framing, MAX_HEAD};
+use super::ingest;
 use super::session::{self, Context};
 use super::Mode;
 use crate::sys::{self, Io};
@@ -66,14 +67,16 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
         };
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut req = httparse::Request::new(&mut headers);
-        let parsed = check_lines(&buf[..len]).is_ok()
-            && req.parse(&buf[..len]).is_ok()
-            && check_headers(req.headers, req.version.unwrap_or(1)).is_ok();
-        if !parsed {
+        let framing = if check_lines(&buf[..len]).is_ok() && req.parse(&buf[..len]).is_ok() {
+            check_headers(req.headers, req.version.unwrap_or(1)).ok()
+        } else {
+            None
+        };
+        let Some(framing) = framing else {
             // Malformed, or framed so that a proxy in front could read it differently.
             error(&stream, 400, "bad_request", false).await;
             return;
-        }
+        };
         let method = req.method.unwrap_or("");
         let target = origin_form(req.path.unwrap_or(""));
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -88,6 +91,38 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
             (Listener::Public, _) if core.shared.mode == Mode::Echo => Route::Ws,
             _ => Route::NotFound,
         };
+        if which == Listener::Public && path.starts_with("/ingest/") && route == Route::NotFound {
+            if method != "PUT" && method != "DELETE" {
+                respond(
+                    &stream,
+                    405,
+                    "application/json",
+                    br#"{"error":"method_not_allowed"}"#,
+                    &[("Allow", "PUT, DELETE")],
+                    false,
+                )
+                .await;
+                return;
+            }
+            let rest = &path["/ingest/".len()..];
+            let request = ingest::Request::from_head(
+                method == "PUT",
+                rest,
+                query,
+                req.headers,
+                framing,
+                keep_alive,
+            );
+            if !ingest::serve(&core, &stream, peer, request, &mut buf, len).await {
+                return;
+            }
+            continue;
+        }
+        if framing != Framing::None {
+            // Only ingest takes a body.
+            error(&stream, 400, "bad_request", false).await;
+            return;
+        }
         if route != Route::NotFound && method != "GET" && !(method == "HEAD" && route != Route::Ws)
         {
             respond(
@@ -174,7 +209,7 @@ enum Route {
     NotFound,
 }
 
-fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
+pub(super) fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
@@ -404,7 +439,7 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Write all of `data` (small responses), waiting for room when needed.
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> bool {
+pub(super) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> bool {
     let fd = stream.as_raw_fd();
     while !data.is_empty() {
         match sys::writev(fd, &[data]) {
@@ -420,14 +455,19 @@ async fn write_all(stream: &TcpStream, mut data: &[u8]) -> bool {
     true
 }
 
-fn reason(status: u16) -> &'static str {
+pub(super) fn reason(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
+        100 => "Continue",
         200 => "OK",
+        201 => "Created",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
+        403 => "Forbidden",
         405 => "Method Not Allowed",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -489,7 +529,7 @@ async fn error(stream: &TcpStream, status: u16, code: &str, keep_alive: bool) {
 }
 
 /// Write a complete response.
-async fn respond(
+pub(super) async fn respond(
     stream: &TcpStream,
     status: u16,
     ctype: &str,
@@ -502,6 +542,29 @@ async fn respond(
     write_all(stream, &out).await;
     if !keep_alive {
         sys::shutdown_write(stream.as_raw_fd());
+    }
+}
+
+/// After an error answer to a request whose body is still arriving: read and drop what
+/// comes for a moment (at most 2 s and 1 MiB) before closing, so the client reads the answer
+/// instead of a reset.
+pub(super) async fn linger_close(stream: &TcpStream) {
+    let fd = stream.as_raw_fd();
+    let until = Instant::now() + std::time::Duration::from_secs(2);
+    let mut left = 1usize << 20;
+    let mut sink = [0u8; 8192];
+    while left > 0 {
+        match sys::recv(fd, &mut sink) {
+            Ok(Io::Done(0)) | Err(_) => return,
+            Ok(Io::Done(n)) => left = left.saturating_sub(n),
+            Ok(Io::WouldBlock) => {
+                let wait = until.saturating_duration_since(Instant::now());
+                match monoio::time::timeout(wait, stream.readable(false)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 pub mod core;
 pub mod head;
 pub mod http;
+pub mod ingest;
 pub mod listener;
 pub mod notify;
 pub mod runtime;

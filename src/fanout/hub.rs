@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::stream::{Seg, Stream};
 use crate::origin::cache::Cache;
-use crate::origin::OriginError;
+use crate::origin::{Object, OriginError};
 use crate::protocol::keys::{init_key, segment_seq};
 
 /// How many polls apart, at most, a stream with nothing in storage is listed (a power of
@@ -64,6 +64,35 @@ pub struct Hub {
     /// New streams for the pollers' thread ([`run_pollers`]); `None` before it runs and
     /// after [`Hub::stop_pollers`].
     pollers: Mutex<Option<flume::Sender<Arc<Stream>>>>,
+    /// Init segments being received through ingest now, per stream (see
+    /// [`Hub::init_incoming`]).
+    incoming_inits: Mutex<HashMap<String, usize>>,
+    incoming_done: event_listener::Event,
+}
+
+/// An init segment on its way in through ingest; dropping it (the request ended, stored
+/// and published or not) lets the stream's segments waiting on it go.
+pub struct IncomingInit {
+    hub: Arc<Hub>,
+    stream: String,
+}
+
+impl Drop for IncomingInit {
+    fn drop(&mut self) {
+        let mut m = self
+            .hub
+            .incoming_inits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.stream) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.stream);
+            }
+        }
+        drop(m);
+        self.hub.incoming_done.notify(usize::MAX);
+    }
 }
 
 impl Hub {
@@ -85,6 +114,8 @@ impl Hub {
             refused: AtomicU64::new(0),
             published: AtomicU64::new(0),
             pollers: Mutex::new(None),
+            incoming_inits: Mutex::new(HashMap::new()),
+            incoming_done: event_listener::Event::new(),
         }
     }
 
@@ -321,6 +352,11 @@ impl Hub {
             new.drain(..new.len() - 1);
         }
         for (seq, key) in new {
+            if seq <= stream.newest() {
+                // Published already (ingest handed it over before storage listed it).
+                *last_seg_key = Some(key);
+                continue;
+            }
             let obj = match self.cache.get(&key).await {
                 Ok(obj) => obj,
                 Err(OriginError::NotFound) => {
@@ -330,12 +366,9 @@ impl Hub {
                 Err(e) => return Err(e),
             };
             let seg = Seg::build(&stream.name, seq, &obj);
-            stream.publish(seg.clone(), Arc::from(key.as_str()));
-            self.published.fetch_add(1, Ordering::Relaxed);
-            for (w, tx) in self.inboxes.iter().enumerate() {
-                if stream.worker_subs[w].load(Ordering::Acquire) > 0 {
-                    let _ = tx.send(WorkerMsg::Segment(stream.clone(), seg.clone()));
-                }
+            if stream.publish_new(seg.clone(), Arc::from(key.as_str())) {
+                self.published.fetch_add(1, Ordering::Relaxed);
+                self.send_to_workers(stream, |s| WorkerMsg::Segment(s, seg.clone()));
             }
             *last_seg_key = Some(key);
         }
@@ -344,6 +377,95 @@ impl Hub {
 }
 
 impl Hub {
+    /// An object was just stored through ingest: when it is a live segment or init segment
+    /// of a stream this relay follows, publish it to that stream's subscribers now, ahead of
+    /// discovery (which then skips it). Returns whether it was published. A segment older
+    /// than the newest one published is not (subscribers have moved past it).
+    pub fn ingested(&self, obj: &Object) -> bool {
+        let Some((name, _)) = obj.key.rsplit_once('/') else {
+            return false;
+        };
+        let Some(stream) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+        else {
+            return false;
+        };
+        if *obj.key == init_key(name) {
+            let seg = Seg::build(name, 0, obj);
+            {
+                let mut st = stream.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st
+                    .init
+                    .as_ref()
+                    .is_some_and(|cur| cur.payload == seg.payload)
+                {
+                    return false;
+                }
+                st.init = Some(seg.clone());
+            }
+            self.send_to_workers(&stream, |s| WorkerMsg::Init(s, seg.clone()));
+            return true;
+        }
+        let Some(seq) = segment_seq(name, &obj.key) else {
+            return false;
+        };
+        let seg = Seg::build(name, seq, obj);
+        if !stream.publish_new(seg.clone(), obj.key.clone()) {
+            return false;
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.send_to_workers(&stream, |s| WorkerMsg::Segment(s, seg.clone()));
+        true
+    }
+
+    /// An init segment of `stream` has started to arrive through ingest. Encoders send a
+    /// stream's init segment and its first media segment at the same time (ffmpeg's HLS
+    /// muxer finishes both when the first segment ends), so that segment waits for the init
+    /// ([`Hub::init_settled`]) and subscribers get the init first.
+    pub fn init_incoming(self: &Arc<Self>, stream: &str) -> IncomingInit {
+        *self
+            .incoming_inits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(stream.to_string())
+            .or_default() += 1;
+        IncomingInit {
+            hub: self.clone(),
+            stream: stream.to_string(),
+        }
+    }
+
+    /// Wait (at most `at_most`) until no init segment of `stream` is arriving.
+    pub async fn init_settled(&self, stream: &str, at_most: Duration) {
+        let until = Instant::now() + at_most;
+        loop {
+            let l = self.incoming_done.listen();
+            let pending = self
+                .incoming_inits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(stream);
+            let left = until.saturating_duration_since(Instant::now());
+            if !pending || left.is_zero() {
+                return;
+            }
+            let _ = monoio::time::timeout(left, l).await;
+        }
+    }
+
+    /// Hand a message about `stream` to every worker with subscribers to it.
+    fn send_to_workers(&self, stream: &Arc<Stream>, make: impl Fn(Arc<Stream>) -> WorkerMsg) {
+        for (w, tx) in self.inboxes.iter().enumerate() {
+            if stream.worker_subs[w].load(Ordering::Acquire) > 0 {
+                let _ = tx.send(make(stream.clone()));
+            }
+        }
+    }
+
     /// Whether the stream's init segment appeared or changed since `known` (its version when
     /// last read): if so, read it from the origin (not the cache, which may hold an older
     /// one), make it the stream's init and, after the first listing, hand it to the

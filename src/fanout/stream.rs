@@ -183,13 +183,27 @@ impl Stream {
             .map(|(s, k)| Err((*s, k.clone())))
     }
 
-    pub(super) fn publish(&self, seg: Seg, key: Arc<str>) {
+    /// Newest published seq (0: none yet).
+    pub fn newest(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).newest
+    }
+
+    /// Publish `seg` unless a segment at or after its seq is published already (checked
+    /// and published under one lock, so ingest and discovery never both publish one seq);
+    /// an older one is only indexed.
+    pub(super) fn publish_new(&self, seg: Seg, key: Arc<str>) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if seg.seq <= st.newest {
+            // Known, for subscriptions that start from an earlier seq.
+            st.index.entry(seg.seq).or_insert(key);
+            return false;
+        }
         st.index.insert(seg.seq, key);
-        st.newest = st.newest.max(seg.seq);
+        st.newest = seg.seq;
         st.window.push_back(seg);
         while st.window.len() > WINDOW {
             st.window.pop_front();
         }
+        true
     }
 }

@@ -69,6 +69,25 @@ pub const UPGRADES: &[&str] = &[
     "bad_handshake",
 ];
 
+/// Ingest request results (PROTOCOL.md v1.1 "Ingest").
+pub const INGEST_RESULTS: &[&str] = &[
+    "created",
+    "replaced",
+    "deleted",
+    "not_found",
+    "bad_request",
+    "forbidden",
+    "too_large",
+    "unavailable",
+    "aborted",
+    "ticket_missing",
+    "ticket_invalid",
+    "ticket_expired",
+    "ticket_revoked",
+    "rate_limited",
+    "tickets_unavailable",
+];
+
 /// One worker's counters.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -89,6 +108,9 @@ pub struct WorkerStats {
     /// Per op, per result: `ok` first, then each [`ErrorCode`].
     requests: [[Counter; 1 + ErrorCode::ALL.len()]; Op::ALL.len()],
     upgrades: [Counter; UPGRADES.len()],
+    ingests: [Counter; INGEST_RESULTS.len()],
+    /// Body bytes stored through ingest.
+    pub ingest_bytes: Counter,
     closes: [Counter; CloseCode::SENT.len()],
 }
 
@@ -110,6 +132,21 @@ impl WorkerStats {
         if let Some(i) = UPGRADES.iter().position(|x| *x == result) {
             self.upgrades[i].inc();
         }
+    }
+
+    /// Count an ingest request's result (one of [`INGEST_RESULTS`]).
+    pub fn ingest(&self, result: &str) {
+        if let Some(i) = INGEST_RESULTS.iter().position(|x| *x == result) {
+            self.ingests[i].inc();
+        }
+    }
+
+    /// How many ingest requests ended with `result` on this worker.
+    pub fn ingests(&self, result: &str) -> u64 {
+        INGEST_RESULTS
+            .iter()
+            .position(|x| *x == result)
+            .map_or(0, |i| self.ingests[i].get())
     }
 
     /// Count a close the relay initiated or answered (a client code outside

@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::{Metrics, WorkerStats, UPGRADES};
+use super::{Metrics, WorkerStats, INGEST_RESULTS, UPGRADES};
 use crate::protocol::{CloseCode, ErrorCode, Op};
 
 /// The segment cache's figures at scrape time.
@@ -188,6 +188,26 @@ impl Metrics {
             "counter",
             "WebSocket upgrade attempts by result.",
             upgrades.collect(),
+        );
+        let ingests = INGEST_RESULTS.iter().map(|r| {
+            (
+                format!("result=\"{r}\""),
+                self.sum(|w| w.ingests(r)).to_string(),
+            )
+        });
+        family(
+            &mut o,
+            "mediarelay_ingest_requests_total",
+            "counter",
+            "Ingest PUT and DELETE requests by result.",
+            ingests.collect(),
+        );
+        family(
+            &mut o,
+            "mediarelay_ingest_bytes_total",
+            "counter",
+            "Object bytes stored through ingest.",
+            one(self.sum(|w| w.ingest_bytes.get())),
         );
         let mut requests = Vec::new();
         let results = std::iter::once("ok").chain(ErrorCode::ALL.iter().map(|c| c.as_str()));

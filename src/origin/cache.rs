@@ -134,6 +134,13 @@ impl Cache {
         self.publish_size(&lru);
     }
 
+    /// Put an object just written to the origin (ingest) in the cache, in place of any
+    /// older one under its key.
+    pub fn replace(&self, obj: &Object) {
+        self.forget(&obj.key);
+        self.insert(obj);
+    }
+
     /// Read `key` from the origin again, bypassing the cache, and put what it holds now in
     /// the cache's place (an object that can change in storage: a stream's init segment).
     /// A key no longer in storage leaves the cache too.

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use monoio::buf::IoBufMut;
 
 use super::pool;
-use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
+use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture, Stored};
 
 /// Objects from a directory tree.
+#[derive(Clone)]
 pub struct FsOrigin {
     root: PathBuf,
-    root_fd: OwnedFd,
+    root_fd: Arc<OwnedFd>,
     /// Whether the kernel has openat2; without it paths are checked by canonicalizing.
     has_openat2: bool,
 }
@@ -42,7 +43,7 @@ impl FsOrigin {
         }
         Ok(FsOrigin {
             root,
-            root_fd,
+            root_fd: Arc::new(root_fd),
             has_openat2,
         })
     }
@@ -101,6 +102,95 @@ impl FsOrigin {
         let mut obj = Object::new(pool::freeze(buf), headroom, key.clone());
         obj.content_type = content_type(&key).map(Arc::from);
         Ok(obj)
+    }
+
+    /// The directory `rel` (`""`: the root), opened beneath the root.
+    fn dir_beneath(&self, rel: &str) -> io::Result<OwnedFd> {
+        let rel = if rel.is_empty() { "." } else { rel };
+        if self.has_openat2 {
+            return crate::sys::open_beneath(self.root_fd.as_raw_fd(), rel);
+        }
+        let path = self.root.join(rel).canonicalize()?;
+        if !path.starts_with(&self.root) {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        std::fs::File::open(path).map(OwnedFd::from)
+    }
+
+    /// The parent directory of `key`, made (one level at a time, each beneath the root, so
+    /// a symlink cannot lead the new directories outside it) when `create`.
+    fn parent_dir(&self, key: &str, create: bool) -> io::Result<(OwnedFd, String)> {
+        let (parent, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let mut dir = self.dir_beneath("")?;
+        let mut rel = String::new();
+        for part in parent.split('/').filter(|p| !p.is_empty()) {
+            if !rel.is_empty() {
+                rel.push('/');
+            }
+            rel.push_str(part);
+            dir = match self.dir_beneath(&rel) {
+                Ok(d) => d,
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                    match crate::sys::mkdir_at(dir.as_raw_fd(), part) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(e),
+                    }
+                    self.dir_beneath(&rel)?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok((dir, name.to_string()))
+    }
+
+    /// Write `payload` to a temporary name beside `key`, flush it to disk, rename it into
+    /// place and flush the directory: readers see the old object or the whole new one.
+    fn put_blocking(&self, key: &str, payload: &[u8]) -> io::Result<Stored> {
+        use std::io::Write;
+        let (dir, name) = self.parent_dir(key, true)?;
+        let mut suffix = [0u8; 8];
+        getrandom::getrandom(&mut suffix).map_err(io::Error::other)?;
+        // A dot name: never a segment name, never listed as one.
+        let tmp = format!(".{name}.tmp-{}", hex::encode(suffix));
+        let mut file = std::fs::File::from(crate::sys::create_at(dir.as_raw_fd(), &tmp)?);
+        let cleanup = |e: io::Error| {
+            let _ = crate::sys::unlink_at(dir.as_raw_fd(), &tmp);
+            e
+        };
+        file.write_all(payload).map_err(cleanup)?;
+        file.sync_all().map_err(cleanup)?;
+        drop(file);
+        let existed = self
+            .open_file(key)
+            .is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file()));
+        crate::sys::rename_at(dir.as_raw_fd(), &tmp, &name).map_err(cleanup)?;
+        std::fs::File::from(dir).sync_all()?;
+        Ok(if existed {
+            Stored::Replaced
+        } else {
+            Stored::Created
+        })
+    }
+
+    fn delete_blocking(&self, key: &str) -> io::Result<bool> {
+        let (dir, name) = match self.parent_dir(key, false) {
+            Ok(d) => d,
+            Err(e) => {
+                return match map_open_error(e) {
+                    OriginError::NotFound => Ok(false),
+                    other => Err(io::Error::other(other.to_string())),
+                }
+            }
+        };
+        match crate::sys::unlink_at(dir.as_raw_fd(), &name) {
+            Ok(()) => {
+                std::fs::File::from(dir).sync_all()?;
+                Ok(true)
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::EISDIR)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn list_blocking(
@@ -226,6 +316,29 @@ impl Origin for FsOrigin {
             },
         };
         Box::pin(std::future::ready(found))
+    }
+
+    fn put<'a>(&'a self, obj: &'a Object) -> OriginFuture<'a, Stored> {
+        let this = self.clone();
+        let key = obj.key.clone();
+        let payload = obj.payload();
+        Box::pin(async move {
+            monoio::spawn_blocking(move || this.put_blocking(&key, &payload))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("write task failed")))
+                .map_err(|e| OriginError::Unavailable(format!("write: {e}")))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> OriginFuture<'a, bool> {
+        let this = self.clone();
+        let key = key.to_string();
+        Box::pin(async move {
+            monoio::spawn_blocking(move || this.delete_blocking(&key))
+                .await
+                .unwrap_or_else(|_| Err(io::Error::other("delete task failed")))
+                .map_err(|e| OriginError::Unavailable(format!("delete: {e}")))
+        })
     }
 
     fn check_ready(&self) -> Result<(), OriginError> {

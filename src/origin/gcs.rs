@@ -31,7 +31,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::pool;
-use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture};
+use super::{headroom_for, Listing, Object, Origin, OriginError, OriginFuture, Stored};
 use crate::gcp::{self, encode, random_unit, retryable, Backoff, HttpClient, TokenSource};
 
 /// Size of each read from an origin connection: large reads keep the number of body
@@ -39,7 +39,7 @@ use crate::gcp::{self, encode, random_unit, retryable, Backoff, HttpClient, Toke
 const READ_BUF: usize = 256 * 1024;
 
 /// Read-only scope for object downloads and listings.
-pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_only";
+pub const SCOPE: &str = "https://www.googleapis.com/auth/devstorage.read_write";
 
 /// Settings of the GCS origin.
 #[derive(Debug, Clone)]
@@ -120,6 +120,32 @@ impl GcsSettings {
         )
     }
 
+    /// Single-request upload URL of an object; `if_absent` makes it fail with 412 when an
+    /// object of that name exists (`ifGenerationMatch=0`).
+    pub fn upload_url(&self, key: &str, if_absent: bool) -> String {
+        format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}&fields=crc32c%2Cgeneration{}",
+            self.base,
+            encode(&self.bucket),
+            encode(&format!("{}{key}", self.prefix)),
+            if if_absent {
+                "&ifGenerationMatch=0"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// URL of an object's resource (`DELETE` removes it).
+    pub fn object_url(&self, key: &str) -> String {
+        format!(
+            "{}/storage/v1/b/{}/o/{}",
+            self.base,
+            encode(&self.bucket),
+            encode(&format!("{}{key}", self.prefix))
+        )
+    }
+
     /// Listing URL for the children of `prefix` (a key prefix ending in `/`).
     pub fn list_url(&self, prefix: &str, start_offset: Option<&str>, page: Option<&str>) -> String {
         let mut url = format!(
@@ -154,6 +180,12 @@ pub fn crc32c_of(header: &str) -> Option<u32> {
         let raw = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
         Some(u32::from_be_bytes(raw.try_into().ok()?))
     })
+}
+
+/// `crc32c` as Cloud Storage writes it (base64 of the big-endian bytes).
+pub fn crc32c_b64(crc: u32) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes())
 }
 
 /// Counters for metrics and tests.
@@ -420,6 +452,92 @@ impl Shared {
         }
     }
 
+    /// Send `req` (with the user agent and credentials added) and return the status and
+    /// a bounded body.
+    async fn send<T>(
+        &self,
+        req: hyper::http::request::Builder,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), Attempt<T>> {
+        let mut req = req.header(
+            hyper::header::USER_AGENT,
+            concat!("mediarelay/", env!("CARGO_PKG_VERSION")),
+        );
+        match self.bearer() {
+            Ok(Some(b)) => req = req.header(hyper::header::AUTHORIZATION, b),
+            Ok(None) => {}
+            Err(e) => return Err(Attempt::Fail(e)),
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| Attempt::Fail(OriginError::Unavailable(format!("request: {e}"))))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| Attempt::Retry(format!("connection: {e}")))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
+            .collect()
+            .await
+            .map_err(|e| Attempt::Retry(format!("response body: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    /// One single-request upload of `obj` with its crc32c, which Cloud Storage checks
+    /// before the object becomes visible (and which is checked again in the answer).
+    /// `Ok(false)`: `if_absent` and an object of that name exists.
+    async fn upload_once(&self, obj: &Object, crc: u32, if_absent: bool) -> Attempt<bool> {
+        let ctype = obj
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream");
+        let req = hyper::Request::post(self.settings.upload_url(&obj.key, if_absent))
+            .header(hyper::header::CONTENT_TYPE, ctype)
+            .header("x-goog-hash", format!("crc32c={}", crc32c_b64(crc)));
+        let (status, body) = match self.send(req, obj.payload()).await {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        match status.as_u16() {
+            200 | 201 => {}
+            412 if if_absent => return Attempt::Done(false),
+            // The upload was refused as sent: corrupted on the way (a crc32c mismatch).
+            400 => {
+                return Attempt::Retry(format!(
+                    "upload refused: {}",
+                    String::from_utf8_lossy(&body)
+                ))
+            }
+            _ => return self.status_outcome(status, "an upload"),
+        }
+        #[derive(Deserialize)]
+        struct Uploaded {
+            crc32c: Option<String>,
+        }
+        let stored = serde_json::from_slice::<Uploaded>(&body)
+            .ok()
+            .and_then(|u| u.crc32c)
+            .and_then(|c| crc32c_of(&format!("crc32c={c}")));
+        match stored {
+            Some(have) if have != crc => Attempt::Fail(OriginError::Unavailable(format!(
+                "stored object's crc32c {have:08x} is not the body's {crc:08x}"
+            ))),
+            _ => Attempt::Done(true),
+        }
+    }
+
+    async fn delete_once(&self, key: &str) -> Attempt<bool> {
+        let req = hyper::Request::delete(self.settings.object_url(key));
+        match self.send(req, Bytes::new()).await {
+            Ok((status, _)) if status.is_success() => Attempt::Done(true),
+            Ok((status, _)) if status.as_u16() == 404 => Attempt::Done(false),
+            Ok((status, _)) => self.status_outcome(status, "a delete"),
+            Err(outcome) => outcome,
+        }
+    }
+
     async fn list_page_once(
         &self,
         prefix: &str,
@@ -508,6 +626,57 @@ impl Origin for GcsOrigin {
         Box::pin(async move {
             task.await
                 .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("fetch task: {e}"))))
+        })
+    }
+
+    fn put<'a>(&'a self, obj: &'a Object) -> OriginFuture<'a, Stored> {
+        let shared = self.shared.clone();
+        let obj = obj.clone();
+        let task = self.runtime.spawn(async move {
+            let crc = crc32c::crc32c(&obj.payload());
+            let s = shared.clone();
+            let o = obj.clone();
+            // A new name is written only if it is still new (so the answer can say which);
+            // an existing one is then replaced unconditionally.
+            let created = shared
+                .with_retries("upload", move |_| {
+                    let (s, o) = (s.clone(), o.clone());
+                    async move { s.upload_once(&o, crc, true).await }
+                })
+                .await?;
+            if created {
+                return Ok(Stored::Created);
+            }
+            let s = shared.clone();
+            shared
+                .with_retries("upload", move |_| {
+                    let (s, o) = (s.clone(), obj.clone());
+                    async move { s.upload_once(&o, crc, false).await }
+                })
+                .await
+                .map(|_| Stored::Replaced)
+        });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("upload task: {e}"))))
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> OriginFuture<'a, bool> {
+        let shared = self.shared.clone();
+        let key = key.to_string();
+        let task = self.runtime.spawn(async move {
+            let s = shared.clone();
+            shared
+                .with_retries("delete", move |_| {
+                    let (s, key) = (s.clone(), key.clone());
+                    async move { s.delete_once(&key).await }
+                })
+                .await
+        });
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("delete task: {e}"))))
         })
     }
 

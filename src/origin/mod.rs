@@ -125,6 +125,13 @@ pub fn headroom_for(key: &str) -> usize {
     14 + 4 + 256 + 4 * key.len()
 }
 
+/// How a write ended: a new object, or one that replaced an object of the same key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Created,
+    Replaced,
+}
+
 /// A listing entry: an object key (full, including the prefix).
 pub type Listing = Vec<String>;
 
@@ -152,6 +159,22 @@ pub trait Origin: Send + Sync + 'static {
     /// mean the object has not been replaced since (the directory's inode, size and mtime;
     /// GCS's generation). `None`: there is no such object.
     fn version<'a>(&'a self, key: &'a str) -> OriginFuture<'a, Option<u64>>;
+
+    /// Store `obj` under its key, whole or not at all (ingest): when this returns `Ok` the
+    /// object is durable and complete, and a failed or interrupted write leaves nothing
+    /// visible under the key.
+    fn put<'a>(&'a self, _obj: &'a Object) -> OriginFuture<'a, Stored> {
+        Box::pin(std::future::ready(Err(OriginError::Unavailable(
+            "this storage does not accept writes".into(),
+        ))))
+    }
+
+    /// Delete `key`; `Ok(false)`: there was no such object.
+    fn delete<'a>(&'a self, _key: &'a str) -> OriginFuture<'a, bool> {
+        Box::pin(std::future::ready(Err(OriginError::Unavailable(
+            "this storage does not accept writes".into(),
+        ))))
+    }
 
     /// Whether the origin is usable (for `/readyz`); `Err` says why not.
     fn check_ready(&self) -> Result<(), OriginError>;
