@@ -462,3 +462,29 @@ fn sigterm_drains_with_1001_and_exits_0() {
         })
         .unwrap_or(true));
 }
+
+#[test]
+fn subscribed_names_the_first_seq_sent_and_every_reader_sees_one_ts() {
+    let r = Relay::start(&[]);
+    let s = "live/gap";
+    for seq in 3..=5 {
+        r.put(&seg_key(s, seq), &seg(seq, 100));
+    }
+    let t = r.issue(s, &[]);
+    // From a seq older than storage holds: the answer names the first one sent.
+    let mut a = r.ws(&t);
+    a.send(json!({"op":"subscribe","id":1,"stream":s,"from":1}));
+    assert_eq!(a.json()["seq"], 3);
+    let first: Vec<_> = (3..=5).map(|_| a.media().0).collect();
+    assert_eq!(first[0]["seq"], 3);
+    // A later reader of the same segments (read again from storage) gets the same stamps.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut b = r.ws(&t);
+    b.send(json!({"op":"subscribe","id":2,"stream":s,"from":"start"}));
+    assert_eq!(b.json()["seq"], 3);
+    for m in &first {
+        let again = b.media().0;
+        assert_eq!(again["seq"], m["seq"]);
+        assert_eq!(again["ts"], m["ts"], "one ts per segment");
+    }
+}

@@ -29,6 +29,8 @@ const WINDOW: usize = 16;
 #[derive(Clone)]
 pub struct Seg {
     pub seq: u64,
+    /// When it became ready to send (unix µs; the meta's `ts`).
+    pub ts: u64,
     pub prefix: Bytes,
     pub payload: Bytes,
 }
@@ -36,17 +38,23 @@ pub struct Seg {
 impl Seg {
     /// Lay out the frame of `obj` as segment `seq` of `stream`, stamped now.
     pub fn build(stream: &str, seq: u64, obj: &Object) -> Seg {
+        Seg::build_at(stream, seq, obj, now_micros())
+    }
+
+    /// [`Seg::build`] with the stamp `ts` (a segment read again keeps its first stamp).
+    pub fn build_at(stream: &str, seq: u64, obj: &Object, ts: u64) -> Seg {
         let meta = SegmentMeta {
             stream,
             seq,
             key: &obj.key,
             size: obj.size(),
-            ts: now_micros(),
+            ts,
             content_type: obj.content_type.as_deref(),
             generation: obj.generation,
         };
         Seg {
             seq,
+            ts,
             prefix: frame_prefix(obj, &meta_json(&meta)),
             payload: obj.payload(),
         }
@@ -79,6 +87,9 @@ pub(super) struct StreamState {
     pub(super) window: VecDeque<Seg>,
     /// Newest published seq (0: none yet).
     pub(super) newest: u64,
+    /// The `ts` each segment was first sent with, so a segment read again for a
+    /// subscriber catching up carries the same stamp as for everyone else.
+    pub(super) stamps: BTreeMap<u64, u64>,
 }
 
 /// A live stream, shared by all workers.
@@ -154,7 +165,12 @@ impl Stream {
                 }
             }
             From::Start => st.index.keys().next().copied().unwrap_or(1),
-            From::Seq(n) => n.max(1),
+            // The first segment that will be sent: the first known at or after `n`, or `n`
+            // itself when it is still to come.
+            From::Seq(n) => {
+                let n = n.max(1);
+                st.index.range(n..).next().map_or(n, |(s, _)| *s)
+            }
         };
         Start {
             seq,
@@ -183,6 +199,13 @@ impl Stream {
             .map(|(s, k)| Err((*s, k.clone())))
     }
 
+    /// The `ts` of segment `seq`: the one it was first sent with, or now (kept for the
+    /// next reader).
+    pub fn stamp(&self, seq: u64) -> u64 {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *st.stamps.entry(seq).or_insert_with(now_micros)
+    }
+
     /// Newest published seq (0: none yet).
     pub fn newest(&self) -> u64 {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).newest
@@ -199,6 +222,7 @@ impl Stream {
             return false;
         }
         st.index.insert(seg.seq, key);
+        st.stamps.insert(seg.seq, seg.ts);
         st.newest = seg.seq;
         st.window.push_back(seg);
         while st.window.len() > WINDOW {

@@ -105,7 +105,7 @@ pub async fn catch_up<C: Context>(
             }
             Some(Ok(seg)) => seg,
             Some(Err((seq, key))) => match cache.get(&key).await {
-                Ok(obj) => Seg::build(&sub.stream.name, seq, &obj),
+                Ok(obj) => Seg::build_at(&sub.stream.name, seq, &obj, sub.stream.stamp(seq)),
                 Err(_) => {
                     // Deleted or unreadable: move past it.
                     sub.next_seq.set(seq + 1);
