@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzz every target in fuzz/ for SECONDS each (default 10): the HTTP request head rules, the
-# WebSocket frame reader, control messages, storage keys, Firestore documents, GCS listing
+# WebSocket frame reader, chunked ingest bodies, control messages, storage keys, Firestore documents, GCS listing
 # pages and the TOML configuration. Needs the nightly toolchain (installed here) and
 # cargo-fuzz (installed on first use). New inputs go to a scratch corpus; the committed seeds
 # in fuzz/corpus/TARGET are read only. A crash leaves its input in fuzz/artifacts/TARGET and

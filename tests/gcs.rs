@@ -282,3 +282,56 @@ fn storage_refusing_connections_at_start_recovers() {
     c.send(json!({"op":"get","id":2,"key":"vod/a.bin"}));
     assert_eq!(c.media().1, data(2_000, 3));
 }
+
+/// Ingest into a bucket: one upload with the body's crc32c, 201 then 204, DELETE 204 then
+/// 404; the object in the bucket has the bytes sent; a live segment reaches subscribers at
+/// once and is not downloaded back.
+#[test]
+fn ingest_writes_to_the_bucket() {
+    let gcs = FakeGcs::start();
+    let r = Relay::builder()
+        .gcs(gcs.addr, "gs://media/root")
+        .env(&[("MEDIARELAY_POLL_INTERVAL", "3s")])
+        .start();
+    let publisher = r.issue("*", &["--publish", "*"]);
+    let viewer = r.issue("*", &[]);
+    let send = |method: &str, key: &str, body: &[u8]| {
+        support::gcs::request(
+            r.addr,
+            method,
+            &format!("/ingest/t/{publisher}/{}", key.replace(' ', "%20")),
+            "application/octet-stream",
+            body,
+        )
+    };
+    let body = data(300_000, 9);
+    assert_eq!(send("PUT", "vod/up load.bin", &body).0, 201);
+    let (status, stored) = support::gcs::request(
+        gcs.addr,
+        "GET",
+        "/storage/v1/b/media/o/root%2Fvod%2Fup%20load.bin?alt=media",
+        "text/plain",
+        b"",
+    );
+    assert_eq!((status, stored.len()), (200, body.len()));
+    assert_eq!(stored, body);
+    assert_eq!(send("PUT", "vod/up load.bin", b"second").0, 204);
+    let mut c = r.ws(&viewer);
+    c.send(json!({"op":"get","id":1,"key":"vod/up load.bin"}));
+    assert_eq!(c.media().1, b"second");
+    assert_eq!(send("DELETE", "vod/up load.bin", b"").0, 204);
+    assert_eq!(send("DELETE", "vod/up load.bin", b"").0, 404);
+
+    c.send(json!({"op":"subscribe","id":2,"stream":"live/cam9"}));
+    assert_eq!(c.json()["op"], "subscribed");
+    let started = Instant::now();
+    assert_eq!(send("PUT", &seg_key("live/cam9", 1), &body).0, 201);
+    let (m, p) = c.media();
+    assert_eq!(m["seq"], 1);
+    assert_eq!(p, body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "before the 3 s poll"
+    );
+    assert_eq!(gcs.downloads("root/live/cam9/seg-0000000001.m4s"), 0);
+}

@@ -120,20 +120,19 @@ impl GcsSettings {
         )
     }
 
-    /// Single-request upload URL of an object; `if_absent` makes it fail with 412 when an
-    /// object of that name exists (`ifGenerationMatch=0`).
-    pub fn upload_url(&self, key: &str, if_absent: bool) -> String {
-        format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}&fields=crc32c%2Cgeneration{}",
+    /// Single-request upload URL of an object; with `if_generation`, the upload fails with
+    /// 412 unless the object's generation is that (0: no such object).
+    pub fn upload_url(&self, key: &str, if_generation: Option<u64>) -> String {
+        let mut url = format!(
+            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}&fields=crc32c%2Cgeneration",
             self.base,
             encode(&self.bucket),
             encode(&format!("{}{key}", self.prefix)),
-            if if_absent {
-                "&ifGenerationMatch=0"
-            } else {
-                ""
-            }
-        )
+        );
+        if let Some(g) = if_generation {
+            url.push_str(&format!("&ifGenerationMatch={g}"));
+        }
+        url
     }
 
     /// URL of an object's resource (`DELETE` removes it).
@@ -487,13 +486,18 @@ impl Shared {
 
     /// One single-request upload of `obj` with its crc32c, which Cloud Storage checks
     /// before the object becomes visible (and which is checked again in the answer).
-    /// `Ok(false)`: `if_absent` and an object of that name exists.
-    async fn upload_once(&self, obj: &Object, crc: u32, if_absent: bool) -> Attempt<bool> {
+    /// `Done(false)`: the object's generation is not `if_generation` (412).
+    async fn upload_once(
+        &self,
+        obj: &Object,
+        crc: u32,
+        if_generation: Option<u64>,
+    ) -> Attempt<bool> {
         let ctype = obj
             .content_type
             .as_deref()
             .unwrap_or("application/octet-stream");
-        let req = hyper::Request::post(self.settings.upload_url(&obj.key, if_absent))
+        let req = hyper::Request::post(self.settings.upload_url(&obj.key, if_generation))
             .header(hyper::header::CONTENT_TYPE, ctype)
             .header("x-goog-hash", format!("crc32c={}", crc32c_b64(crc)));
         let (status, body) = match self.send(req, obj.payload()).await {
@@ -502,7 +506,7 @@ impl Shared {
         };
         match status.as_u16() {
             200 | 201 => {}
-            412 if if_absent => return Attempt::Done(false),
+            412 if if_generation.is_some() => return Attempt::Done(false),
             // The upload was refused as sent: corrupted on the way (a crc32c mismatch).
             400 => {
                 return Attempt::Retry(format!(
@@ -634,27 +638,40 @@ impl Origin for GcsOrigin {
         let obj = obj.clone();
         let task = self.runtime.spawn(async move {
             let crc = crc32c::crc32c(&obj.payload());
+            // What is there now (a metadata read; a 404 is not billed), then an upload on the
+            // condition that it is still that (`ifGenerationMatch`, 0: absent), so the answer
+            // says truly whether the object was created or replaced. A write by someone else
+            // in between (412) is then replaced unconditionally.
             let s = shared.clone();
-            let o = obj.clone();
-            // A new name is written only if it is still new (so the answer can say which);
-            // an existing one is then replaced unconditionally.
-            let created = shared
-                .with_retries("upload", move |_| {
-                    let (s, o) = (s.clone(), o.clone());
-                    async move { s.upload_once(&o, crc, true).await }
+            let k = obj.key.to_string();
+            let before = shared
+                .with_retries("metadata read", move |_| {
+                    let (s, k) = (s.clone(), k.clone());
+                    async move { s.generation_once(&k).await }
                 })
                 .await?;
-            if created {
-                return Ok(Stored::Created);
-            }
             let s = shared.clone();
-            shared
+            let o = obj.clone();
+            let matched = shared
                 .with_retries("upload", move |_| {
-                    let (s, o) = (s.clone(), obj.clone());
-                    async move { s.upload_once(&o, crc, false).await }
+                    let (s, o) = (s.clone(), o.clone());
+                    async move { s.upload_once(&o, crc, Some(before.unwrap_or(0))).await }
                 })
-                .await
-                .map(|_| Stored::Replaced)
+                .await?;
+            if !matched {
+                let s = shared.clone();
+                shared
+                    .with_retries("upload", move |_| {
+                        let (s, o) = (s.clone(), obj.clone());
+                        async move { s.upload_once(&o, crc, None).await }
+                    })
+                    .await?;
+            }
+            Ok(if before.is_none() && matched {
+                Stored::Created
+            } else {
+                Stored::Replaced
+            })
         });
         Box::pin(async move {
             task.await
@@ -778,6 +795,14 @@ mod tests {
         assert_eq!(
             s.media_url("live/cam 1/a+b%c ü.m4s"),
             "https://storage.googleapis.com/storage/v1/b/media/o/live%2Fcam%201%2Fa%2Bb%25c%20%C3%BC.m4s?alt=media"
+        );
+        assert_eq!(
+            s.upload_url("live/a b.m4s", Some(0)),
+            "https://storage.googleapis.com/upload/storage/v1/b/media/o?uploadType=media&name=live%2Fa%20b.m4s&fields=crc32c%2Cgeneration&ifGenerationMatch=0"
+        );
+        assert_eq!(
+            s.object_url("live/a b.m4s"),
+            "https://storage.googleapis.com/storage/v1/b/media/o/live%2Fa%20b.m4s"
         );
         let s = GcsSettings::from_url("gs://media/some/root/", Some("127.0.0.1:4443")).unwrap();
         assert_eq!(s.base, "http://127.0.0.1:4443");
