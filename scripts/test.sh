@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit and integration tests (the GCS ones against
 # fake-gcs-server, the Firestore ones against Google's Firestore emulator, all on
-# loopback), then the protocol tests with Python's `websockets` client against the built
-# binary. Installs what it needs (pip and Debian packages).
+# loopback; ingest with ffmpeg), then the protocol tests with Python's `websockets` client
+# against the built binary. Installs what it needs (pip and Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-# promtool and a Prometheus server check /metrics (Debian's prometheus package).
-if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+# Debian packages: promtool and a Prometheus server check /metrics; ffmpeg pushes a real
+# stream through ingest (and makes the test video); chromium plays it in the browser test.
+missing=()
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
-    echo "scripts/test.sh: install Debian's prometheus package (apt-get install prometheus)" >&2
+    echo "scripts/test.sh: install Debian's ${missing[*]} (apt-get install ${missing[*]})" >&2
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Google's Firestore emulator (Java) runs the Firestore ticket tests.
 if [ ! -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] \
@@ -36,6 +41,9 @@ cargo test --locked --workspace --all-targets
 # The epoll fallback driver runs the connection and fan-out tests too.
 MEDIARELAY_DRIVER=epoll cargo test --locked --test live --test requests
 MEDIARELAY_BIN="$PWD/target/debug/mediarelay" python3 -m pytest -q tests/python
+# The browser/Node client library (clients/js) against the built relay, with Node's own test
+# runner and no npm package.
+(cd clients/js && MEDIARELAY_BIN="$OLDPWD/target/debug/mediarelay" node --test test/*.test.js)
 # RFC 6455 conformance: the Autobahn TestSuite against the relay's data plane in echo mode.
 autobahn=../shared/tools/autobahn/run-fuzzingclient.sh
 if [ -x "$autobahn" ] || [ -f "$autobahn" ]; then

@@ -9,8 +9,7 @@ import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-export const BIN = process.env.MEDIARELAY_BIN ||
-  (fs.existsSync('/tmp/mr-js-bin') ? '/tmp/mr-js-bin' : path.resolve(here, '../../../target/debug/mediarelay'));
+export const BIN = process.env.MEDIARELAY_BIN || path.resolve(here, '../../../target/debug/mediarelay');
 
 const ANSI = /\x1b\[[0-9;]*[A-Za-z]/g;
 const READY = /mediarelay serving.*listen=(\S+):(\d+).*admin=(\S+):(\d+)/;
