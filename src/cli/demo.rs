@@ -1,9 +1,11 @@
 //! `mediarelay demo` and `mediarelay watch`: something to watch on a fresh machine.
 //!
-//! `demo` writes a synthetic live stream into the storage directory (each segment written
-//! to a temporary name and renamed, as real uploaders do), issues a ticket, starts the relay
-//! on its defaults and watches the stream through a real WebSocket connection. `watch` is
-//! that client on its own, for any relay.
+//! `demo` starts the relay on its defaults with a live stream and watches the stream through
+//! a real WebSocket connection. When ffmpeg is installed the stream is real video: ffmpeg's
+//! HLS muxer pushes an H.264 test pattern in fMP4 through ingest (`PUT /ingest/t/...`), and
+//! the demo prints the player page's address. Without ffmpeg (or with `--synthetic`) it
+//! writes synthetic segments into the storage directory (each to a temporary name, then
+//! renamed, as real uploaders do). `watch` is the client on its own, for any relay.
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -33,21 +35,32 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     let dir = args.storage.join(&args.stream);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    write_atomically(&dir, "init.mp4", b"mediarelay demo init segment\n")?;
-    let ticket = tickets::new_ticket()?;
+    let ffmpeg = !args.synthetic && ffmpeg_installed();
     let now = SystemTime::now();
-    tickets::open_store(&args.tickets.display().to_string())?.insert(
-        tickets::ticket_id(&ticket),
-        TicketRecord {
-            uid: "demo".into(),
-            streams: vec![args.stream.clone()],
-            expires_at: now + Duration::from_secs(24 * 3600),
-            revoked: false,
-            max_connections: None,
-            publish: Vec::new(),
-            updated_at: now,
-        },
-    )?;
+    let store = tickets::open_store(&args.tickets.display().to_string())?;
+    let issue = |uid: &str, publish: Vec<String>| -> anyhow::Result<String> {
+        let ticket = tickets::new_ticket()?;
+        store.insert(
+            tickets::ticket_id(&ticket),
+            TicketRecord {
+                uid: uid.into(),
+                streams: vec![args.stream.clone()],
+                expires_at: now + Duration::from_secs(24 * 3600),
+                revoked: false,
+                max_connections: None,
+                publish,
+                updated_at: now,
+            },
+        )?;
+        Ok(ticket)
+    };
+    let ticket = issue("demo", Vec::new())?;
+    let publisher = if ffmpeg {
+        Some(issue("demo-encoder", vec![args.stream.clone()])?)
+    } else {
+        write_atomically(&dir, "init.mp4", b"mediarelay demo init segment\n")?;
+        None
+    };
 
     let (tx, rx) = flume::unbounded();
     control_c(tx.clone())?;
@@ -55,10 +68,31 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || crate::control::serve(config, Some((tx, rx)), false, None));
     let start = next_seq(&dir);
     let (stream, count) = (args.stream.clone(), args.count);
-    std::thread::spawn(move || produce(&dir, start, count, size, interval));
+    let mut encoder = None;
+    match &publisher {
+        Some(p) => {
+            wait_listening(&args.listen, Duration::from_secs(10));
+            let base = format!("http://{}/ingest/t/{p}/{stream}", args.listen);
+            encoder = Some(push_with_ffmpeg(&base, start, count)?);
+        }
+        None => {
+            let dir = dir.clone();
+            std::thread::spawn(move || produce(&dir, start, count, size, interval));
+        }
+    }
 
     let url = format!("ws://{}/ws", args.listen);
-    println!("mediarelay demo: stream {stream}, a {size}-byte segment every {interval:?}");
+    if ffmpeg {
+        println!(
+            "mediarelay demo: stream {stream}, H.264 test video pushed by ffmpeg through ingest"
+        );
+        println!(
+            "  player:  http://{}/player?stream={stream}&ticket={ticket}",
+            args.listen
+        );
+    } else {
+        println!("mediarelay demo: stream {stream}, a {size}-byte segment every {interval:?} (synthetic: ffmpeg not found or --synthetic)");
+    }
     println!("  ticket:  {ticket}");
     let exe = std::env::current_exe()
         .ok()
@@ -82,6 +116,10 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     });
     if let Err(e) = &watched {
         eprintln!("watch: {e:#}");
+    }
+    if let Some(mut e) = encoder {
+        let _ = e.kill();
+        let _ = e.wait();
     }
     if count > 0 {
         // The demo was bounded: stop the relay too.
@@ -110,6 +148,66 @@ fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> 
     let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, dir.join(name))
+}
+
+fn ffmpeg_installed() -> bool {
+    std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Wait until something accepts connections on `addr` (the relay starting).
+fn wait_listening(addr: &str, at_most: Duration) {
+    let until = std::time::Instant::now() + at_most;
+    while TcpStream::connect(addr).is_err() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// ffmpeg pushing a live H.264 test pattern (about 1 s fMP4 segments numbered from
+/// `start`) to the ingest URL `base`, in real time; `count` > 0 stops after that many
+/// seconds. Its errors go to the terminal.
+fn push_with_ffmpeg(base: &str, start: u64, count: u64) -> anyhow::Result<std::process::Child> {
+    let mut cmd = std::process::Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"]);
+    if count > 0 {
+        cmd.args(["-t", &count.to_string()]);
+    }
+    cmd.args([
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-tune",
+        "zerolatency",
+    ])
+    .args([
+        "-b:v",
+        "800k",
+        "-g",
+        "25",
+        "-keyint_min",
+        "25",
+        "-pix_fmt",
+        "yuv420p",
+    ])
+    .args(["-f", "hls", "-hls_time", "1", "-hls_list_size", "10"])
+    .args([
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_fmp4_init_filename",
+        "init.mp4",
+    ])
+    .args(["-start_number", &start.to_string()])
+    .args(["-hls_segment_filename", &format!("{base}/seg-%010d.m4s")])
+    .args(["-method", "PUT", &format!("{base}/index.m3u8")])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null());
+    cmd.spawn().context("start ffmpeg")
 }
 
 fn next_seq(dir: &Path) -> u64 {

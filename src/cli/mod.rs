@@ -139,15 +139,19 @@ pub struct DemoArgs {
     /// Stream name.
     #[arg(long, default_value = "live/demo")]
     pub stream: String,
-    /// Time between segments.
+    /// Time between segments (synthetic stream).
     #[arg(long, default_value = "1s")]
     pub interval: String,
-    /// Segment size.
+    /// Segment size (synthetic stream).
     #[arg(long, default_value = "64KiB")]
     pub size: String,
     /// Stop after this many segments (0: run until interrupted).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
+    /// Write synthetic segments (random bytes) even when ffmpeg is installed; without it the
+    /// demo pushes real video (an H.264 test pattern from ffmpeg) through ingest.
+    #[arg(long)]
+    pub synthetic: bool,
 }
 
 /// `watch` flags.
