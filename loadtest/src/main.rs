@@ -78,6 +78,10 @@ enum Scenario {
     Gets(scenarios::vod::GetsArgs),
     /// Handshakes + ticket checks per second, with a share of bad tickets.
     Connect(scenarios::connect::Args),
+    /// `fanout` with the segments pushed to the relay (`PUT /ingest/<key>`, one keep-alive
+    /// connection per stream) instead of written into storage; reports the latency from
+    /// each PUT's last byte to its delivery, and the server's CPU per GB in and out.
+    Ingest(scenarios::live::IngestArgs),
 }
 
 /// What every scenario gets: where to connect, threads, the server's PIDs, output mode.
@@ -119,6 +123,14 @@ fn main() -> anyhow::Result<()> {
         Scenario::Vod(a) => scenarios::vod::run(&common, a)?,
         Scenario::Gets(a) => scenarios::vod::run(&common, a.into())?,
         Scenario::Connect(a) => scenarios::connect::run(&common, a)?,
+        Scenario::Ingest(i) => {
+            let ticket = i
+                .publish_ticket
+                .clone()
+                .unwrap_or_else(|| common.target.ticket.clone());
+            let producer = scenarios::live::Producer::Ingest(ticket);
+            scenarios::live::run_with(&common, i.live, None, producer)?
+        }
     };
     report::print(common.json, &report);
     Ok(())

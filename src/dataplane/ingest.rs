@@ -4,10 +4,11 @@
 //! The publisher's ticket, its `publish` rights over the key and the announced size are
 //! judged before any body byte is read (and before `100 Continue`). The body, framed by
 //! `Content-Length` or chunked, is read into one buffer with a frame's headroom in front of
-//! it; that buffer is stored ([`crate::origin::Origin::put`]: durable and whole, or nothing),
-//! then becomes the cached object and, for a live segment or init segment, the segment handed
-//! to this relay's subscribers at once ([`crate::fanout::hub::Hub::ingested`]). A body cut off
-//! mid-way, or over `max_object_size`, stores nothing.
+//! it. A live segment or init segment in that buffer goes to this relay's subscribers the
+//! moment it is complete ([`crate::fanout::hub::Hub::ingested`]); the buffer is stored
+//! ([`crate::origin::Origin::put`]: durable and whole, or nothing), becomes the cached object,
+//! and only then is the publisher answered. A body cut off mid-way, or over
+//! `max_object_size`, is neither stored nor published.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -188,7 +189,7 @@ pub async fn serve(
             segment_name_seq(name).map(|_| (stream.to_string(), false))
         }
     });
-    let _incoming = match &live {
+    let incoming = match &live {
         Some((stream, true)) => Some(core.shared.hub.init_incoming(stream)),
         _ => None,
     };
@@ -245,15 +246,22 @@ pub async fn serve(
         .content_type
         .map(Into::into)
         .or_else(|| crate::origin::fs::content_type(&key).map(Into::into));
+    // A live segment goes to this relay's subscribers the moment its last byte is here
+    // (after its stream's init segment, if that is still arriving); the answer to the
+    // publisher waits for storage. If storing fails the publisher hears 503, and viewers
+    // who already got the segment keep it.
+    let published = live.is_some() && {
+        if let Some((stream, false)) = &live {
+            core.shared.hub.init_settled(stream, INIT_WAIT).await;
+        }
+        core.shared.hub.ingested(&obj)
+    };
+    drop(incoming);
     let started = Instant::now();
     let stored = origin.put(&obj).await;
     let (status, result) = match stored {
         Ok(how) => {
             core.shared.cache.replace(&obj);
-            if let Some((stream, false)) = &live {
-                core.shared.hub.init_settled(stream, INIT_WAIT).await;
-            }
-            let published = core.shared.hub.ingested(&obj);
             core.stats.ingest_bytes.add(size as u64);
             tracing::debug!(
                 uid = %record.uid,

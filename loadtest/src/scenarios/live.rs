@@ -1,5 +1,7 @@
-//! `fanout` and `mixed`: subscribers on live streams while a producer writes segments into
-//! the server's storage directory (temporary name, then rename: what an uploader does).
+//! `fanout`, `mixed` and `ingest`: subscribers on live streams while a producer writes
+//! segments into the server's storage directory (temporary name, then rename: what an
+//! uploader does), or, for `ingest`, pushes them to the relay with `PUT /ingest/<key>` (one
+//! keep-alive connection per stream: what an encoder does).
 //!
 //! `fanout`: N subscribers on S streams; segments of `--size` bytes at `--rate` per second
 //! (`--rate 0`: the next segment as soon as every subscriber has the previous one).
@@ -11,7 +13,7 @@
 //! (p50 .. max; the server's clock starts when it has the segment ready to send), the
 //! end-to-end lag from the moment the producer renamed the segment into place (what a viewer
 //! sees: it includes the server's discovery and fetch, and any backlog it holds before it
-//! stamps `ts`), handshake latency, `skipped` messages, errors and close codes by kind, and
+//! stamps `ts`; for `ingest`, from the last byte of the PUT written), handshake latency, `skipped` messages, errors and close codes by kind, and
 //! with `--server-pid` the server's CPU seconds per GB delivered.
 
 use std::collections::BTreeMap;
@@ -62,6 +64,23 @@ pub struct Args {
     /// Write the lag distribution (HdrHistogram percentiles, ms) here.
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub live: Args,
+    /// Ticket with `publish` rights over the streams (default: the viewers' ticket).
+    #[arg(long, allow_hyphen_values = true)]
+    pub publish_ticket: Option<String>,
+}
+
+/// How segments reach the server.
+pub enum Producer {
+    /// Written into its storage directory.
+    Files,
+    /// Pushed with `PUT /ingest/<key>`, with this ticket.
+    Ingest(String),
 }
 
 #[derive(clap::Args, Clone)]
@@ -184,7 +203,90 @@ impl Shared {
     }
 }
 
+/// One publisher's keep-alive HTTP connection to the relay.
+struct Publisher {
+    addr: String,
+    ticket: String,
+    conn: Option<std::net::TcpStream>,
+}
+
+impl Publisher {
+    /// PUT `body` as `key`; `sent` is called once the last byte is written. Returns the
+    /// status. One reconnect when the kept-alive connection was closed.
+    fn put(&mut self, key: &str, body: &[u8], sent: impl Fn()) -> anyhow::Result<u16> {
+        use std::io::{BufRead, Read, Write};
+        for attempt in 0..2 {
+            if self.conn.is_none() {
+                let s = std::net::TcpStream::connect(&self.addr)?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                self.conn = Some(s);
+            }
+            let Some(s) = self.conn.as_mut() else {
+                continue;
+            };
+            let head = format!(
+                "PUT /ingest/{key} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n",
+                self.addr,
+                self.ticket,
+                body.len()
+            );
+            let wrote = s
+                .write_all(head.as_bytes())
+                .and_then(|()| s.write_all(body));
+            if let Err(e) = wrote {
+                self.conn = None;
+                if attempt == 0 {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            sent();
+            let mut r = std::io::BufReader::new(&*s);
+            let mut line = String::new();
+            let mut status = 0u16;
+            let mut length = 0usize;
+            let mut close = false;
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    anyhow::bail!("connection closed");
+                }
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if status == 0 {
+                    status = l.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+                } else if let Some((k, v)) = l.split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    } else if k.eq_ignore_ascii_case("connection") && v.trim() == "close" {
+                        close = true;
+                    }
+                }
+            }
+            let mut rest = vec![0u8; length];
+            r.read_exact(&mut rest)?;
+            if close {
+                self.conn = None;
+            }
+            return Ok(status);
+        }
+        anyhow::bail!("no connection")
+    }
+}
+
 pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Value> {
+    run_with(c, a, mixed, Producer::Files)
+}
+
+pub fn run_with(
+    c: &Common,
+    a: Args,
+    mixed: Option<MixedArgs>,
+    producer: Producer,
+) -> anyhow::Result<Value> {
     let (slow, slow_rate) = mixed.as_ref().map_or((0, 0), |m| (m.slow, m.slow_rate));
     let normal_n = a.subscribers;
     let sh = Arc::new(Shared {
@@ -298,6 +400,18 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
         })
     };
     let interval = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
+    let mut publishers: Vec<Publisher> = match &producer {
+        Producer::Files => Vec::new(),
+        Producer::Ingest(ticket) => (0..streams)
+            .map(|_| Publisher {
+                addr: c.target.addr.clone(),
+                ticket: ticket.clone(),
+                conn: None,
+            })
+            .collect(),
+    };
+    let mut ingest_failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ingested = 0u64;
     let mut payload = vec![0u8; a.size.max(8)];
     payload.truncate(a.size);
     for i in 0..a.count {
@@ -322,6 +436,21 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
                 payload[..8].copy_from_slice(&seq.to_be_bytes());
             }
             let name = segment_name(seq, "bin");
+            if let Some(p) = publishers.get_mut(s) {
+                let key = format!("{}/{name}", stream_name(&a, s));
+                // Stamped when the last byte is written: ingest-to-viewer latency.
+                let stamp = || {
+                    if let Some(at) = sh.written(s, i) {
+                        at.store(now_micros(), Ordering::Relaxed);
+                    }
+                };
+                match p.put(&key, &payload, stamp) {
+                    Ok(201 | 204) => ingested += payload.len() as u64,
+                    Ok(status) => *ingest_failures.entry(status.to_string()).or_default() += 1,
+                    Err(e) => *ingest_failures.entry(e.to_string()).or_default() += 1,
+                }
+                continue;
+            }
             let tmp = d.join(format!(".{name}.tmp"));
             std::fs::write(&tmp, &payload)?;
             // Stamped just before the segment becomes visible, so no delivery precedes it.
@@ -364,8 +493,13 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
     let messages =
         sh.normal.segments.load(Ordering::Relaxed) + sh.slow.segments.load(Ordering::Relaxed);
     let normal = sh.normal.json(expected);
+    let scenario = match (&producer, &mixed) {
+        (Producer::Ingest(_), _) => "ingest",
+        (_, Some(_)) => "mixed",
+        _ => "fanout",
+    };
     let mut report = json!({
-        "scenario": if mixed.is_some() { "mixed" } else { "fanout" },
+        "scenario": scenario,
         "streams": streams,
         "subscribers": normal_subs,
         "segment_size": a.size,
@@ -411,6 +545,15 @@ pub fn run(c: &Common, a: Args, mixed: Option<MixedArgs>) -> anyhow::Result<Valu
         report["stalled_subscribers"] = a.stalled.into();
     }
     add_server_cpu(&mut report, before, after, bytes);
+    if let Producer::Ingest(_) = producer {
+        report["ingested_bytes"] = ingested.into();
+        report["ingest_failures"] = json!(ingest_failures);
+        // The server's work in and out: bytes received through ingest plus bytes sent.
+        if let (Some(cpu), true) = (report["server_cpu_seconds"].as_f64(), ingested + bytes > 0) {
+            report["server_cpu_seconds_per_gb_in_and_out"] =
+                round(cpu / ((ingested + bytes) as f64 / 1e9), 4).into();
+        }
+    }
     if let Some(path) = &a.hgrm {
         if let Ok(h) = sh.normal.lag.lock() {
             write_hgrm(&h, path)?;
