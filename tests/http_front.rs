@@ -255,3 +255,39 @@ fn a_non_ascii_authorization_value_is_refused_not_fatal() {
     let t = r.issue("*", &[]);
     let _ok = r.ws(&t);
 }
+
+#[test]
+fn the_player_page_and_its_modules_are_built_in() {
+    let r = Relay::start(&[]);
+    let get = |path: &str| {
+        raw_http(
+            r.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap()
+    };
+    for path in ["/player", "/player/", "/player?ticket=a&stream=live/demo"] {
+        let (status, body) = get(path);
+        assert_eq!(status, 200, "{path}");
+        assert!(body.contains("<video"), "{path}: {body}");
+    }
+    let (status, body) = get("/player/player.js");
+    assert_eq!(status, 200);
+    assert!(body.contains("from './mediarelay.js'"));
+    let (status, body) = get("/player/mediarelay.js");
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.as_bytes(),
+        &std::fs::read("clients/js/mediarelay.js").unwrap()[..],
+        "the client module as it is in clients/js"
+    );
+    let mut s = std::net::TcpStream::connect(r.addr).unwrap();
+    s.write_all(b"GET /player/player.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut head = String::new();
+    s.read_to_string(&mut head).unwrap();
+    assert!(head.contains("Content-Type: text/javascript"), "{head}");
+    assert!(head.contains("Content-Security-Policy: default-src 'self'"), "{head}");
+    assert_eq!(get("/player/nothing.js").0, 404);
+    assert_eq!(http_get(r.admin, "/player").unwrap().0, 404, "public listener only");
+}

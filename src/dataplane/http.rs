@@ -1,6 +1,6 @@
 //! The HTTP/1.1 front end of both listeners: reading a request head (bounded size and
-//! time), routing (`/ws`, `/healthz`, `/readyz`, `/metrics`, and `/ingest/...` to
-//! [`super::ingest`]), the ticket check before the upgrade, and plain responses. Parsing is httparse; responses are small and written
+//! time), routing (`/ws`, `/healthz`, `/readyz`, `/metrics`, the player page `/player`
+//! built into the binary, and `/ingest/...` to [`super::ingest`]), the ticket check before the upgrade, and plain responses. Parsing is httparse; responses are small and written
 //! directly.
 
 use std::borrow::Cow;
@@ -87,6 +87,11 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
             (_, "/readyz") => Route::Ready,
             (Listener::Admin, "/metrics") => Route::Metrics,
             (Listener::Public, "/ws") => Route::Ws,
+            (Listener::Public, p)
+                if core.shared.mode == Mode::Relay && player_asset(p).is_some() =>
+            {
+                Route::Player
+            }
             // The conformance server upgrades on any path.
             (Listener::Public, _) if core.shared.mode == Mode::Echo => Route::Ws,
             _ => Route::NotFound,
@@ -186,6 +191,17 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
                 )
                 .await;
             }
+            Route::Player => {
+                if let Some((ctype, body)) = player_asset(path) {
+                    if head_only {
+                        let head =
+                            response_head(200, ctype, body.len(), PLAYER_HEADERS, keep_alive);
+                        write_all(&stream, head.as_bytes()).await;
+                    } else {
+                        respond(&stream, 200, ctype, body, PLAYER_HEADERS, keep_alive).await;
+                    }
+                }
+            }
             Route::NotFound => error(&stream, 404, "not_found", keep_alive).await,
             Route::Ws => {
                 let pending = buf[len..].to_vec();
@@ -206,8 +222,33 @@ enum Route {
     Ready,
     Metrics,
     Ws,
+    Player,
     NotFound,
 }
+
+/// The player page and its modules (built into the binary from `clients/`), by path:
+/// content type and bytes.
+fn player_asset(path: &str) -> Option<(&'static str, &'static [u8])> {
+    const PAGE: &[u8] = include_bytes!("../../clients/player/index.html");
+    const PLAYER: &[u8] = include_bytes!("../../clients/player/player.js");
+    const CLIENT: &[u8] = include_bytes!("../../clients/js/mediarelay.js");
+    match path {
+        "/player" | "/player/" | "/player/index.html" => Some(("text/html; charset=utf-8", PAGE)),
+        "/player/player.js" => Some(("text/javascript; charset=utf-8", PLAYER)),
+        "/player/mediarelay.js" => Some(("text/javascript; charset=utf-8", CLIENT)),
+        _ => None,
+    }
+}
+
+/// What the player's responses allow the browser: its own scripts, WebSockets to any relay
+/// (`?relay=`), media from MediaSource blobs, and its inline style sheet.
+const PLAYER_HEADERS: &[(&str, &str)] = &[
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self' ws: wss:; media-src 'self' blob:; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+];
 
 pub(super) fn header<'a>(headers: &'a [httparse::Header<'a>], name: &str) -> Option<&'a [u8]> {
     headers

@@ -246,6 +246,13 @@ describe('player page (Chromium, MSE) against the relay', { timeout: 180000 }, (
       pageUrl = `http://${relay.listen}/player?${q}`;
       const r = await httpGet(`http://${relay.listen}/player`);
       assert.equal(r.status, 200, `GET /player on the relay: ${r.status} ${r.body.slice(0, 200)} (PLAYER_STATIC=1 serves the page without the relay)`);
+      assert.match(String(r.headers['content-type']), /^text\/html/, 'GET /player is HTML');
+      for (const js of ['/player/player.js', '/player/mediarelay.js']) {
+        const m = await httpGet(`http://${relay.listen}${js}`);
+        assert.equal(m.status, 200, `GET ${js} on the relay: ${m.status}`);
+        // browsers refuse module scripts without a JavaScript MIME type
+        assert.match(String(m.headers['content-type']), /^(text|application)\/javascript\b/, `GET ${js} Content-Type`);
+      }
     }
 
     browser = await chromium.launch({
