@@ -31,8 +31,11 @@ pub enum DriverChoice {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Public listener (WebSocket, health).
+    /// Public listener (WebSocket, health, ingest, player); TLS when `[tls]` has a
+    /// certificate.
     pub listen: SocketAddr,
+    /// A second public listener in plain text beside a TLS `listen` (optional).
+    pub listen_plain: Option<SocketAddr>,
     /// Admin listener (metrics, health).
     pub admin: SocketAddr,
     /// Worker threads; 0 means one per CPU.
@@ -179,11 +182,28 @@ pub struct LogConfig {
     pub format: String,
 }
 
+/// `[tls]`: the public listener's certificate chain and private key (PEM files). Both or
+/// neither; re-read on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether the public listener speaks TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
 /// Everything `serve` needs.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub tls: TlsConfig,
     pub storage: StorageConfig,
     pub tickets: TicketsConfig,
     pub connection: ConnectionConfig,
@@ -194,6 +214,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".parse().expect("literal address"),
+            listen_plain: None,
             admin: "127.0.0.1:9090".parse().expect("literal address"),
             workers: 0,
             driver: DriverChoice::Auto,
@@ -272,6 +293,9 @@ impl Default for LogConfig {
 /// Environment variables and the setting each one sets (`section.key`).
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_LISTEN", "server.listen"),
+    ("MEDIARELAY_LISTEN_PLAIN", "server.listen_plain"),
+    ("MEDIARELAY_TLS_CERT", "tls.cert"),
+    ("MEDIARELAY_TLS_KEY", "tls.key"),
     ("MEDIARELAY_ADMIN", "server.admin"),
     ("MEDIARELAY_WORKERS", "server.workers"),
     ("MEDIARELAY_DRIVER", "server.driver"),
@@ -396,6 +420,17 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: &str, why: &str| Err(ConfigError(format!("{s}: {why}")));
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return bad("tls.key", "needed with tls.cert"),
+            (None, Some(_)) => return bad("tls.cert", "needed with tls.key"),
+            _ => {}
+        }
+        if self.server.listen_plain.is_some() && !self.tls.enabled() {
+            return bad(
+                "server.listen_plain",
+                "a plain listener beside a TLS one: needs tls.cert and tls.key",
+            );
+        }
         if self.connection.max_message < 125 || self.connection.max_message > 1 << 20 {
             return bad("connection.max_message", "must be between 125 B and 1 MiB");
         }

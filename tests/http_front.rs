@@ -287,7 +287,14 @@ fn the_player_page_and_its_modules_are_built_in() {
     let mut head = String::new();
     s.read_to_string(&mut head).unwrap();
     assert!(head.contains("Content-Type: text/javascript"), "{head}");
-    assert!(head.contains("Content-Security-Policy: default-src 'self'"), "{head}");
+    assert!(
+        head.contains("Content-Security-Policy: default-src 'self'"),
+        "{head}"
+    );
     assert_eq!(get("/player/nothing.js").0, 404);
-    assert_eq!(http_get(r.admin, "/player").unwrap().0, 404, "public listener only");
+    assert_eq!(
+        http_get(r.admin, "/player").unwrap().0,
+        404,
+        "public listener only"
+    );
 }

@@ -28,6 +28,9 @@ pub fn overrides(args: &ServeArgs) -> Vec<(&'static str, String)> {
         }
     };
     add("server.listen", &args.listen);
+    add("server.listen_plain", &args.listen_plain);
+    add("tls.cert", &args.tls_cert);
+    add("tls.key", &args.tls_key);
     add("server.admin", &args.admin);
     add("storage.url", &args.storage);
     add("tickets.url", &args.tickets);
@@ -47,6 +50,11 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A certificate that does not load is a bad setting too: one line, exit 2.
+    if let Err(e) = crate::control::check_tls(&config) {
+        eprintln!("mediarelay: bad config: {e}");
+        return ExitCode::from(2);
+    }
     let set_log_level = crate::control::init_logging(&config.log.level, &config.log.format);
     let reloader = crate::control::Reloader {
         read: Box::new(move || {

@@ -56,6 +56,15 @@ pub struct ServeArgs {
     /// Admin listener (metrics) [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// Certificate chain (PEM): the public listener speaks TLS (wss://, https://).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
+    /// A plain-text public listener beside the TLS one.
+    #[arg(long, value_name = "ADDR")]
+    pub listen_plain: Option<String>,
     /// Storage: a local directory, or gs://BUCKET[/PREFIX] [default: ./media].
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,

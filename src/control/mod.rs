@@ -51,13 +51,22 @@ pub fn serve(
     );
     let workers = config.worker_count();
     let relay = Relay::start(config, gate, cache, metrics, Mode::Relay)?;
+    let plain = relay.listen_plain.map(|a| a.to_string());
     tracing::info!(
         workers,
         listen = %relay.listen,
         admin = %relay.admin,
+        tls = relay.has_tls(),
+        listen_plain = %plain.as_deref().unwrap_or("none"),
         "mediarelay serving"
     );
     run_until_stopped(relay, &rx, Some(&reload_rx), reloader.as_ref())
+}
+
+/// Whether `[tls]` loads (a certificate chain and key that go together), for a one-line
+/// error at start.
+pub fn check_tls(config: &Config) -> Result<(), crate::dataplane::tls::TlsError> {
+    crate::dataplane::tls::Tls::load(&config.tls).map(|_| ())
 }
 
 /// Wait for a shutdown request or a worker failure, reload on SIGHUP, then drain.

@@ -46,7 +46,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         )*};
     }
     diff!(
-        server.listen => false, server.admin => false, server.workers => false,
+        server.listen => false, server.listen_plain => false, server.admin => false, server.workers => false,
         server.driver => false, server.handshake_timeout => true,
         server.drain_timeout => true, server.backlog => false,
         server.max_connections => true, server.ping_interval => true, server.idle_timeout => true,
@@ -67,6 +67,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         connection.max_pending_gets => true, connection.max_streams_per_minute => true,
         connection.max_requests_per_sec => true, connection.queue_budget => true,
         log.level => true, log.format => false,
+        tls.cert => true, tls.key => true,
     );
     Diff {
         merged,
@@ -90,6 +91,21 @@ pub fn apply(relay: &Relay, reloader: &Reloader) {
         mut applied,
         needs_restart,
     } = diff(&old, &new);
+    // The certificate and key are read again on every SIGHUP (renewed files keep their
+    // names). Whether the public listener speaks TLS is fixed at start.
+    if merged.tls.enabled() != relay.has_tls() {
+        tracing::error!(
+            "SIGHUP: turning TLS on or off needs a restart; keeping the running listener"
+        );
+        merged.tls = old.tls.clone();
+        applied.retain(|n| !n.starts_with("tls."));
+    } else if let Err(e) = relay.reload_tls(&merged.tls) {
+        tracing::error!("SIGHUP: TLS certificate not reloaded, keeping the running one: {e}");
+        merged.tls = old.tls.clone();
+        applied.retain(|n| !n.starts_with("tls."));
+    } else if relay.has_tls() {
+        tracing::info!("SIGHUP: TLS certificate and key reloaded for new connections");
+    }
     if applied.contains(&"log.level") {
         if let Err(e) = (reloader.set_log_level)(&merged.log.level) {
             tracing::error!("SIGHUP: log.level `{}` not applied: {e}", merged.log.level);

@@ -5,18 +5,20 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
 
 use monoio::net::TcpStream;
+
+use super::socket::{HandshakeFailure, Socket};
+use super::tls::version_label as tls_version_label;
 
 use super::core::Core;
 use super::head::{check_headers, check_lines, check_lines_from, origin_form, Framing, MAX_HEAD};
 use super::ingest;
 use super::session::{self, Context};
 use super::Mode;
-use crate::sys::{self, Io};
+use crate::sys::Io;
 use crate::tickets::Refusal;
 use crate::ws::handshake::{self, HandshakeError};
 
@@ -24,6 +26,8 @@ use crate::ws::handshake::{self, HandshakeError};
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
     Public,
+    /// The public listener with TLS.
+    PublicTls,
     Admin,
 }
 
@@ -39,6 +43,39 @@ enum HeadRead {
 pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: Listener) {
     let _ = stream.set_nodelay(true);
     let timeout = core.shared.config().server.handshake_timeout;
+    let stream = match (which, &core.shared.tls) {
+        (Listener::PublicTls, Some(tls)) => {
+            let conn = match rustls::ServerConnection::new(tls.config()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("TLS connection: {e}");
+                    return;
+                }
+            };
+            let sock = Socket::tls(stream, conn);
+            match sock.handshake(Instant::now() + timeout).await {
+                Ok(()) => {
+                    core.stats
+                        .tls_handshake(Ok(tls_version_label(sock.tls_version())));
+                    sock
+                }
+                Err(HandshakeFailure::Timeout) => {
+                    core.stats.tls_handshake(Err("timeout"));
+                    return;
+                }
+                Err(HandshakeFailure::Failed(why)) => {
+                    core.stats.tls_handshake(Err("failed"));
+                    tracing::debug!(%peer, "TLS handshake failed: {why}");
+                    return;
+                }
+            }
+        }
+        _ => Socket::plain(stream),
+    };
+    let which = match which {
+        Listener::PublicTls => Listener::Public,
+        w => w,
+    };
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let deadline = Instant::now() + timeout;
@@ -285,7 +322,7 @@ pub fn find_ticket<'a>(
 
 async fn upgrade(
     core: Rc<Core>,
-    stream: TcpStream,
+    stream: Socket,
     peer: SocketAddr,
     headers: &[httparse::Header<'_>],
     query: &str,
@@ -413,8 +450,7 @@ impl Drop for ConnectionSlot {
 }
 
 /// Read until a complete request head is buffered.
-async fn read_head(core: &Core, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRead {
-    let fd = stream.as_raw_fd();
+async fn read_head(core: &Core, stream: &Socket, buf: &mut Vec<u8>) -> HeadRead {
     // Work per call stays linear in the head's size however it is split into packets: the
     // end marker is searched only in new bytes, the partial parse runs every 512 bytes.
     let mut scanned = 0usize;
@@ -444,7 +480,7 @@ async fn read_head(core: &Core, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRe
         let got = {
             let mut scratch = core.scratch();
             let room = (MAX_HEAD + 1 - buf.len()).min(scratch.len());
-            match sys::recv(fd, &mut scratch[..room]) {
+            match stream.recv(&mut scratch[..room]) {
                 Ok(Io::Done(n)) if n > 0 => {
                     buf.extend_from_slice(&scratch[..n]);
                     Ok(())
@@ -457,7 +493,7 @@ async fn read_head(core: &Core, stream: &TcpStream, buf: &mut Vec<u8>) -> HeadRe
             Err(()) => return HeadRead::Closed,
             Ok(()) if buf.len() > scanned => continue,
             Ok(()) => {
-                if stream.readable(false).await.is_err() {
+                if stream.stream().readable(false).await.is_err() {
                     return HeadRead::Closed;
                 }
             }
@@ -480,20 +516,28 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Write all of `data` (small responses), waiting for room when needed.
-pub(super) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> bool {
-    let fd = stream.as_raw_fd();
-    while !data.is_empty() {
-        match sys::writev(fd, &[data]) {
+pub(super) async fn write_all(stream: &Socket, mut data: &[u8]) -> bool {
+    loop {
+        let step = if data.is_empty() {
+            // Everything taken: with TLS, wait until the encrypted bytes are out too.
+            match stream.flush() {
+                Ok(true) => return true,
+                Ok(false) => Ok(Io::WouldBlock),
+                Err(e) => Err(e),
+            }
+        } else {
+            stream.writev(&[data])
+        };
+        match step {
             Ok(Io::Done(n)) => data = &data[n..],
             Ok(Io::WouldBlock) => {
-                if stream.writable(false).await.is_err() {
+                if stream.stream().writable(false).await.is_err() {
                     return false;
                 }
             }
             Err(_) => return false,
         }
     }
-    true
 }
 
 pub(super) fn reason(status: u16) -> &'static str {
@@ -518,7 +562,7 @@ pub(super) fn reason(status: u16) -> &'static str {
 }
 
 async fn respond_maybe(
-    stream: &TcpStream,
+    stream: &Socket,
     status: u16,
     ctype: &str,
     body: &[u8],
@@ -556,7 +600,7 @@ fn response_head(
 }
 
 /// A JSON error response `{"error": code}`.
-async fn error(stream: &TcpStream, status: u16, code: &str, keep_alive: bool) {
+async fn error(stream: &Socket, status: u16, code: &str, keep_alive: bool) {
     let body = format!("{{\"error\":\"{code}\"}}");
     respond(
         stream,
@@ -571,7 +615,7 @@ async fn error(stream: &TcpStream, status: u16, code: &str, keep_alive: bool) {
 
 /// Write a complete response.
 pub(super) async fn respond(
-    stream: &TcpStream,
+    stream: &Socket,
     status: u16,
     ctype: &str,
     body: &[u8],
@@ -582,25 +626,24 @@ pub(super) async fn respond(
     out.extend_from_slice(body);
     write_all(stream, &out).await;
     if !keep_alive {
-        sys::shutdown_write(stream.as_raw_fd());
+        stream.shutdown_write();
     }
 }
 
 /// After an error answer to a request whose body is still arriving: read and drop what
 /// comes for a moment (at most 2 s and 1 MiB) before closing, so the client reads the answer
 /// instead of a reset.
-pub(super) async fn linger_close(stream: &TcpStream) {
-    let fd = stream.as_raw_fd();
+pub(super) async fn linger_close(stream: &Socket) {
     let until = Instant::now() + std::time::Duration::from_secs(2);
     let mut left = 1usize << 20;
     let mut sink = [0u8; 8192];
     while left > 0 {
-        match sys::recv(fd, &mut sink) {
+        match stream.recv(&mut sink) {
             Ok(Io::Done(0)) | Err(_) => return,
             Ok(Io::Done(n)) => left = left.saturating_sub(n),
             Ok(Io::WouldBlock) => {
                 let wait = until.saturating_duration_since(Instant::now());
-                match monoio::time::timeout(wait, stream.readable(false)).await {
+                match monoio::time::timeout(wait, stream.stream().readable(false)).await {
                     Ok(Ok(())) => {}
                     _ => return,
                 }

@@ -12,10 +12,9 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use monoio::net::TcpStream;
+use super::socket::Socket;
 
 use super::core::Core;
 use super::head::Framing;
@@ -23,7 +22,7 @@ use super::http::{find_ticket, header, linger_close, respond, write_all};
 use super::session::Context;
 use crate::origin::{headroom_for, pool, Object, OriginError, Stored};
 use crate::protocol::keys::{segment_name_seq, validate_key};
-use crate::sys::{self, Io};
+use crate::sys::Io;
 use crate::tickets::Refusal;
 
 /// Longest `Content-Type` kept from a publisher.
@@ -106,7 +105,7 @@ pub fn split_target(rest: &str) -> (Option<String>, Result<String, ()>) {
 /// goes on (keep-alive) with `buf` holding what followed the request; on `false` it ends.
 pub async fn serve(
     core: &Core,
-    stream: &TcpStream,
+    stream: &Socket,
     peer: SocketAddr,
     req: Request,
     buf: &mut Vec<u8>,
@@ -286,7 +285,7 @@ pub async fn serve(
 }
 
 /// The final answer once the body is read: 201/204 without a body, errors as JSON.
-async fn answer(stream: &TcpStream, status: u16, result: &str, keep_alive: bool) -> bool {
+async fn answer(stream: &Socket, status: u16, result: &str, keep_alive: bool) -> bool {
     match status {
         201 | 204 => {
             let mut head = format!("HTTP/1.1 {status} {}\r\n", super::http::reason(status));
@@ -302,7 +301,7 @@ async fn answer(stream: &TcpStream, status: u16, result: &str, keep_alive: bool)
                 return false;
             }
             if !keep_alive {
-                sys::shutdown_write(stream.as_raw_fd());
+                stream.shutdown_write();
             }
         }
         _ => {
@@ -353,14 +352,13 @@ pub enum BodyError {
 /// bytes that followed the head; on return it holds what followed the body.
 async fn read_body(
     core: &Core,
-    stream: &TcpStream,
+    stream: &Socket,
     framing: Framing,
     pending: &mut Vec<u8>,
     headroom: usize,
     max: u64,
     idle: std::time::Duration,
 ) -> Result<Vec<u8>, BodyError> {
-    let fd = stream.as_raw_fd();
     match framing {
         Framing::None => {
             let mut body = pool::take(headroom);
@@ -377,7 +375,7 @@ async fn read_body(
             let mut filled = headroom + from_pending;
             // The kernel writes the rest straight into the object's buffer.
             while filled < body.len() {
-                match sys::recv(fd, &mut body[filled..]) {
+                match stream.recv(&mut body[filled..]) {
                     Ok(Io::Done(0)) | Err(_) => return Err(BodyError::Cut),
                     Ok(Io::Done(got)) => filled += got,
                     Ok(Io::WouldBlock) => wait_readable(stream, idle).await?,
@@ -394,7 +392,7 @@ async fn read_body(
             while !decoder.is_done() {
                 let progressed = {
                     let mut scratch = core.scratch();
-                    match sys::recv(fd, &mut scratch[..]) {
+                    match stream.recv(&mut scratch[..]) {
                         Ok(Io::Done(0)) | Err(_) => return Err(BodyError::Cut),
                         Ok(Io::Done(got)) => {
                             let used = decoder.feed(&scratch[..got], &mut body)?;
@@ -415,8 +413,8 @@ async fn read_body(
 }
 
 /// Wait for more of the body, for at most `idle`.
-async fn wait_readable(stream: &TcpStream, idle: std::time::Duration) -> Result<(), BodyError> {
-    match monoio::time::timeout(idle, stream.readable(false)).await {
+async fn wait_readable(stream: &Socket, idle: std::time::Duration) -> Result<(), BodyError> {
+    match monoio::time::timeout(idle, stream.stream().readable(false)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(BodyError::Cut),
     }

@@ -52,8 +52,13 @@ pub fn listen(addr: SocketAddr, backlog: u32, shared: bool) -> Result<TcpListene
     TcpListener::bind_with_config(addr, &opts).map_err(|e| ListenError::Bind(addr, e))
 }
 
-/// Accept public connections until the drain starts.
-pub async fn accept_public(core: Rc<Core>, listener: TcpListener) {
+/// Accept public connections (TLS ones when `tls`) until the drain starts.
+pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
+    let which = if tls {
+        Listener::PublicTls
+    } else {
+        Listener::Public
+    };
     loop {
         let accepted = monoio::select! {
             r = listener.accept() => Some(r),
@@ -65,7 +70,7 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener) {
                 core.stats.accepted.inc();
                 monoio::spawn(contained(
                     "connection",
-                    http::serve(core.clone(), stream, peer, Listener::Public),
+                    http::serve(core.clone(), stream, peer, which),
                 ));
             }
             Some(Err(e)) => accept_error(e).await,

@@ -22,6 +22,8 @@ pub mod notify;
 pub mod runtime;
 pub mod session;
 pub mod shared;
+pub mod socket;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -58,6 +60,9 @@ pub enum DataPlaneError {
     /// A worker failed.
     #[error("worker {0}: {1}")]
     Worker(usize, String),
+    /// The TLS certificate or key did not load.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A worker ended without saying why.
     #[error("a worker exited during start")]
     WorkerExited,
@@ -74,7 +79,8 @@ pub enum Mode {
 }
 
 /// What a worker reports once: its listeners' addresses, or why it failed.
-type Ready = Result<(SocketAddr, Option<SocketAddr>), DataPlaneError>;
+/// A worker's bound addresses: public, plain public (beside TLS), admin (worker 0).
+type Ready = Result<(SocketAddr, Option<SocketAddr>, Option<SocketAddr>), DataPlaneError>;
 
 /// The running workers.
 pub struct Relay {
@@ -84,6 +90,8 @@ pub struct Relay {
     reports: flume::Receiver<Ready>,
     /// The public listeners' address (the port resolved when 0 was asked for).
     pub listen: SocketAddr,
+    /// The plain-text public listeners' address beside TLS ones, if any.
+    pub listen_plain: Option<SocketAddr>,
     /// The admin listener's address.
     pub admin: SocketAddr,
 }
@@ -99,6 +107,13 @@ impl Relay {
     ) -> Result<Relay, DataPlaneError> {
         let n = config.worker_count();
         ensure_unshared(config.server.listen)?;
+        if let Some(plain) = config.server.listen_plain {
+            ensure_unshared(plain)?;
+        }
+        let tls = match mode {
+            Mode::Relay => tls::Tls::load(&config.tls)?,
+            Mode::Echo => None,
+        };
         let (inboxes, receivers): (Vec<_>, Vec<_>) = (0..n).map(|_| flume::unbounded()).unzip();
         let hub = Arc::new(Hub::new(
             inboxes,
@@ -116,6 +131,7 @@ impl Relay {
             metrics,
             n,
             mode,
+            tls,
         ));
         let pool = monoio::blocking::DefaultThreadPool::new(2);
         // The live streams' pollers get a runtime of their own, so discovery and origin
@@ -140,12 +156,13 @@ impl Relay {
             hub_thread,
             reports,
             listen: shared.config().server.listen,
+            listen_plain: shared.config().server.listen_plain,
             admin: shared.config().server.admin,
         };
         // Worker 0 binds first, so that a port 0 is resolved once and the others join it.
         for (index, inbox) in receivers.into_iter().enumerate() {
             let (shared, report, pool) = (shared.clone(), report_tx.clone(), pool.clone());
-            let (listen, admin) = (relay.listen, relay.admin);
+            let addrs = (relay.listen, relay.listen_plain, relay.admin);
             let t = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || {
@@ -157,7 +174,7 @@ impl Relay {
                             tracing::info!("io driver: {name}");
                         }
                     };
-                    let main = worker(index, shared, inbox, listen, admin, &report);
+                    let main = worker(index, shared, inbox, addrs, &report);
                     let ran = block_on(driver, &pool, index == 0, on_driver, main);
                     if let Err(e) = ran.map_err(DataPlaneError::from).and_then(|r| r) {
                         let _ = report.send(Err(DataPlaneError::Worker(index, e.to_string())));
@@ -178,8 +195,9 @@ impl Relay {
                 }
             };
             match reported {
-                Ok((public, admin)) => {
+                Ok((public, plain, admin)) => {
                     relay.listen = public;
+                    relay.listen_plain = plain;
                     if let Some(admin) = admin {
                         relay.admin = admin;
                     }
@@ -199,6 +217,20 @@ impl Relay {
     /// The running configuration.
     pub fn config(&self) -> Arc<Config> {
         self.shared.config()
+    }
+
+    /// Whether the public listener speaks TLS.
+    pub fn has_tls(&self) -> bool {
+        self.shared.tls.is_some()
+    }
+
+    /// Read the certificate and key of `config` again for new TLS connections (open ones
+    /// keep theirs); on error the running ones stay.
+    pub fn reload_tls(&self, config: &crate::config::TlsConfig) -> Result<(), tls::TlsError> {
+        match &self.shared.tls {
+            Some(t) => t.reload(config),
+            None => Ok(()),
+        }
     }
 
     /// Put a new configuration in force: settings read per use apply at once, and the live
@@ -237,13 +269,20 @@ async fn worker(
     index: usize,
     shared: Arc<Shared>,
     inbox: flume::Receiver<WorkerMsg>,
-    listen_at: SocketAddr,
-    admin_at: SocketAddr,
+    (listen_at, plain_at, admin_at): (SocketAddr, Option<SocketAddr>, SocketAddr),
     report: &flume::Sender<Ready>,
 ) -> Result<(), DataPlaneError> {
     let backlog = shared.config().server.backlog;
     let public = listen(listen_at, backlog, true)?;
     let public_addr = public.local_addr().unwrap_or(listen_at);
+    let plain = match plain_at {
+        Some(at) => Some(listen(at, backlog, true)?),
+        None => None,
+    };
+    let plain_addr = plain
+        .as_ref()
+        .zip(plain_at)
+        .map(|(l, at)| l.local_addr().unwrap_or(at));
     let admin = if index == 0 {
         Some(listen(admin_at, 128, false)?)
     } else {
@@ -252,9 +291,12 @@ async fn worker(
     let admin_addr = admin.as_ref().map(|a| a.local_addr().unwrap_or(admin_at));
     let core = Core::new(index, shared.clone());
     shared.listening.fetch_add(1, Ordering::AcqRel);
-    let _ = report.send(Ok((public_addr, admin_addr)));
+    let _ = report.send(Ok((public_addr, plain_addr, admin_addr)));
 
-    monoio::spawn(accept_public(core.clone(), public));
+    monoio::spawn(accept_public(core.clone(), public, shared.tls.is_some()));
+    if let Some(plain) = plain {
+        monoio::spawn(accept_public(core.clone(), plain, false));
+    }
     if let Some(admin) = admin {
         monoio::spawn(accept_admin(core.clone(), admin));
     }

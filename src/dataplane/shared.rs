@@ -35,6 +35,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// What the connections do.
     pub mode: super::Mode,
+    /// The public listener's TLS configuration, when it speaks TLS.
+    pub tls: Option<super::tls::Tls>,
 }
 
 /// Why the relay is not ready (`/readyz`).
@@ -63,6 +65,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         workers: usize,
         mode: super::Mode,
+        tls: Option<super::tls::Tls>,
     ) -> Shared {
         Shared {
             config: arc_swap::ArcSwap::from_pointee(config),
@@ -76,6 +79,7 @@ impl Shared {
             workers,
             connections: AtomicUsize::new(0),
             mode,
+            tls,
         }
     }
 

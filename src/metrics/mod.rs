@@ -88,6 +88,15 @@ pub const INGEST_RESULTS: &[&str] = &[
     "tickets_unavailable",
 ];
 
+/// TLS handshake outcomes: by negotiated version when done, else why not.
+pub const TLS_HANDSHAKES: &[(&str, &str)] = &[
+    ("ok", "TLSv1.3"),
+    ("ok", "TLSv1.2"),
+    ("ok", "other"),
+    ("failed", ""),
+    ("timeout", ""),
+];
+
 /// One worker's counters.
 #[derive(Default)]
 pub struct WorkerStats {
@@ -109,6 +118,7 @@ pub struct WorkerStats {
     requests: [[Counter; 1 + ErrorCode::ALL.len()]; Op::ALL.len()],
     upgrades: [Counter; UPGRADES.len()],
     ingests: [Counter; INGEST_RESULTS.len()],
+    tls_handshakes: [Counter; TLS_HANDSHAKES.len()],
     /// Body bytes stored through ingest.
     pub ingest_bytes: Counter,
     closes: [Counter; CloseCode::SENT.len()],
@@ -147,6 +157,22 @@ impl WorkerStats {
             .iter()
             .position(|x| *x == result)
             .map_or(0, |i| self.ingests[i].get())
+    }
+
+    /// Count a TLS handshake: `Ok(version label)` or `Err("failed" | "timeout")`.
+    pub fn tls_handshake(&self, outcome: Result<&str, &str>) {
+        let at = TLS_HANDSHAKES.iter().position(|(r, v)| match outcome {
+            Ok(version) => *r == "ok" && *v == version,
+            Err(why) => *r == why,
+        });
+        if let Some(i) = at {
+            self.tls_handshakes[i].inc();
+        }
+    }
+
+    /// TLS handshakes counted under entry `i` of [`TLS_HANDSHAKES`].
+    pub fn tls_handshakes(&self, i: usize) -> u64 {
+        self.tls_handshakes.get(i).map_or(0, Counter::get)
     }
 
     /// Count a close the relay initiated or answered (a client code outside

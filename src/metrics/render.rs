@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::{Metrics, WorkerStats, INGEST_RESULTS, UPGRADES};
+use super::{Metrics, WorkerStats, INGEST_RESULTS, TLS_HANDSHAKES, UPGRADES};
 use crate::protocol::{CloseCode, ErrorCode, Op};
 
 /// The segment cache's figures at scrape time.
@@ -208,6 +208,21 @@ impl Metrics {
             "counter",
             "Object bytes stored through ingest.",
             one(self.sum(|w| w.ingest_bytes.get())),
+        );
+        let handshakes = TLS_HANDSHAKES.iter().enumerate().map(|(i, (r, v))| {
+            let labels = if v.is_empty() {
+                format!("result=\"{r}\"")
+            } else {
+                format!("result=\"{r}\",version=\"{v}\"")
+            };
+            (labels, self.sum(|w| w.tls_handshakes(i)).to_string())
+        });
+        family(
+            &mut o,
+            "mediarelay_tls_handshakes_total",
+            "counter",
+            "TLS handshakes on the public listener: done (by negotiated version), failed, or timed out.",
+            handshakes.collect(),
         );
         let mut requests = Vec::new();
         let results = std::iter::once("ok").chain(ErrorCode::ALL.iter().map(|c| c.as_str()));

@@ -99,7 +99,7 @@ async function startRelay({ listen = '127.0.0.1:0', storage, tickets, logFile })
   }
 }
 
-async function stopProcess(proc, { group = false, timeout = 10000 } = {}) {
+async function stopProcess(proc, { group = false, timeout = 10000, signal = 'SIGTERM' } = {}) {
   if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
   const exited = once(proc, 'exit');
   const kill = (sig) => {
@@ -108,7 +108,7 @@ async function stopProcess(proc, { group = false, timeout = 10000 } = {}) {
       else proc.kill(sig);
     } catch (e) { /* gone */ }
   };
-  kill('SIGTERM');
+  kill(signal);
   const t = setTimeout(() => kill('SIGKILL'), timeout);
   await exited;
   clearTimeout(t);
@@ -311,31 +311,33 @@ describe('player page (Chromium, MSE) against the relay', { timeout: 180000 }, (
     }
   });
 
-  it('resumes after the relay restarts on the same port', { timeout: 60000 }, async () => {
-    try {
-      const before = await state();
-      const listen = relay.listen;
-      const killedAt = Date.now();
-      await stopProcess(relay.proc);
-      log(`relay stopped in ${Date.now() - killedAt} ms (state ${(await state()).state})`);
-      await sleep(500);
-      relay = await startRelay({ listen, storage, tickets, logFile: relayLog });
-      assert.equal(relay.listen, listen, 'the relay listens on the same address again');
-      log(`relay restarted on ${relay.listen}, ${Date.now() - killedAt} ms after the stop`);
-      await waitFor('the player to reconnect', async () => {
-        const s = await state();
-        assert.equal(s.error, null, `player error: ${s.error}`);
-        return s.reconnects > before.reconnects && s.state === 'playing';
-      }, { timeout: 15000, interval: 100 });
-      log(`reconnected ${Date.now() - killedAt} ms after the stop`);
-      const s = await expectAdvance(3, 10000, 'after the restart');
-      assert.ok(s.received > before.received, 'segments arrive again');
-      assert.ok(s.lastSeq > before.lastSeq, 'the stream continues with later segments');
-    } catch (e) {
-      await diagnostics(e);
-      throw e;
-    }
-  });
+  for (const [how, signal] of [['drains (SIGTERM)', 'SIGTERM'], ['crashes (SIGKILL)', 'SIGKILL']]) {
+    it(`resumes after the relay ${how} and restarts on the same port`, { timeout: 60000 }, async () => {
+      try {
+        const before = await state();
+        const listen = relay.listen;
+        const killedAt = Date.now();
+        await stopProcess(relay.proc, { signal });
+        log(`relay stopped (${signal}) in ${Date.now() - killedAt} ms (player: ${(await state()).state})`);
+        await sleep(500);
+        relay = await startRelay({ listen, storage, tickets, logFile: relayLog });
+        assert.equal(relay.listen, listen, 'the relay listens on the same address again');
+        log(`relay restarted on ${relay.listen}, ${Date.now() - killedAt} ms after the stop`);
+        await waitFor('the player to reconnect', async () => {
+          const s = await state();
+          assert.equal(s.error, null, `player error: ${s.error}`);
+          return s.reconnects > before.reconnects && s.state === 'playing';
+        }, { timeout: 15000, interval: 100 });
+        log(`reconnected ${Date.now() - killedAt} ms after the stop; the player saw close ${JSON.stringify((await state()).lastClose)}`);
+        const s = await expectAdvance(3, 10000, `after the restart (${signal})`);
+        assert.ok(s.received > before.received, 'segments arrive again');
+        assert.ok(s.lastSeq > before.lastSeq, 'the stream continues with later segments');
+      } catch (e) {
+        await diagnostics(e);
+        throw e;
+      }
+    });
+  }
 
   it('stops with a visible message when the ticket is revoked', { timeout: 30000 }, async () => {
     try {
@@ -346,8 +348,9 @@ describe('player page (Chromium, MSE) against the relay', { timeout: 180000 }, (
         return /revoked/i.test(await page.textContent('#message'));
       }, { timeout: 10000, interval: 100 });
       const text = await page.textContent('#message');
-      log(`"${text}" ${Date.now() - revokedAt} ms after the revoke`);
       let s = await state();
+      log(`"${text}" ${Date.now() - revokedAt} ms after the revoke; close ${JSON.stringify(s.lastClose)}`);
+      assert.equal(s.lastClose && s.lastClose.code, 4401, 'the relay closed with 4401');
       assert.equal(s.state, 'stopped');
       assert.equal(s.error, null, 'a revocation is not an MSE error');
       const t1 = s.currentTime;

@@ -23,7 +23,6 @@ mod tasks;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::os::fd::{AsRawFd, RawFd};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,12 +30,12 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use monoio::net::TcpStream;
 
 pub use context::Context;
 pub use tasks::{catch_up, serve_gets};
 
 use super::notify::Notify;
+use crate::dataplane::socket::Socket;
 use crate::fanout::sendq::SendQueue;
 use crate::fanout::{Seg, Viewer};
 use crate::protocol::{CloseCode, ErrorCode, Reason, Reply};
@@ -257,18 +256,20 @@ impl Viewer for Conn {
 
 /// Run an upgraded connection until it closes. `pending` holds bytes that arrived with
 /// the upgrade request.
-pub async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, stream: TcpStream, pending: Vec<u8>) {
-    let fd = stream.as_raw_fd();
+pub async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<u8>) {
     let mut reader = Reader::default();
     if !pending.is_empty() {
         reader.process(&*ctx, &conn, &pending);
     }
+    let stream = sock.stream();
+    // What arrived with the upgrade and is not read yet (with TLS, possibly decrypted and
+    // held by rustls already, so no readiness event would announce it).
+    let mut read_eof = reader.read_ready(&sock, &*ctx, &conn, false);
     let mut read_wait = pin!(stream.readable(false));
     let mut read_armed = true;
     let mut write_wait = pin!(stream.writable(false));
     let mut write_armed = true;
     let mut write_blocked = false;
-    let mut read_eof = false;
     let mut close_queued = false;
     let mut close_deadline: Option<Instant> = None;
     let mut timer: Option<Pin<Box<monoio::time::Sleep>>> = None;
@@ -277,8 +278,8 @@ pub async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, stream: TcpStream, pend
 
     loop {
         // 1. Write what we can.
-        if !write_blocked && !conn.queue.borrow().is_empty() {
-            match write_some(fd, &conn, ctx.stats()) {
+        if !write_blocked && (!conn.queue.borrow().is_empty() || sock.pending_output()) {
+            match write_some(&sock, &conn, ctx.stats()) {
                 Ok(true) => write_blocked = true,
                 Ok(false) => {}
                 Err(_) => break,
@@ -306,9 +307,15 @@ pub async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, stream: TcpStream, pend
             }
         }
         if close_queued && conn.queue.borrow().is_empty() {
-            sys::shutdown_write(fd);
-            if read_eof {
-                break;
+            // TLS: close_notify goes out before the write side is shut.
+            sock.close_notify();
+            if !sock.pending_output() {
+                sys::shutdown_write(sock.fd());
+                if read_eof {
+                    break;
+                }
+            } else if !write_blocked {
+                continue;
             }
         }
         if read_eof && !close_queued {
@@ -370,7 +377,7 @@ pub async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, stream: TcpStream, pend
             Event::Wake => {}
             Event::Readable(ok) => {
                 read_armed = false;
-                if !ok || reader.read_ready(fd, &*ctx, &conn, close_queued) {
+                if !ok || reader.read_ready(&sock, &*ctx, &conn, close_queued) {
                     read_eof = true;
                 }
             }
@@ -394,21 +401,21 @@ enum Event {
     Timer,
 }
 
-/// Write queued frames until the queue is empty or the socket is full. `Ok(true)`: the
-/// socket would block.
+/// Write queued frames until the queue is empty (and, with TLS, the encrypted bytes are
+/// out) or the socket is full. `Ok(true)`: the socket would block.
 fn write_some(
-    fd: RawFd,
+    sock: &Socket,
     conn: &Conn,
     stats: &crate::metrics::WorkerStats,
 ) -> std::io::Result<bool> {
     loop {
         let mut q = conn.queue.borrow_mut();
         if q.is_empty() {
-            return Ok(false);
+            return Ok(!sock.flush()?);
         }
         let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
         let n = q.gather(&mut parts);
-        match sys::writev(fd, &parts[..n])? {
+        match sock.writev(&parts[..n])? {
             Io::Done(written) => {
                 let frames = q.advance(written, Instant::now());
                 stats.bytes_sent.add(written as u64);

@@ -2,15 +2,15 @@
 //! fragmented text messages, each complete message handed to [`super::ops`]. Bytes are
 //! read into the worker's scratch buffer; only an incomplete frame is kept per connection.
 
-use std::os::fd::RawFd;
 use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::OpCode;
 
 use super::{ops, CloseReq, Conn, Context};
+use crate::dataplane::socket::Socket;
 use crate::protocol::CloseCode;
-use crate::sys::{self, Io};
+use crate::sys::Io;
 use crate::ws::frame;
 
 /// Incoming bytes of one connection: an incomplete frame, and a fragmented message being
@@ -26,14 +26,14 @@ impl Reader {
     /// The socket is readable: read everything there is. Returns true at EOF or error.
     pub(super) fn read_ready<C: Context>(
         &mut self,
-        fd: RawFd,
+        sock: &Socket,
         ctx: &C,
         conn: &Rc<Conn>,
         discard: bool,
     ) -> bool {
         loop {
             let mut scratch = ctx.scratch();
-            let n = match sys::recv(fd, &mut scratch) {
+            let n = match sock.recv(&mut scratch) {
                 Ok(Io::Done(0)) | Err(_) => return true,
                 Ok(Io::Done(n)) => n,
                 Ok(Io::WouldBlock) => return false,
@@ -48,7 +48,7 @@ impl Reader {
             } else if conn.close_req.get().is_none() {
                 self.process(ctx, conn, &scratch[..n]);
             }
-            if n < scratch.len() {
+            if n < scratch.len() && sock.short_read_drains() {
                 return false;
             }
         }
