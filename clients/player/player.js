@@ -36,6 +36,7 @@ const state = {
   currentTime: 0,
   codec: null,
   reconnects: 0,
+  lastClose: null, // {code, reason} of the last WebSocket close
   error: null, // MSE / decode errors (and fatal setup errors)
   message: null, // what #message shows
 };
@@ -367,6 +368,8 @@ async function play() {
   });
   client.on('reconnecting', () => { if (!stopped) setState('reconnecting'); });
   client.on('close', ({ code, closingReason, willReconnect }) => {
+    state.lastClose = { code, reason: closingReason };
+    console.info(`player: connection closed ${code}${closingReason ? ` (${closingReason})` : ''}${willReconnect ? ', reconnecting' : ''}`);
     if (code === 4401) return stopForTicket(closingReason);
     if (willReconnect) { if (!stopped) setState('reconnecting'); return; }
     if (!stopped) {

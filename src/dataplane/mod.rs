@@ -123,16 +123,9 @@ impl Relay {
             config.storage.max_streams,
         ));
         let driver = config.server.driver;
-        let shared = Arc::new(Shared::new(
-            config,
-            gate,
-            cache,
-            hub.clone(),
-            metrics,
-            n,
-            mode,
-            tls,
-        ));
+        let mut shared = Shared::new(config, gate, cache, hub.clone(), metrics, n, mode);
+        shared.tls = tls;
+        let shared = Arc::new(shared);
         let pool = monoio::blocking::DefaultThreadPool::new(2);
         // The live streams' pollers get a runtime of their own, so discovery and origin
         // fetches keep up with the live edge however busy the workers are with sending.

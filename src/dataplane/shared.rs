@@ -65,7 +65,6 @@ impl Shared {
         metrics: Arc<Metrics>,
         workers: usize,
         mode: super::Mode,
-        tls: Option<super::tls::Tls>,
     ) -> Shared {
         Shared {
             config: arc_swap::ArcSwap::from_pointee(config),
@@ -79,7 +78,7 @@ impl Shared {
             workers,
             connections: AtomicUsize::new(0),
             mode,
-            tls,
+            tls: None,
         }
     }
 
