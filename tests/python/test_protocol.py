@@ -25,17 +25,17 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 class Relay:
     """The relay binary on loopback ports it picks itself (port 0), read from its log."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, extra_args=(), env=None):
         self.dir = tmp
         self.media = os.path.join(tmp, "media")
         self.tickets = os.path.join(tmp, "tickets.json")
         os.makedirs(self.media, exist_ok=True)
         log_path = os.path.join(tmp, "relay.log")
         self.log = open(log_path, "wb")
-        env = dict(os.environ, MEDIARELAY_POLL_INTERVAL="50ms")
+        env = dict(os.environ, MEDIARELAY_POLL_INTERVAL="50ms", **(env or {}))
         self.proc = subprocess.Popen(
             [BIN, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-             "--storage", self.media, "--tickets", self.tickets, "--workers", "2"],
+             "--storage", self.media, "--tickets", self.tickets, "--workers", "2", *extra_args],
             stdout=subprocess.DEVNULL, stderr=self.log, env=env)
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -44,6 +44,8 @@ class Relay:
             found = re.search(r"mediarelay serving.*listen=127\.0\.0\.1:(\d+).*admin=127\.0\.0\.1:(\d+)", text)
             if found:
                 self.port, self.admin = int(found.group(1)), int(found.group(2))
+                plain = re.search(r"listen_plain=127\.0\.0\.1:(\d+)", text)
+                self.plain_port = int(plain.group(1)) if plain else None
                 break
             if self.proc.poll() is not None:
                 raise RuntimeError(f"relay exited: {text}")
@@ -90,6 +92,14 @@ class Relay:
             return connect(url + f"?ticket={ticket}", open_timeout=5, close_timeout=5)
         return connect(url, additional_headers={"Authorization": f"Bearer {ticket}"},
                        open_timeout=5, close_timeout=5)
+
+    def metric(self, name, labels=""):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics", timeout=2) as r:
+            total = 0.0
+            for line in r.read().decode().splitlines():
+                if line.startswith(name) and labels in line and not line.startswith("#"):
+                    total += float(line.split()[-1])
+            return total
 
     def stop(self):
         self.proc.terminate()
