@@ -20,11 +20,15 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the relay.
+    #[command(
+        after_help = "Every setting can also come from a TOML file (--config; all of them are in scripts/mediarelay.example.toml) or a MEDIARELAY_* environment variable (MEDIARELAY_LISTEN, MEDIARELAY_TLS_CERT, MEDIARELAY_POLL_INTERVAL, MEDIARELAY_MAX_CONNECTIONS, ...: the setting's name in capitals). Flags win over the environment, which wins over the file. SIGHUP re-reads them (and the TLS certificate); SIGTERM drains."
+    )]
     Serve(ServeArgs),
     /// Issue, revoke and list tickets.
     #[command(subcommand)]
     Ticket(TicketCommand),
-    /// Run the relay on its defaults with a synthetic live stream and a client watching it.
+    /// Run the relay on its defaults with a live stream (real video through ingest when
+    /// ffmpeg is installed, synthetic segments otherwise) and a client watching it.
     Demo(DemoArgs),
     /// Connect to a relay, subscribe to a stream and print each segment as it arrives.
     Watch(WatchArgs),
