@@ -147,6 +147,10 @@ pub struct ConnectionConfig {
     /// Bound of each connection's send queue.
     #[serde(deserialize_with = "bytesize")]
     pub send_queue: u64,
+    /// A live subscriber whose oldest queued segment has waited longer than this when a
+    /// new one arrives skips to the newest (0: only the byte bound applies).
+    #[serde(deserialize_with = "duration")]
+    pub max_live_lag: Duration,
     /// How long a connection may stay over its send-queue limit before 4408.
     #[serde(deserialize_with = "duration")]
     pub stall_timeout: Duration,
@@ -270,6 +274,7 @@ impl Default for ConnectionConfig {
     fn default() -> Self {
         Self {
             send_queue: 8 << 20,
+            max_live_lag: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(10),
             max_message: 4096,
             max_subscriptions: 16,
@@ -337,6 +342,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_LOOKUP_TIMEOUT", "tickets.lookup_timeout"),
     ("MEDIARELAY_MAX_PENDING_GETS", "connection.max_pending_gets"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
+    ("MEDIARELAY_MAX_LIVE_LAG", "connection.max_live_lag"),
     ("MEDIARELAY_QUEUE_BUDGET", "connection.queue_budget"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
     ("MEDIARELAY_MAX_MESSAGE", "connection.max_message"),

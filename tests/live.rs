@@ -488,3 +488,47 @@ fn subscribed_names_the_first_seq_sent_and_every_reader_sees_one_ts() {
         assert_eq!(again["ts"], m["ts"], "one ts per segment");
     }
 }
+
+#[test]
+fn a_viewer_that_falls_behind_in_time_skips_to_the_newest() {
+    // A byte bound that never binds: only the time bound can drop.
+    let r = Relay::start(&[
+        ("MEDIARELAY_MAX_LIVE_LAG", "300ms"),
+        ("MEDIARELAY_SEND_QUEUE", "256MiB"),
+        ("MEDIARELAY_POLL_INTERVAL", "20ms"),
+    ]);
+    let s = "live/lag";
+    let t = r.issue(s, &[]);
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(c.json()["op"], "subscribed");
+    // 30 MiB over 1.5 s while the viewer reads nothing: more than the sockets hold.
+    for seq in 1..=30u64 {
+        r.put(&seg_key(s, seq), &seg(seq, 1 << 20));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut seqs = Vec::new();
+    let mut skipped = Vec::new();
+    while seqs.last() != Some(&30) {
+        match c.recv() {
+            Got::Media(m, p) => {
+                assert_eq!(p.len(), 1 << 20, "never a partial frame");
+                seqs.push(m["seq"].as_u64().unwrap());
+            }
+            Got::Json(v) => {
+                assert_eq!(v["op"], "skipped", "{v}");
+                skipped.push((v["from"].as_u64().unwrap(), v["to"].as_u64().unwrap()));
+            }
+            Got::Closed(code) => panic!("closed: {code:?}"),
+        }
+    }
+    assert!(!skipped.is_empty(), "the lag bound dropped segments: {seqs:?}");
+    // Every seq is either delivered or in a skipped range, in order, none twice.
+    let mut all: Vec<u64> = seqs.clone();
+    for (from, to) in &skipped {
+        all.extend(*from..=*to);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=30).collect::<Vec<_>>(), "delivered {seqs:?}, skipped {skipped:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+}

@@ -80,11 +80,13 @@ impl Core {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
         let conn_id = (n << 8) | self.index as u64;
+        let config = self.shared.config();
         let conn = Rc::new(Conn::new(
             conn_id,
             id,
             record,
-            self.shared.config().connection.send_queue as usize,
+            config.connection.send_queue as usize,
+            config.connection.max_live_lag,
         ));
         let slot = self.conns.borrow_mut().insert(conn.clone());
         self.slots.borrow_mut().insert(conn_id, slot);

@@ -10,6 +10,11 @@
 //!   message takes the place of the first dropped one;
 //! - `get` replies and control messages are never dropped (`get` waits for room before it
 //!   is queued, see [`SendQueue::has_room_for`]);
+//! - in time: a live segment pushed while that stream's oldest queued segment has waited
+//!   longer than `max_lag` drops every queued segment of the stream not yet started (the
+//!   viewer jumps to the newest, behind `skipped`), so a slow viewer stays near the live edge
+//!   instead of a full queue behind it (segments queued together, as when discovery finds
+//!   two at once, are never dropped for each other);
 //! - the queue is *over its limit* from the moment a push finds it full until writing brings
 //!   it down to half the limit. A connection that is over its limit and has had no byte
 //!   accepted by its socket for the stall timeout is *stalled* and closed with 4408
@@ -37,6 +42,8 @@ pub struct Out {
     pub prefix: Bytes,
     pub body: Bytes,
     pub kind: Kind,
+    /// When it was queued (live segments: for the lag bound).
+    pub queued: Instant,
 }
 
 impl Out {
@@ -52,6 +59,8 @@ pub struct SendQueue {
     /// Bytes of the front frame already written.
     front_written: usize,
     limit: usize,
+    /// Longest a live segment may wait before newer ones replace it (zero: no bound).
+    max_lag: Duration,
     over_since: Option<Instant>,
     /// Last time the socket accepted bytes.
     last_progress: Option<Instant>,
@@ -60,11 +69,18 @@ pub struct SendQueue {
 impl SendQueue {
     /// A queue bounded at `limit` bytes.
     pub fn new(limit: usize) -> Self {
+        Self::with_max_lag(limit, Duration::ZERO)
+    }
+
+    /// A queue bounded at `limit` bytes and, for live segments, `max_lag` behind the live
+    /// edge (zero: no time bound).
+    pub fn with_max_lag(limit: usize, max_lag: Duration) -> Self {
         SendQueue {
             frames: VecDeque::new(),
             bytes: 0,
             front_written: 0,
             limit,
+            max_lag,
             over_since: None,
             last_progress: None,
         }
@@ -102,6 +118,7 @@ impl SendQueue {
             prefix,
             body,
             kind: Kind::Keep,
+            queued: Instant::now(),
         });
     }
 
@@ -118,10 +135,38 @@ impl SendQueue {
     ) -> Option<(u64, u64, usize)> {
         let len = prefix.len() + body.len();
         let mut dropped: Option<(u64, u64, usize)> = None;
+        // Index 0 may be partially written: never drop it.
+        let first = usize::from(self.front_written > 0);
+        let behind =
+            |o: &Out| matches!(o.kind, Kind::Segment { sub: s, seq: q } if s == sub && q != 0);
+        let too_late = !self.max_lag.is_zero()
+            && self
+                .frames
+                .iter()
+                .skip(first)
+                .find(|o| behind(o))
+                .is_some_and(|o| now.saturating_duration_since(o.queued) > self.max_lag);
+        if too_late {
+            // Jump to the newest: every unstarted segment of this stream goes.
+            let mut i = first;
+            while i < self.frames.len() {
+                if let Kind::Segment { sub: s, seq: q } = self.frames[i].kind {
+                    if s == sub && q != 0 {
+                        if let Some(out) = self.frames.remove(i) {
+                            self.bytes -= out.len();
+                        }
+                        dropped = Some(match dropped {
+                            None => (q, q, i),
+                            Some((from, _, at)) => (from, q, at),
+                        });
+                        continue;
+                    }
+                }
+                i += 1;
+            }
+        }
         if !self.has_room_for(len) {
             self.over_since.get_or_insert(now);
-            // Index 0 may be partially written: never drop it.
-            let first = if self.front_written > 0 { 1 } else { 0 };
             let mut i = first;
             while i < self.frames.len() && self.bytes() + len > self.limit {
                 match self.frames[i].kind {
@@ -142,6 +187,7 @@ impl SendQueue {
             prefix,
             body,
             kind: Kind::Segment { sub, seq },
+            queued: now,
         });
         if self.bytes() > self.limit {
             self.over_since.get_or_insert(now);
@@ -159,6 +205,7 @@ impl SendQueue {
                 prefix: frame,
                 body: Bytes::new(),
                 kind: Kind::Keep,
+                queued: Instant::now(),
             },
         );
     }
@@ -311,6 +358,38 @@ mod tests {
 
     fn seqs(q: &SendQueue) -> Vec<Kind> {
         q.frames.iter().map(|o| o.kind).collect()
+    }
+
+    #[test]
+    fn a_viewer_too_far_behind_jumps_to_the_newest() {
+        let t = Instant::now();
+        let lag = Duration::from_secs(1);
+        let mut q = SendQueue::with_max_lag(1 << 20, lag);
+        assert_eq!(q.push_segment(1, 0, b(10), b(90), t), None); // init
+        assert_eq!(q.push_segment(1, 1, b(10), b(90), t), None);
+        q.advance(50, t); // seq 0 partly written
+        assert_eq!(q.push_segment(1, 2, b(10), b(90), t), None);
+        // Two at once are never dropped for each other.
+        assert_eq!(q.push_segment(1, 3, b(10), b(90), t), None);
+        assert_eq!(q.push_segment(2, 9, b(10), b(90), t), None);
+        // Within the bound: kept.
+        assert_eq!(q.push_segment(1, 4, b(10), b(90), t + lag), None);
+        // Past it: 1..=4 go, the init (partly written) and the other stream stay.
+        let d = q.push_segment(1, 5, b(10), b(90), t + lag + Duration::from_millis(1));
+        assert_eq!(d, Some((1, 4, 1)));
+        assert_eq!(
+            seqs(&q),
+            vec![
+                Kind::Segment { sub: 1, seq: 0 },
+                Kind::Segment { sub: 2, seq: 9 },
+                Kind::Segment { sub: 1, seq: 5 },
+            ]
+        );
+        assert_eq!(q.bytes(), 300 - 50);
+        // No bound: nothing dropped for time.
+        let mut q = SendQueue::new(1 << 20);
+        q.push_segment(1, 1, b(10), b(90), t);
+        assert_eq!(q.push_segment(1, 2, b(10), b(90), t + lag * 10), None);
     }
 
     #[test]

@@ -119,13 +119,14 @@ impl Conn {
         ticket_id: TicketId,
         ticket: Arc<TicketRecord>,
         queue_limit: usize,
+        max_live_lag: Duration,
     ) -> Conn {
         Conn {
             id,
             ticket_id: Cell::new(ticket_id),
             expiring_sent: Cell::new(false),
             ticket: RefCell::new(ticket),
-            queue: RefCell::new(SendQueue::new(queue_limit)),
+            queue: RefCell::new(SendQueue::with_max_lag(queue_limit, max_live_lag)),
             wake: Notify::default(),
             room: Notify::default(),
             next_sub_id: Cell::new(1),

@@ -206,7 +206,13 @@ mod tests {
             publish: Vec::new(),
             updated_at: now,
         };
-        Rc::new(Conn::new(1, [0; 32], Arc::new(record), 1 << 20))
+        Rc::new(Conn::new(
+            1,
+            [0; 32],
+            Arc::new(record),
+            1 << 20,
+            std::time::Duration::ZERO,
+        ))
     }
 
     /// Send `text`; return the JSON replies queued.
