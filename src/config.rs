@@ -71,6 +71,10 @@ pub struct StorageConfig {
     /// How often each live stream is listed for new segments.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
+    /// Where listing is billed (Cloud Storage), how often a followed stream is listed in
+    /// full; in between, discovery reads the predicted next segment.
+    #[serde(deserialize_with = "duration")]
+    pub list_interval: Duration,
     /// Byte budget of the segment cache.
     #[serde(deserialize_with = "bytesize")]
     pub cache_size: u64,
@@ -237,6 +241,7 @@ impl Default for StorageConfig {
         Self {
             url: "./media".into(),
             poll_interval: Duration::from_millis(200),
+            list_interval: Duration::from_secs(10),
             cache_size: 512 << 20,
             max_object_size: 64 << 20,
             stream_linger: Duration::from_secs(30),
@@ -315,6 +320,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_DRAIN_TIMEOUT", "server.drain_timeout"),
     ("MEDIARELAY_STORAGE", "storage.url"),
     ("MEDIARELAY_POLL_INTERVAL", "storage.poll_interval"),
+    ("MEDIARELAY_LIST_INTERVAL", "storage.list_interval"),
     ("MEDIARELAY_CACHE_SIZE", "storage.cache_size"),
     ("MEDIARELAY_MAX_OBJECT_SIZE", "storage.max_object_size"),
     ("MEDIARELAY_REQUEST_DEADLINE", "storage.request_deadline"),

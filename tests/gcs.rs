@@ -335,3 +335,42 @@ fn ingest_writes_to_the_bucket() {
     );
     assert_eq!(gcs.downloads("root/live/cam9/seg-0000000001.m4s"), 0);
 }
+
+/// Discovery on a bucket reads the predicted next segment instead of listing: listings
+/// only at the start and every `list_interval` (which also finds a segment after a gap).
+#[test]
+fn discovery_predicts_names_and_lists_rarely() {
+    let gcs = FakeGcs::start();
+    gcs.upload("live/p/seg-0000000001.m4s", b"one");
+    let r = Relay::builder()
+        .gcs(gcs.addr, "gs://media")
+        .env(&[
+            ("MEDIARELAY_POLL_INTERVAL", "50ms"),
+            ("MEDIARELAY_LIST_INTERVAL", "2s"),
+        ])
+        .start();
+    let t = r.issue("live/p", &[]);
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"subscribe","id":1,"stream":"live/p"}));
+    assert_eq!(c.json()["seq"], 1);
+    assert_eq!(c.media().1, b"one");
+    let started = Instant::now();
+    for seq in 2..=21u64 {
+        gcs.upload(&seg_key("live/p", seq), &data(10_000, seq as u8));
+        let (m, p) = c.media();
+        assert_eq!(m["seq"], seq);
+        assert_eq!(p, data(10_000, seq as u8));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let lists = r.metric("mediarelay_origin_calls_total", "kind=\"list\"");
+    let misses = r.metric("mediarelay_origin_calls_total", "kind=\"get_not_found\"");
+    // One at the start, then one per 2 s.
+    assert!(lists <= 2.0 + secs / 2.0, "{lists} listings in {secs:.1} s");
+    assert!(misses > 10.0, "predicted reads that found nothing: {misses}");
+    // A gap (seq 22 never written): the next listing finds 23.
+    gcs.upload(&seg_key("live/p", 23), b"after the gap");
+    let (m, p) = c.media();
+    assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(23), &b"after the gap"[..]));
+    assert_eq!(gcs.downloads("live/p/seg-0000000023.m4s"), 1);
+}

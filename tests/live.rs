@@ -522,13 +522,20 @@ fn a_viewer_that_falls_behind_in_time_skips_to_the_newest() {
             Got::Closed(code) => panic!("closed: {code:?}"),
         }
     }
-    assert!(!skipped.is_empty(), "the lag bound dropped segments: {seqs:?}");
+    assert!(
+        !skipped.is_empty(),
+        "the lag bound dropped segments: {seqs:?}"
+    );
     // Every seq is either delivered or in a skipped range, in order, none twice.
     let mut all: Vec<u64> = seqs.clone();
     for (from, to) in &skipped {
         all.extend(*from..=*to);
     }
     all.sort_unstable();
-    assert_eq!(all, (1..=30).collect::<Vec<_>>(), "delivered {seqs:?}, skipped {skipped:?}");
+    assert_eq!(
+        all,
+        (1..=30).collect::<Vec<_>>(),
+        "delivered {seqs:?}, skipped {skipped:?}"
+    );
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }

@@ -50,7 +50,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         server.driver => false, server.handshake_timeout => true,
         server.drain_timeout => true, server.backlog => false,
         server.max_connections => true, server.ping_interval => true, server.idle_timeout => true,
-        storage.url => false, storage.poll_interval => true, storage.cache_size => false,
+        storage.url => false, storage.poll_interval => true, storage.list_interval => true, storage.cache_size => false,
         storage.max_object_size => false, storage.stream_linger => false,
         storage.request_deadline => false, storage.attempt_timeout => false,
         storage.max_inflight => false, storage.fetch_threads => false,

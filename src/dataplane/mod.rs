@@ -122,6 +122,7 @@ impl Relay {
             config.storage.stream_linger,
             config.storage.max_streams,
         ));
+        hub.set_list_interval(config.storage.list_interval);
         let driver = config.server.driver;
         let mut shared = Shared::new(config, gate, cache, hub.clone(), metrics, n, mode);
         shared.tls = tls;
@@ -232,6 +233,9 @@ impl Relay {
         self.shared
             .hub
             .set_poll_interval(config.storage.poll_interval);
+        self.shared
+            .hub
+            .set_list_interval(config.storage.list_interval);
         self.shared.set_config(config);
     }
 

@@ -146,6 +146,7 @@ impl Shared {
                 .into_iter()
                 .zip(cs.origin_results.iter().map(l))
                 .collect(),
+            origin_calls: self.cache.origin().calls(),
             fetch_buckets: fl
                 .buckets
                 .iter()

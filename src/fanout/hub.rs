@@ -2,13 +2,21 @@
 //! worker.
 //!
 //! Each stream a client subscribes to gets one [`Stream`] per relay process, shared by all
-//! workers, and one poller task (on the hub's own thread, [`run_pollers`]) that lists the stream's
-//! prefix every `poll_interval` (and at once when the origin reports a change), fetches
-//! each new segment **once** through the cache, lays out its frame prefix once ([`Seg`]), and hands that one segment to every worker that has
-//! subscribers ([`WorkerMsg::Segment`]). Each worker then queues the same buffers to its
-//! own subscribers ([`super::subs`]), so a segment costs one origin read and one buffer
-//! however many viewers follow it. The poller stops when the stream has had no subscriber
-//! for `stream_linger` (at once for a stream with nothing in storage).
+//! workers, and one poller task (on the hub's own thread, [`run_pollers`]) that discovers
+//! new segments every `poll_interval` (and at once when the origin reports a change: inotify
+//! for a directory, a Pub/Sub notification for a bucket), fetches each new segment **once**
+//! through the cache, lays out its frame prefix once ([`Seg`]), and hands that one segment
+//! to every worker that has subscribers ([`WorkerMsg::Segment`]). Each worker then queues
+//! the same buffers to its own subscribers ([`super::subs`]), so a segment costs one origin
+//! read and one buffer however many viewers follow it. The poller stops when the stream has
+//! had no subscriber for `stream_linger` (at once for a stream with nothing in storage).
+//!
+//! Discovery lists the stream's prefix, except where listing is billed (Cloud Storage's
+//! `objects.list`, [`crate::origin::Origin::lists_are_costly`]): there a poll reads the
+//! predicted next segment (`seg-<seq+1>` with the last one's extension; a miss is not
+//! billed and a hit is the download needed anyway), and lists only at the start, while the
+//! stream has no segment, every `list_interval` (which finds a segment after a gap), and
+//! when a notification woke the poller but the predicted segment was not there.
 //!
 //! The init segment (`S/init.mp4`) is read at the first listing and read again whenever a
 //! listing finds new segments (an encoder that restarts writes its new init before its
@@ -30,11 +38,14 @@ use std::time::{Duration, Instant};
 use super::stream::{Seg, Stream};
 use crate::origin::cache::Cache;
 use crate::origin::{Object, OriginError};
-use crate::protocol::keys::{init_key, segment_seq};
+use crate::protocol::keys::{init_key, segment_key, segment_seq};
 
 /// How many polls apart, at most, a stream with nothing in storage is listed (a power of
 /// two): 8 × the 200 ms default, so a stream that starts later is found within 1.6 s.
 const EMPTY_BACKOFF: u32 = 8;
+
+/// Most segments one predicting poll reads in a row (more wait for the next poll).
+const MAX_PREDICTED: u64 = 16;
 
 /// A message to a worker's inbox.
 pub enum WorkerMsg {
@@ -54,6 +65,8 @@ pub struct Hub {
     cache: Arc<Cache>,
     /// Milliseconds between listings of a live stream (SIGHUP may change it).
     poll_ms: AtomicU64,
+    /// Milliseconds between full listings where listing is billed (SIGHUP may change it).
+    list_ms: AtomicU64,
     linger: Duration,
     /// Most streams followed at once (SIGHUP may change it).
     max_streams: AtomicUsize,
@@ -109,6 +122,7 @@ impl Hub {
             inboxes,
             cache,
             poll_ms: AtomicU64::new(poll_interval.as_millis() as u64),
+            list_ms: AtomicU64::new(10_000),
             linger,
             max_streams: AtomicUsize::new(max_streams),
             refused: AtomicU64::new(0),
@@ -139,6 +153,12 @@ impl Hub {
     /// Change the listing period of live streams (from the next poll on).
     pub fn set_poll_interval(&self, every: Duration) {
         self.poll_ms
+            .store(every.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Change how often a stream is listed in full where listing is billed.
+    pub fn set_list_interval(&self, every: Duration) {
+        self.list_ms
             .store(every.as_millis() as u64, Ordering::Relaxed);
     }
 
@@ -227,6 +247,9 @@ impl Hub {
         let mut failures = 0u32;
         let mut empty_polls = 0u32;
         let origin = self.cache.origin().clone();
+        let predict = origin.lists_are_costly();
+        let mut listed_at: Option<Instant> = None;
+        let mut woken = false;
         let mut changes = None;
         loop {
             if changes.is_none() {
@@ -237,8 +260,37 @@ impl Hub {
                 .as_ref()
                 .map(|e: &Arc<event_listener::Event>| e.listen());
             let left = stream.idle.listen();
-            match self
-                .discover(
+            let list_every = Duration::from_millis(self.list_ms.load(Ordering::Relaxed));
+            // Where listing is billed, list at the start, while the stream has no segment
+            // (nothing to predict from), every `list_interval` (a gap prediction cannot
+            // cross), and when a notification woke the poller but the predicted segment
+            // was not there; otherwise read the predicted next segment.
+            let outcome = if predict
+                && !first
+                && last_seg_key.is_some()
+                && listed_at.is_some_and(|t| t.elapsed() < list_every)
+            {
+                match self
+                    .predict(&stream, &init, &mut last_seg_key, &mut init_version)
+                    .await
+                {
+                    Ok(false) if woken => {
+                        listed_at = Some(Instant::now());
+                        self.discover(
+                            &stream,
+                            &prefix,
+                            &init,
+                            &mut last_seg_key,
+                            &mut init_version,
+                            false,
+                        )
+                        .await
+                    }
+                    other => other.map(|_| ()),
+                }
+            } else {
+                listed_at = Some(Instant::now());
+                self.discover(
                     &stream,
                     &prefix,
                     &init,
@@ -247,7 +299,9 @@ impl Hub {
                     first,
                 )
                 .await
-            {
+            };
+            woken = false;
+            match outcome {
                 Ok(()) => {
                     failures = 0;
                     if first {
@@ -295,7 +349,7 @@ impl Hub {
                 Some(changed) if failures == 0 => {
                     monoio::select! {
                         _ = monoio::time::sleep(backoff) => {}
-                        _ = changed => {}
+                        _ = changed => { woken = true; }
                         _ = left => {}
                     }
                 }
@@ -307,6 +361,53 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Read the segments after the last one known, by name (`seg-<seq+1>` with the same
+    /// extension), until one is missing: a read that finds nothing is not billed, and one
+    /// that finds the segment is the download discovery needs anyway. Returns whether
+    /// anything new was found.
+    async fn predict(
+        &self,
+        stream: &Arc<Stream>,
+        init: &str,
+        last_seg_key: &mut Option<String>,
+        init_version: &mut Option<u64>,
+    ) -> Result<bool, OriginError> {
+        let Some(last) = last_seg_key.clone() else {
+            return Ok(false);
+        };
+        let Some(seq) = segment_seq(&stream.name, &last) else {
+            return Ok(false);
+        };
+        let ext = last.rsplit_once('.').map_or("m4s", |(_, e)| e).to_string();
+        let mut found = false;
+        for next in seq + 1..seq + 1 + MAX_PREDICTED {
+            let key = segment_key(&stream.name, next, &ext);
+            if next <= stream.newest() {
+                // Published already (through ingest).
+                *last_seg_key = Some(key);
+                found = true;
+                continue;
+            }
+            let obj = match self.cache.get(&key).await {
+                Ok(obj) => obj,
+                Err(OriginError::NotFound) => break,
+                Err(e) => return Err(e),
+            };
+            if !found {
+                // A new segment may follow a new init (an encoder restart).
+                self.check_init(stream, init, false, init_version).await;
+            }
+            found = true;
+            let seg = Seg::build(&stream.name, next, &obj);
+            if stream.publish_new(seg.clone(), Arc::from(key.as_str())) {
+                self.published.fetch_add(1, Ordering::Relaxed);
+                self.send_to_workers(stream, |s| WorkerMsg::Segment(s, seg.clone()));
+            }
+            *last_seg_key = Some(key);
+        }
+        Ok(found)
     }
 
     async fn discover(

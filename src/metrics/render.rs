@@ -45,6 +45,8 @@ pub struct Figures {
     pub backend: &'static str,
     /// Origin reads by result label.
     pub origin_results: Vec<(&'static str, u64)>,
+    /// Requests sent to the storage service, by kind (Cloud Storage only).
+    pub origin_calls: Vec<(&'static str, u64)>,
     /// Origin fetch latency: (upper bound in seconds, `None` for +Inf; count in bucket).
     pub fetch_buckets: Vec<(Option<f64>, u64)>,
     /// Sum of fetch latencies, seconds.
@@ -276,6 +278,19 @@ impl Metrics {
             .origin_results
             .iter()
             .map(|(r, n)| (format!("{backend},result=\"{r}\""), n.to_string()));
+        let calls = figures.origin_calls.iter().map(|(k, n)| {
+            (
+                format!("backend=\"{}\",kind=\"{k}\"", figures.backend),
+                n.to_string(),
+            )
+        });
+        family(
+            &mut o,
+            "mediarelay_origin_calls_total",
+            "counter",
+            "Requests sent to the storage service by kind (list, get, get_not_found, metadata, upload, delete), retries included: what Cloud Storage bills.",
+            calls.collect(),
+        );
         family(
             &mut o,
             "mediarelay_origin_requests_total",

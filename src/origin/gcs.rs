@@ -193,6 +193,29 @@ pub struct GcsStats {
     pub requests: AtomicU64,
     pub retries: AtomicU64,
     pub failures: AtomicU64,
+    /// HTTP requests sent, by kind ([`CALL_KINDS`]): what Cloud Storage bills.
+    pub calls: [AtomicU64; CALL_KINDS.len()],
+}
+
+/// Kinds of Cloud Storage requests: `list` (`objects.list`, Class A), `get` (a download
+/// that found the object, Class B), `get_not_found` (a download answered 404, generally
+/// not billed), `metadata` (`objects.get` of the resource, Class B), `upload` (Class A),
+/// `delete` (free).
+pub const CALL_KINDS: [&str; 6] = [
+    "list",
+    "get",
+    "get_not_found",
+    "metadata",
+    "upload",
+    "delete",
+];
+
+impl GcsStats {
+    fn call(&self, kind: &str) {
+        if let Some(i) = CALL_KINDS.iter().position(|k| *k == kind) {
+            self.calls[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Shared {
@@ -208,6 +231,8 @@ struct Shared {
 pub struct GcsOrigin {
     shared: Arc<Shared>,
     runtime: tokio::runtime::Runtime,
+    /// Pollers to wake when a notification says an object changed.
+    wakers: super::watch::Wakers,
 }
 
 /// How one attempt ended.
@@ -249,7 +274,11 @@ impl GcsOrigin {
             endpoint = %shared.settings.base,
             "GCS origin"
         );
-        Ok(GcsOrigin { shared, runtime })
+        Ok(GcsOrigin {
+            shared,
+            runtime,
+            wakers: super::watch::Wakers::default(),
+        })
     }
 
     /// Request counters.
@@ -371,8 +400,14 @@ impl Shared {
         let url = self.settings.media_url(key);
         let resp = match self.get_ok(&url, "a download").await {
             Ok(r) => r,
-            Err(outcome) => return outcome,
+            Err(outcome) => {
+                let missing = matches!(outcome, Attempt::Fail(OriginError::NotFound));
+                self.stats
+                    .call(if missing { "get_not_found" } else { "get" });
+                return outcome;
+            }
         };
+        self.stats.call("get");
         let headers = resp.headers();
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
@@ -426,6 +461,7 @@ impl Shared {
     }
 
     async fn generation_once(&self, key: &str) -> Attempt<Option<u64>> {
+        self.stats.call("metadata");
         let url = self.settings.generation_url(key);
         let resp = match self.get_ok(&url, "a metadata read").await {
             Ok(r) => r,
@@ -533,6 +569,7 @@ impl Shared {
     }
 
     async fn delete_once(&self, key: &str) -> Attempt<bool> {
+        self.stats.call("delete");
         let req = hyper::Request::delete(self.settings.object_url(key));
         match self.send(req, Bytes::new()).await {
             Ok((status, _)) if status.is_success() => Attempt::Done(true),
@@ -548,6 +585,7 @@ impl Shared {
         start: Option<&str>,
         page: Option<&str>,
     ) -> Attempt<ListPage> {
+        self.stats.call("list");
         let url = self.settings.list_url(prefix, start, page);
         // A listing of a missing prefix is an empty page, never a 404; a 404 here means the
         // bucket is missing.
@@ -603,6 +641,30 @@ struct ListItem {
 impl Origin for GcsOrigin {
     fn backend(&self) -> &'static str {
         "gcs"
+    }
+
+    fn calls(&self) -> Vec<(&'static str, u64)> {
+        CALL_KINDS
+            .iter()
+            .zip(&self.shared.stats.calls)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn lists_are_costly(&self) -> bool {
+        true
+    }
+
+    fn watch(&self, prefix: &str) -> Option<Arc<event_listener::Event>> {
+        Some(self.wakers.watch(prefix))
+    }
+
+    fn unwatch(&self, prefix: &str) {
+        self.wakers.unwatch(prefix);
+    }
+
+    fn changed(&self, key: &str) {
+        self.wakers.wake(key);
     }
 
     fn get<'a>(&'a self, key: &'a str, max_size: u64) -> OriginFuture<'a, Object> {

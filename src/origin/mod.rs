@@ -187,6 +187,22 @@ pub trait Origin: Send + Sync + 'static {
 
     /// Stop the wake-ups for `prefix`.
     fn unwatch(&self, _prefix: &str) {}
+
+    /// A notification (Cloud Storage through Pub/Sub) says `key` was written or deleted:
+    /// wake whoever watches its prefix ([`Origin::watch`]).
+    fn changed(&self, _key: &str) {}
+
+    /// Requests sent to the storage service by kind, for metrics (empty: not counted).
+    fn calls(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// Whether listing is a billed, rate-limited call (Cloud Storage's `objects.list`):
+    /// discovery then predicts the next segment's name and reads it, and lists only at the
+    /// start, after a miss it cannot explain, and every `storage.list_interval`.
+    fn lists_are_costly(&self) -> bool {
+        false
+    }
 }
 
 /// An origin that cannot be opened from the configuration.

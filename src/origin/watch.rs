@@ -1,4 +1,5 @@
-//! Change wake-ups for the local-directory origin: one inotify instance per process and one
+//! Change wake-ups. [`Wakers`]: by key prefix, raised by Cloud Storage notifications
+//! (Pub/Sub). [`DirWatcher`]: for the local-directory origin, one inotify instance per process and one
 //! thread blocked reading it, a watch per live stream directory (added by the stream's
 //! poller, removed when the stream is released). A segment renamed into place wakes the
 //! poller at once instead of at its next poll, so discovery does not batch segments up to
@@ -146,5 +147,68 @@ mod tests {
         w.unwatch(&dir);
         assert!(w.watch(&dir.join("missing")).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Wake-ups by key prefix, raised from outside the origin (Cloud Storage notifications
+/// through Pub/Sub): a stream's poller listens on its prefix's event, and a notification
+/// for an object wakes the prefix the object is directly under.
+#[derive(Default)]
+pub struct Wakers {
+    by_prefix: Mutex<HashMap<String, Arc<Event>>>,
+}
+
+impl Wakers {
+    /// The event for `prefix` (which ends in `/`).
+    pub fn watch(&self, prefix: &str) -> Arc<Event> {
+        self.by_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(prefix.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forget `prefix`.
+    pub fn unwatch(&self, prefix: &str) {
+        self.by_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(prefix);
+    }
+
+    /// `key` changed: wake the watcher of the prefix it is directly under, if any.
+    /// Returns whether one was woken.
+    pub fn wake(&self, key: &str) -> bool {
+        let Some(at) = key.rfind('/') else {
+            return false;
+        };
+        let map = self.by_prefix.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&key[..=at]) {
+            Some(event) => {
+                event.notify(usize::MAX);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod wakers_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_wakes_its_own_prefix_only() {
+        let w = Wakers::default();
+        let cam = w.watch("live/cam1/");
+        let l = cam.listen();
+        assert!(!w.wake("live/cam10/seg-0000000001.m4s"));
+        assert!(!w.wake("live/cam1/sub/seg-0000000001.m4s"));
+        assert!(w.wake("live/cam1/seg-0000000001.m4s"));
+        drop(l);
+        w.unwatch("live/cam1/");
+        assert!(!w.wake("live/cam1/seg-0000000002.m4s"));
+        assert!(!w.wake("noslash"));
     }
 }

@@ -253,6 +253,14 @@ describe('player page (Chromium, MSE) against the relay', { timeout: 180000 }, (
         // browsers refuse module scripts without a JavaScript MIME type
         assert.match(String(m.headers['content-type']), /^(text|application)\/javascript\b/, `GET ${js} Content-Type`);
       }
+      // The relay embeds the files when it is built: say so when it serves other bytes.
+      for (const [url, file] of [['/player', 'clients/player/index.html'], ['/player/player.js', 'clients/player/player.js'],
+        ['/player/mediarelay.js', 'clients/js/mediarelay.js']]) {
+        const served = (await httpGet(`http://${relay.listen}${url}`)).body;
+        if (served !== await fsp.readFile(path.join(root, file), 'utf8')) {
+          log(`WARNING: the relay serves a different ${file} than the one on disk at ${url} (rebuild the relay)`);
+        }
+      }
     }
 
     browser = await chromium.launch({
@@ -328,7 +336,7 @@ describe('player page (Chromium, MSE) against the relay', { timeout: 180000 }, (
           assert.equal(s.error, null, `player error: ${s.error}`);
           return s.reconnects > before.reconnects && s.state === 'playing';
         }, { timeout: 15000, interval: 100 });
-        log(`reconnected ${Date.now() - killedAt} ms after the stop; the player saw close ${JSON.stringify((await state()).lastClose)}`);
+        log(`reconnected ${Date.now() - killedAt} ms after the stop; close codes the player saw: ${JSON.stringify((await state()).closes)}`);
         const s = await expectAdvance(3, 10000, `after the restart (${signal})`);
         assert.ok(s.received > before.received, 'segments arrive again');
         assert.ok(s.lastSeq > before.lastSeq, 'the stream continues with later segments');
@@ -349,8 +357,12 @@ describe('player page (Chromium, MSE) against the relay', { timeout: 180000 }, (
       }, { timeout: 10000, interval: 100 });
       const text = await page.textContent('#message');
       let s = await state();
-      log(`"${text}" ${Date.now() - revokedAt} ms after the revoke; close ${JSON.stringify(s.lastClose)}`);
-      assert.equal(s.lastClose && s.lastClose.code, 4401, 'the relay closed with 4401');
+      log(`"${text}" ${Date.now() - revokedAt} ms after the revoke`);
+      await waitFor('close 4401 (ticket_revoked)', async () => {
+        const c = (await state()).lastClose;
+        return c && c.code === 4401 && c.reason === 'ticket_revoked';
+      }, { timeout: 3000, interval: 100 });
+      s = await state();
       assert.equal(s.state, 'stopped');
       assert.equal(s.error, null, 'a revocation is not an MSE error');
       const t1 = s.currentTime;
@@ -359,6 +371,28 @@ describe('player page (Chromium, MSE) against the relay', { timeout: 180000 }, (
       assert.ok(s.paused, 'the video is paused');
       assert.equal(s.currentTime, t1, 'playback does not go on');
       assert.equal(s.connection, 'closed', 'the client does not reconnect after 4401');
+    } catch (e) {
+      await diagnostics(e);
+      throw e;
+    }
+  });
+
+  it('asks for ticket and stream without them, and says so when a ticket is refused', { timeout: 30000 }, async () => {
+    try {
+      const base = pageUrl.slice(0, pageUrl.indexOf('?'));
+      const relayParam = STATIC ? `&relay=${encodeURIComponent(`ws://${relay.listen}/ws`)}` : '';
+      await page.goto(base, { waitUntil: 'load' });
+      assert.equal(await page.isVisible('#setup'), true, 'the form is shown');
+      assert.equal((await state()).state, 'idle');
+
+      const started = Date.now();
+      await page.goto(`${base}?ticket=not-a-ticket&stream=${encodeURIComponent(STREAM)}${relayParam}`, { waitUntil: 'load' });
+      await waitFor('#message to say the connection failed', async () => (await page.isVisible('#message'))
+        && /could not connect/i.test(await page.textContent('#message')), { timeout: 15000, interval: 200 });
+      const s = await state();
+      log(`unknown ticket: "${s.message}" after ${Date.now() - started} ms`);
+      assert.equal(s.state, 'failed');
+      assert.equal(s.received, 0);
     } catch (e) {
       await diagnostics(e);
       throw e;

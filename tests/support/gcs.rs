@@ -204,9 +204,10 @@ impl FakeGcs {
         a + &b
     }
 
-    /// Downloads (`alt=media` GETs) of `name` seen by the server.
+    /// Downloads (`alt=media` GETs answered 200) of `name` seen by the server; reads that
+    /// found nothing (discovery predicting the next segment) are not counted.
     pub fn downloads(&self, name: &str) -> usize {
-        let needle = format!("GET /storage/v1/b/media/o/{}?alt=media", encode(name));
+        let needle = format!("GET /storage/v1/b/media/o/{}?alt=media HTTP/1.1\\\" 200 ", encode(name));
         self.log().lines().filter(|l| l.contains(&needle)).count()
     }
 }
