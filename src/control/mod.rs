@@ -32,6 +32,10 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let (tx, rx) = shutdown.unwrap_or_else(flume::unbounded);
     let origin = crate::origin::open(&config)?;
+    let _notifications = match &config.storage.notifications {
+        Some(url) => Some(start_notifications(&config, url, origin.clone())?),
+        None => None,
+    };
     let (cell, lookup) = tickets::start_tickets(&config)?;
     let cache = Arc::new(Cache::new(
         origin,
@@ -61,6 +65,19 @@ pub fn serve(
         "mediarelay serving"
     );
     run_until_stopped(relay, &rx, Some(&reload_rx), reloader.as_ref())
+}
+
+/// Pub/Sub notifications for the bucket of `config`, waking the pollers of `origin`.
+fn start_notifications(
+    config: &Config,
+    url: &str,
+    origin: Arc<dyn crate::origin::Origin>,
+) -> anyhow::Result<crate::origin::pubsub::Notifications> {
+    use crate::origin::{gcs::GcsSettings, pubsub};
+    let source = pubsub::Source::parse(url).map_err(anyhow::Error::msg)?;
+    let gcs = GcsSettings::from_url(&config.storage.url, None).map_err(anyhow::Error::msg)?;
+    tracing::info!(source = url, "Cloud Storage notifications");
+    pubsub::start(source, gcs.bucket, gcs.prefix, origin).map_err(anyhow::Error::msg)
 }
 
 /// Whether `[tls]` loads (a certificate chain and key that go together), for a one-line

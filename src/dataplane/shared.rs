@@ -147,6 +147,18 @@ impl Shared {
                 .zip(cs.origin_results.iter().map(l))
                 .collect(),
             origin_calls: self.cache.origin().calls(),
+            notifications: self
+                .cache
+                .origin()
+                .wakers()
+                .filter(|w| w.enabled.load(Ordering::Relaxed))
+                .map(|w| crate::metrics::render::NotificationFigures {
+                    received: l(&w.received),
+                    woke: l(&w.woke),
+                    duplicates: l(&w.duplicates),
+                    errors: l(&w.errors),
+                    up: w.up.load(Ordering::Relaxed),
+                }),
             fetch_buckets: fl
                 .buckets
                 .iter()

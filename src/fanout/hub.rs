@@ -263,18 +263,30 @@ impl Hub {
             let list_every = Duration::from_millis(self.list_ms.load(Ordering::Relaxed));
             // Where listing is billed, list at the start, while the stream has no segment
             // (nothing to predict from), every `list_interval` (a gap prediction cannot
-            // cross), and when a notification woke the poller but the predicted segment
-            // was not there; otherwise read the predicted next segment.
+            // cross), and when a notification named a segment prediction did not reach;
+            // otherwise read the predicted next segment.
+            // What a notification named, when one woke the poller.
+            let hint = if woken {
+                origin.take_hint(&prefix)
+            } else {
+                None
+            };
             let outcome = if predict
                 && !first
                 && last_seg_key.is_some()
                 && listed_at.is_some_and(|t| t.elapsed() < list_every)
             {
-                match self
+                let predicted = self
                     .predict(&stream, &init, &mut last_seg_key, &mut init_version)
-                    .await
-                {
-                    Ok(false) if woken => {
+                    .await;
+                // A notified segment beyond what prediction found: a gap, or a new
+                // numbering. Only a listing finds it.
+                let unexplained = hint
+                    .as_deref()
+                    .and_then(|k| segment_seq(&stream.name, k))
+                    .is_some_and(|seq| seq > stream.newest());
+                match predicted {
+                    Ok(_) if unexplained => {
                         listed_at = Some(Instant::now());
                         self.discover(
                             &stream,

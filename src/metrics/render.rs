@@ -38,6 +38,17 @@ pub struct TicketFigures {
     pub lookups: Vec<(&'static str, u64)>,
 }
 
+/// Pub/Sub notifications: received, that woke a poller, redelivered, pull failures, and
+/// whether the last pull worked.
+#[derive(Debug, Default, Clone)]
+pub struct NotificationFigures {
+    pub received: u64,
+    pub woke: u64,
+    pub duplicates: u64,
+    pub errors: u64,
+    pub up: bool,
+}
+
 /// Everything `/metrics` reports besides the workers' own counters.
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
@@ -47,6 +58,8 @@ pub struct Figures {
     pub origin_results: Vec<(&'static str, u64)>,
     /// Requests sent to the storage service, by kind (Cloud Storage only).
     pub origin_calls: Vec<(&'static str, u64)>,
+    /// Cloud Storage notifications, when configured.
+    pub notifications: Option<NotificationFigures>,
     /// Origin fetch latency: (upper bound in seconds, `None` for +Inf; count in bucket).
     pub fetch_buckets: Vec<(Option<f64>, u64)>,
     /// Sum of fetch latencies, seconds.
@@ -278,6 +291,33 @@ impl Metrics {
             .origin_results
             .iter()
             .map(|(r, n)| (format!("{backend},result=\"{r}\""), n.to_string()));
+        if let Some(n) = &figures.notifications {
+            family(
+                &mut o,
+                "mediarelay_notifications_total",
+                "counter",
+                "Cloud Storage notifications pulled from Pub/Sub: received, that woke a stream's poller, redelivered.",
+                vec![
+                    ("result=\"received\"".into(), n.received.to_string()),
+                    ("result=\"woke\"".into(), n.woke.to_string()),
+                    ("result=\"duplicate\"".into(), n.duplicates.to_string()),
+                ],
+            );
+            family(
+                &mut o,
+                "mediarelay_notification_errors_total",
+                "counter",
+                "Failed Pub/Sub pulls (discovery keeps polling meanwhile).",
+                one(n.errors),
+            );
+            family(
+                &mut o,
+                "mediarelay_notifications_up",
+                "gauge",
+                "1 while the last Pub/Sub pull worked.",
+                one(u64::from(n.up)),
+            );
+        }
         let calls = figures.origin_calls.iter().map(|(k, n)| {
             (
                 format!("backend=\"{}\",kind=\"{k}\"", figures.backend),

@@ -663,8 +663,8 @@ impl Origin for GcsOrigin {
         self.wakers.unwatch(prefix);
     }
 
-    fn changed(&self, key: &str) {
-        self.wakers.wake(key);
+    fn wakers(&self) -> Option<&super::watch::Wakers> {
+        Some(&self.wakers)
     }
 
     fn get<'a>(&'a self, key: &'a str, max_size: u64) -> OriginFuture<'a, Object> {

@@ -15,6 +15,7 @@ pub mod empty;
 pub mod fs;
 pub mod gcs;
 pub mod pool;
+pub mod pubsub;
 pub mod watch;
 
 use std::future::Future;
@@ -188,9 +189,16 @@ pub trait Origin: Send + Sync + 'static {
     /// Stop the wake-ups for `prefix`.
     fn unwatch(&self, _prefix: &str) {}
 
-    /// A notification (Cloud Storage through Pub/Sub) says `key` was written or deleted:
-    /// wake whoever watches its prefix ([`Origin::watch`]).
-    fn changed(&self, _key: &str) {}
+    /// Where notifications from outside (Cloud Storage through Pub/Sub) wake this origin's
+    /// watchers ([`Origin::watch`]); `None`: the backend has its own (inotify) or none.
+    fn wakers(&self) -> Option<&watch::Wakers> {
+        None
+    }
+
+    /// The greatest key a notification named under `prefix` since the last call.
+    fn take_hint(&self, prefix: &str) -> Option<String> {
+        self.wakers()?.take_hint(prefix)
+    }
 
     /// Requests sent to the storage service by kind, for metrics (empty: not counted).
     fn calls(&self) -> Vec<(&'static str, u64)> {

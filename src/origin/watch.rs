@@ -152,11 +152,36 @@ mod tests {
 
 /// Wake-ups by key prefix, raised from outside the origin (Cloud Storage notifications
 /// through Pub/Sub): a stream's poller listens on its prefix's event, and a notification
-/// for an object wakes the prefix the object is directly under.
+/// for an object wakes the prefix the object is directly under and leaves the object's key
+/// as a hint ([`Wakers::take_hint`]). Also the notifications' counters, for metrics.
 #[derive(Default)]
 pub struct Wakers {
-    by_prefix: Mutex<HashMap<String, Arc<Event>>>,
+    /// Per prefix: the event its poller listens to, and the greatest key notified.
+    by_prefix: Mutex<HashMap<String, Watched>>,
+    /// Recent notifications `(object, generation, event type)`, to drop redeliveries.
+    seen: Mutex<Recent>,
+    /// Notifications received, that woke a poller, redelivered, and pull failures.
+    pub received: std::sync::atomic::AtomicU64,
+    pub woke: std::sync::atomic::AtomicU64,
+    pub duplicates: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    /// Whether the last pull worked (`/metrics`: notifications up).
+    pub up: std::sync::atomic::AtomicBool,
+    /// Whether a notification source is configured.
+    pub enabled: std::sync::atomic::AtomicBool,
 }
+
+/// A watched prefix: its event, and the greatest key notified since the last hint taken.
+type Watched = (Arc<Event>, Option<String>);
+
+/// A bounded set of recent ids: the set, and their order of arrival.
+type Recent = (
+    std::collections::HashSet<String>,
+    std::collections::VecDeque<String>,
+);
+
+/// Most notifications remembered for dropping redeliveries.
+const SEEN: usize = 4096;
 
 impl Wakers {
     /// The event for `prefix` (which ends in `/`).
@@ -166,6 +191,7 @@ impl Wakers {
             .unwrap_or_else(|e| e.into_inner())
             .entry(prefix.to_string())
             .or_default()
+            .0
             .clone()
     }
 
@@ -177,20 +203,50 @@ impl Wakers {
             .remove(prefix);
     }
 
-    /// `key` changed: wake the watcher of the prefix it is directly under, if any.
-    /// Returns whether one was woken.
+    /// `key` changed: wake the watcher of the prefix it is directly under, if any, and keep
+    /// the greatest key notified since the last [`Wakers::take_hint`] (segment names sort
+    /// by seq). Returns whether one was woken.
     pub fn wake(&self, key: &str) -> bool {
         let Some(at) = key.rfind('/') else {
             return false;
         };
-        let map = self.by_prefix.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&key[..=at]) {
-            Some(event) => {
+        let mut map = self.by_prefix.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(&key[..=at]) {
+            Some((event, hint)) => {
+                if hint.as_deref().is_none_or(|h| key > h) {
+                    *hint = Some(key.to_string());
+                }
                 event.notify(usize::MAX);
                 true
             }
             None => false,
         }
+    }
+
+    /// The greatest key notified under `prefix` since the last call.
+    pub fn take_hint(&self, prefix: &str) -> Option<String> {
+        self.by_prefix
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(prefix)
+            .and_then(|(_, hint)| hint.take())
+    }
+
+    /// Whether the notification `id` was seen before (a redelivery); remembers it.
+    pub fn seen_before(&self, id: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, order) = &mut *seen;
+        if set.contains(id) {
+            return true;
+        }
+        set.insert(id.to_string());
+        order.push_back(id.to_string());
+        while order.len() > SEEN {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
+            }
+        }
+        false
     }
 }
 
@@ -199,16 +255,34 @@ mod wakers_tests {
     use super::*;
 
     #[test]
-    fn a_key_wakes_its_own_prefix_only() {
+    fn a_key_wakes_its_own_prefix_only_and_leaves_a_hint() {
         let w = Wakers::default();
         let cam = w.watch("live/cam1/");
         let l = cam.listen();
         assert!(!w.wake("live/cam10/seg-0000000001.m4s"));
         assert!(!w.wake("live/cam1/sub/seg-0000000001.m4s"));
+        assert!(w.wake("live/cam1/seg-0000000002.m4s"));
         assert!(w.wake("live/cam1/seg-0000000001.m4s"));
+        assert!(w.wake("live/cam1/index.m3u8"));
         drop(l);
+        assert_eq!(
+            w.take_hint("live/cam1/").as_deref(),
+            Some("live/cam1/seg-0000000002.m4s")
+        );
+        assert_eq!(w.take_hint("live/cam1/"), None);
         w.unwatch("live/cam1/");
-        assert!(!w.wake("live/cam1/seg-0000000002.m4s"));
+        assert!(!w.wake("live/cam1/seg-0000000003.m4s"));
         assert!(!w.wake("noslash"));
+    }
+
+    #[test]
+    fn redeliveries_are_recognised_within_a_bound() {
+        let w = Wakers::default();
+        assert!(!w.seen_before("a#1"));
+        assert!(w.seen_before("a#1"));
+        for i in 0..SEEN {
+            w.seen_before(&format!("x{i}"));
+        }
+        assert!(!w.seen_before("a#1"), "forgotten after {SEEN} others");
     }
 }

@@ -74,14 +74,41 @@ pub fn try_request(
     );
     s.write_all(head.as_bytes())?;
     s.write_all(body)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
+    // Read the head, then the body by its Content-Length (some servers, the Pub/Sub
+    // emulator among them, keep the connection open despite `Connection: close`).
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response");
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(bad)?
-        + 4;
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let split = loop {
+        if let Some(p) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(bad());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match length {
+        Some(len) => {
+            while out.len() < split + len {
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    return Err(bad());
+                }
+                out.extend_from_slice(&chunk[..n]);
+            }
+            out.truncate(split + len);
+        }
+        None => {
+            s.read_to_end(&mut out)?;
+        }
+    }
     let status = std::str::from_utf8(out.get(9..12).ok_or_else(bad)?)
         .ok()
         .and_then(|s| s.parse().ok())
@@ -103,8 +130,32 @@ impl FakeGcs {
     /// a server that exits (its port taken between choosing and binding) is started again on
     /// another port.
     pub fn start() -> FakeGcs {
+        Self::start_with(&[], &[])
+    }
+
+    /// Started with object events published to the Pub/Sub emulator at `pubsub`, topic
+    /// `project`/`topic`, for objects under `live/`.
+    pub fn with_events(pubsub: SocketAddr, project: &str, topic: &str) -> FakeGcs {
+        Self::start_with(
+            &[
+                "-event.pubsub-project-id",
+                project,
+                "-event.pubsub-topic",
+                topic,
+                "-event.bucket",
+                "media",
+                "-event.object-prefix",
+                "live/",
+                "-event.list",
+                "finalize,delete",
+            ],
+            &[("PUBSUB_EMULATOR_HOST", &pubsub.to_string())],
+        )
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> FakeGcs {
         for attempt in 1..=3 {
-            if let Some(g) = Self::try_start() {
+            if let Some(g) = Self::try_start(args, env) {
                 g.create_bucket();
                 return g;
             }
@@ -113,7 +164,7 @@ impl FakeGcs {
         panic!("fake-gcs-server did not start in 3 attempts");
     }
 
-    fn try_start() -> Option<FakeGcs> {
+    fn try_start(extra: &[&str], env: &[(&str, &str)]) -> Option<FakeGcs> {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let log = dir.path().join("fake-gcs.log");
@@ -129,6 +180,8 @@ impl FakeGcs {
                 "info",
             ])
             .args(["-port", &port.to_string()])
+            .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
@@ -207,7 +260,10 @@ impl FakeGcs {
     /// Downloads (`alt=media` GETs answered 200) of `name` seen by the server; reads that
     /// found nothing (discovery predicting the next segment) are not counted.
     pub fn downloads(&self, name: &str) -> usize {
-        let needle = format!("GET /storage/v1/b/media/o/{}?alt=media HTTP/1.1\\\" 200 ", encode(name));
+        let needle = format!(
+            "GET /storage/v1/b/media/o/{}?alt=media HTTP/1.1\\\" 200 ",
+            encode(name)
+        );
         self.log().lines().filter(|l| l.contains(&needle)).count()
     }
 }

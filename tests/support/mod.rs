@@ -5,6 +5,7 @@
 pub mod emulator;
 pub mod firestore;
 pub mod gcs;
+pub mod pubsub;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
