@@ -16,6 +16,7 @@ const CATCH_UP_BEHIND_S = 1.5; // between this and SEEK_BEHIND_S: play slightly 
 const CATCH_UP_RATE = 1.1;
 const BITRATE_WINDOW_MS = 5000;
 const MAX_QUEUED_SEGMENTS = 30; // media segments waiting to be appended
+const CONNECT_ATTEMPTS = 3; // first connection: attempts before giving up
 
 const $ = (id) => document.getElementById(id);
 const video = /** @type {HTMLVideoElement} */ ($('video'));
@@ -36,7 +37,8 @@ const state = {
   currentTime: 0,
   codec: null,
   reconnects: 0,
-  lastClose: null, // {code, reason} of the last WebSocket close
+  lastClose: null, // {code, reason} of the last WebSocket close (failed reconnect attempts too)
+  closes: [], // the last close codes, oldest first
   error: null, // MSE / decode errors (and fatal setup errors)
   message: null, // what #message shows
 };
@@ -327,23 +329,29 @@ function renderStats() {
   ].join('\n');
 }
 
-function stop() {
+function stop({ closeAfterMs = 0 } = {}) {
   if (stopped) return;
   stopped = true;
   queue.length = 0;
   try { video.pause(); } catch (e) { /* ignore */ }
-  if (client) client.close();
+  if (client) {
+    if (closeAfterMs > 0) {
+      // the relay closes (4401) right after its `closing`: close ourselves only if it does not
+      setTimeout(() => client.close(), closeAfterMs);
+    } else client.close();
+  }
   renderStats();
 }
 
-function stopForTicket(reason) {
+// `closing` ticket_revoked/ticket_expired, then close 4401 (no reconnect after it).
+function stopForTicket(reason, fromClosing = false) {
   if (stopped && state.state === 'stopped') return;
   const text = reason === 'ticket_expired' ? 'Ticket expired — playback stopped'
     : reason === 'ticket_revoked' ? 'Ticket revoked — playback stopped'
       : 'Ticket revoked or expired — playback stopped';
   state.state = 'stopped';
   showMessage(text);
-  stop();
+  stop({ closeAfterMs: fromClosing ? 3000 : 0 });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -362,14 +370,19 @@ async function play() {
   await new Promise((resolve) => mediaSource.addEventListener('sourceopen', resolve, { once: true }));
 
   client = new MediaRelayClient(relayUrl, { ticket });
+  let everOpen = false;
   client.on('open', ({ reconnected }) => {
+    everOpen = true;
     if (reconnected) state.reconnects += 1;
     if (state.state === 'reconnecting' || state.state === 'connecting') setState(started ? 'playing' : 'waiting');
   });
   client.on('reconnecting', () => { if (!stopped) setState('reconnecting'); });
   client.on('close', ({ code, closingReason, willReconnect }) => {
     state.lastClose = { code, reason: closingReason };
+    state.closes.push(code);
+    if (state.closes.length > 20) state.closes.shift();
     console.info(`player: connection closed ${code}${closingReason ? ` (${closingReason})` : ''}${willReconnect ? ', reconnecting' : ''}`);
+    if (!everOpen) return; // a failed first attempt: play() tries again
     if (code === 4401) return stopForTicket(closingReason);
     if (willReconnect) { if (!stopped) setState('reconnecting'); return; }
     if (!stopped) {
@@ -378,17 +391,26 @@ async function play() {
     }
   });
   client.on('closing', ({ reason }) => {
-    if (reason === 'ticket_revoked' || reason === 'ticket_expired') stopForTicket(reason);
+    if (reason === 'ticket_revoked' || reason === 'ticket_expired') stopForTicket(reason, true);
   });
   client.on('skipped', ({ from, to }) => {
     state.skipped += Math.max(0, to - from + 1); // tick() seeks over the hole
   });
 
+  // Browsers do not say why an upgrade was refused (401 for a bad ticket, 503 for a relay at
+  // its limit): try a few times, then say what it may be.
   setState('connecting');
-  try {
-    await client.connect();
-  } catch (e) {
-    return fail(`Could not connect to ${relayUrl}: the ticket may be invalid, expired or revoked, or the relay unreachable`, { mse: false });
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await client.connect();
+      break;
+    } catch (e) {
+      if (stopped) return;
+      if (attempt >= CONNECT_ATTEMPTS) {
+        return fail(`Could not connect to ${relayUrl}: the ticket may be invalid, expired or revoked, or the relay unreachable`, { mse: false });
+      }
+      await new Promise((r) => setTimeout(r, 1000 * attempt));
+    }
   }
   setState('waiting');
   const sub = client.subscribe(stream, { from: 'live' });
