@@ -171,9 +171,23 @@ fn wait_listening(addr: &str, at_most: Duration) {
 /// `start`) to the ingest URL `base`, in real time; `count` > 0 stops after that many
 /// seconds. Its errors go to the terminal.
 fn push_with_ffmpeg(base: &str, start: u64, count: u64) -> anyhow::Result<std::process::Child> {
+    // A burnt-in clock (as scripts/make-test-media.sh draws it) where a font is installed.
+    let mut source = "testsrc2=size=640x360:rate=25".to_string();
+    let fonts = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSansMono-Bold.ttf",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+    ];
+    if let Some(font) = fonts.iter().find(|f| Path::new(f).exists()) {
+        let dt = format!(
+            "drawtext=fontfile={font}:fontcolor=white:box=1:boxcolor=black@0.6:boxborderw=6"
+        );
+        source.push_str(&format!(
+            ",{dt}:fontsize=40:x=20:y=h-124:text='%{{localtime\\:%X}}',{dt}:fontsize=22:x=20:y=h-60:text='frame %{{n}}  t=%{{pts\\:hms}}'"
+        ));
+    }
     let mut cmd = std::process::Command::new("ffmpeg");
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25"]);
+        .args(["-f", "lavfi", "-i", &source]);
     if count > 0 {
         cmd.args(["-t", &count.to_string()]);
     }
