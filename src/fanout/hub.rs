@@ -16,7 +16,9 @@
 //! predicted next segment (`seg-<seq+1>` with the last one's extension; a miss is not
 //! billed and a hit is the download needed anyway), and lists only at the start, while the
 //! stream has no segment, every `list_interval` (which finds a segment after a gap), and
-//! when a notification woke the poller but the predicted segment was not there.
+//! when a notification named a segment the prediction did not reach. While Pub/Sub
+//! notifications arrive they wake the poller, and the timed poll slows to the backstop
+//! listing (`list_interval`); it returns to `poll_interval` when they stop.
 //!
 //! The init segment (`S/init.mp4`) is read at the first listing and read again whenever a
 //! listing finds new segments (an encoder that restarts writes its new init before its
@@ -354,7 +356,12 @@ impl Hub {
             } else {
                 (empty_polls + 1).min(EMPTY_BACKOFF.trailing_zeros())
             };
-            let every = Duration::from_millis(self.poll_ms.load(Ordering::Relaxed));
+            let mut every = Duration::from_millis(self.poll_ms.load(Ordering::Relaxed));
+            // While notifications arrive, they wake the poller; a timed poll is only the
+            // backstop listing (a missed notification), not a read every poll_interval.
+            if predict && has_content && origin.wakers().is_some_and(|w| w.delivering()) {
+                every = every.max(list_every);
+            }
             let backoff = every * (1u32 << failures.min(5)).max(1 << empty_polls);
             match changed {
                 // Wake at the next change or poll, whichever comes first.

@@ -223,6 +223,13 @@ impl Wakers {
         }
     }
 
+    /// Whether notifications are configured and the last pull worked: pollers then wait
+    /// for them instead of reading every poll interval.
+    pub fn delivering(&self) -> bool {
+        self.enabled.load(std::sync::atomic::Ordering::Relaxed)
+            && self.up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The greatest key notified under `prefix` since the last call.
     pub fn take_hint(&self, prefix: &str) -> Option<String> {
         self.by_prefix
