@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 # Debian packages: promtool and a Prometheus server check /metrics; ffmpeg pushes a real
-# stream through ingest (and makes the test video); chromium plays it in the browser test.
+# stream through ingest (and makes the test video); chromium plays it in the browser test;
+# haproxy balances two relays in the scale-out test.
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "scripts/test.sh: install Debian's ${missing[*]} (apt-get install ${missing[*]})" >&2

@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -96,4 +97,136 @@ fn two_relays_discover_through_notifications() {
     );
     b.signal("TERM");
     assert!(b.wait_exit(Duration::from_secs(15)).is_some());
+}
+
+/// HAProxy (deploy/haproxy/haproxy.cfg, Debian's package) in front of two relays over one
+/// bucket: viewers are spread over both; when one relay drains (SIGTERM: `/readyz` 503, then
+/// 1001), its viewers reconnect through the balancer to the other and resume from the next
+/// sequence number with nothing missing.
+#[test]
+fn a_balancer_spreads_viewers_and_a_drained_relays_viewers_resume_elsewhere() {
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        eprintln!("SKIPPED: haproxy is not installed (scripts/test.sh installs it)");
+        return;
+    }
+    let gcs = FakeGcs::start();
+    gcs.upload("live/cam1/seg-0000000001.m4s", b"one");
+    let env = [("MEDIARELAY_POLL_INTERVAL", "100ms")];
+    let mut a = Relay::builder()
+        .gcs(gcs.addr, "gs://media")
+        .env(&env)
+        .start();
+    let tickets = a.tickets().to_string_lossy().into_owned();
+    let b = Relay::builder()
+        .gcs(gcs.addr, "gs://media")
+        .env(&env)
+        .env(&[("MEDIARELAY_TICKETS", &tickets)])
+        .start();
+    let t = a.issue("live/cam1", &[]);
+    wait_for(
+        "relay B to know the ticket",
+        Duration::from_secs(10),
+        || Client::try_connect(b.addr, Some(&t)).is_ok(),
+    );
+
+    // The example configuration, pointed at the two relays, with quick health checks.
+    let port = free_port();
+    let example = std::fs::read_to_string("deploy/haproxy/haproxy.cfg").unwrap();
+    let cfg: String = example
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("server "))
+        .map(|l| match l.trim() {
+            "bind :8080" => format!("    bind 127.0.0.1:{port}"),
+            "default-server inter 1s fall 2 rise 2" => format!(
+                "    default-server inter 100ms fall 1 rise 1\n    server a {} check\n    server b {} check",
+                a.addr, b.addr
+            ),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg + "\n").unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("haproxy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let front: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(
+        "haproxy passing connections",
+        Duration::from_secs(10),
+        || {
+            std::net::TcpStream::connect(front).is_ok()
+                && Client::try_connect(front, Some(&t)).is_ok()
+        },
+    );
+
+    // A viewer retries its connection as players do (a connection that reached the
+    // draining relay just before it stopped accepting is dropped).
+    let subscribe = |from: u64| {
+        let mut tries = 0;
+        let mut c = loop {
+            match Client::try_connect(front, Some(&t)) {
+                Ok(c) => break c,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("reconnect {tries}: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("no connection through the balancer: {e}"),
+            }
+        };
+        c.send(json!({"op":"subscribe","id":1,"stream":"live/cam1","from":from}));
+        assert_eq!(c.json()["op"], "subscribed");
+        c
+    };
+    let mut viewers: Vec<Client> = (0..10).map(|_| subscribe(1)).collect();
+    for c in viewers.iter_mut() {
+        assert_eq!(c.media().1, b"one");
+    }
+    let (on_a, on_b) = (
+        a.metric("mediarelay_connections", ""),
+        b.metric("mediarelay_connections", ""),
+    );
+    assert!(
+        on_a >= 1.0 && on_b >= 1.0,
+        "spread over both: {on_a} and {on_b}"
+    );
+
+    // Relay A drains; the next segment is uploaded meanwhile.
+    a.signal("TERM");
+    gcs.upload("live/cam1/seg-0000000002.m4s", b"two");
+    let mut moved = 0;
+    for c in viewers.iter_mut() {
+        match c.recv() {
+            Got::Media(m, p) => {
+                assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(2), &b"two"[..]))
+            }
+            Got::Json(v) => {
+                assert_eq!(v["reason"], "shutting_down", "{v}");
+                assert!(matches!(c.recv(), Got::Closed(Some(1001))));
+                // Reconnect through the balancer, from the seq after the last one received.
+                *c = subscribe(2);
+                let (m, p) = c.media();
+                assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(2), &b"two"[..]));
+                moved += 1;
+            }
+            Got::Closed(code) => panic!("closed without closing: {code:?}"),
+        }
+    }
+    assert_eq!(moved as f64, on_a, "every viewer of A moved");
+    assert!(a.wait_exit(Duration::from_secs(15)).is_some());
+    gcs.upload("live/cam1/seg-0000000003.m4s", b"three");
+    for c in viewers.iter_mut() {
+        let (m, p) = c.media();
+        assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(3), &b"three"[..]));
+    }
+    assert_eq!(b.metric("mediarelay_connections", ""), 10.0);
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
 }
