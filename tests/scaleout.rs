@@ -205,7 +205,7 @@ fn a_balancer_spreads_viewers_and_a_drained_relays_viewers_resume_elsewhere() {
     for c in viewers.iter_mut() {
         match c.recv() {
             Got::Media(m, p) => {
-                assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(2), &b"two"[..]))
+                assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(2), &b"two"[..]));
             }
             Got::Json(v) => {
                 assert_eq!(v["reason"], "shutting_down", "{v}");
