@@ -1,9 +1,10 @@
-//! Many relays over one bucket: fake-gcs-server publishing object events to Google's
-//! Pub/Sub emulator, two relay processes each with its own subscription
-//! (`--notifications pubsub://PROJECT/topics/TOPIC`). A segment uploaded once reaches the
-//! subscribers of both relays at once (the poll interval is 5 s: only the notifications
-//! can explain it), each relay downloads it once, listings stay rare, and each relay
-//! deletes its subscription on a clean shutdown.
+//! Many relays over the shared engines: fake-gcs-server publishing object events to
+//! Google's Pub/Sub emulator, Google's Firestore emulator holding the tickets, two relay
+//! processes each with its own subscription (`--notifications pubsub://PROJECT/topics/TOPIC`).
+//! A segment uploaded once reaches the subscribers of both relays at once (the poll interval
+//! is 5 s: only the notifications can explain it), each relay downloads it once, listings
+//! stay rare, a revocation closes the viewers of both within 2 s, and each relay deletes its
+//! subscription on a clean shutdown. Then HAProxy in front of two relays.
 
 mod support;
 
@@ -11,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::emulator::Emulator;
 use support::gcs::FakeGcs;
 use support::pubsub::PubSub;
 use support::*;
@@ -18,9 +20,10 @@ use support::*;
 const PROJECT: &str = "proj";
 const TOPIC: &str = "media-events";
 
-fn relay(gcs: &FakeGcs, pubsub: &PubSub) -> Relay {
+fn relay(gcs: &FakeGcs, pubsub: &PubSub, tickets: &Emulator) -> Relay {
     Relay::builder()
         .gcs(gcs.addr, "gs://media")
+        .firestore(tickets.addr, &tickets.url())
         .env(&[
             ("PUBSUB_EMULATOR_HOST", &pubsub.addr.to_string()),
             (
@@ -33,20 +36,48 @@ fn relay(gcs: &FakeGcs, pubsub: &PubSub) -> Relay {
         .start()
 }
 
+/// `mediarelay ticket ARGS` against the Firestore emulator's collection; its stdout.
+fn ticket_cli(e: &Emulator, args: &[&str]) -> String {
+    let url = e.url();
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--tickets", &url])
+        .env("FIRESTORE_EMULATOR_HOST", e.addr.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 #[test]
 fn two_relays_discover_through_notifications() {
+    let tickets = Emulator::start("scaleout");
     let pubsub = PubSub::start();
     pubsub.create_topic(PROJECT, TOPIC);
     let gcs = FakeGcs::with_events(pubsub.addr, PROJECT, TOPIC);
     gcs.upload("live/cam1/seg-0000000001.m4s", b"first");
-    let mut a = relay(&gcs, &pubsub);
-    let mut b = relay(&gcs, &pubsub);
+    let mut a = relay(&gcs, &pubsub, &tickets);
+    let mut b = relay(&gcs, &pubsub, &tickets);
     wait_for("both subscriptions", Duration::from_secs(10), || {
         pubsub.subscriptions(PROJECT).len() == 2
     });
+    let t = ticket_cli(
+        &tickets,
+        &[
+            "ticket",
+            "issue",
+            "--uid",
+            "viewer",
+            "--streams",
+            "live/cam1",
+        ],
+    );
     let mut viewers = Vec::new();
     for r in [&a, &b] {
-        let t = r.issue("live/cam1", &[]);
         let mut c = r.ws(&t);
         c.send(json!({"op":"subscribe","id":1,"stream":"live/cam1"}));
         assert_eq!(c.json()["seq"], 1);
@@ -85,6 +116,19 @@ fn two_relays_discover_through_notifications() {
         assert_eq!(r.metric("mediarelay_notifications_up", ""), 1.0);
         assert!(r.metric("mediarelay_origin_calls_total", "kind=\"list\"") <= 2.0);
     }
+    // A revocation in the shared ticket store closes the viewers of both relays.
+    let revoked = Instant::now();
+    ticket_cli(&tickets, &["ticket", "revoke", &t]);
+    for c in viewers.iter_mut() {
+        c.set_timeout(Duration::from_secs(5));
+        let (code, msgs) = c.close_code();
+        assert_eq!(code, Some(4401), "{msgs:?}");
+    }
+    assert!(
+        revoked.elapsed() < Duration::from_millis(2500),
+        "both relays closed their viewers {:?} after the revocation",
+        revoked.elapsed()
+    );
     // A clean shutdown deletes the relay's own subscription.
     a.signal("TERM");
     assert!(a
