@@ -102,8 +102,13 @@ impl Shared {
         }
     }
 
-    /// Take a connection slot of the relay; false when it holds its limit.
+    /// Take a connection slot of the relay; false when it holds its limit or is draining.
     pub fn admit_connection(&self) -> bool {
+        // A draining relay takes no new connection: it is about to close them all, and the
+        // client should go elsewhere (through the balancer) or come back.
+        if self.draining.load(Ordering::Acquire) {
+            return false;
+        }
         let max = self.max_connections();
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
