@@ -282,6 +282,18 @@ fn chunked_bodies_expect_continue_and_keep_alive() {
     .unwrap();
     s.write_all(&body).unwrap();
     assert_eq!(read_resp(&mut s).status, 201);
+    // A body of several buffer steps (the buffer grows as bytes arrive).
+    let big: Vec<u8> = (0..3_500_000u32).map(|i| (i % 253) as u8).collect();
+    s.write_all(
+        format!("PUT /ingest/vod/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\nContent-Length: {}\r\n\r\n", big.len())
+            .as_bytes(),
+    )
+    .unwrap();
+    for piece in big.chunks(700_000) {
+        s.write_all(piece).unwrap();
+    }
+    assert_eq!(read_resp(&mut s).status, 201);
+    assert_eq!(std::fs::read(r.media().join("vod/big")).unwrap(), big);
     let mut pipelined = format!(
         "PUT /ingest/vod/p HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\nContent-Length: 3\r\n\r\nabc"
     )

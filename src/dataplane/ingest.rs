@@ -29,6 +29,8 @@ use crate::tickets::Refusal;
 const MAX_CONTENT_TYPE: usize = 128;
 /// Longest a stored segment waits for its stream's init segment still arriving.
 const INIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How much of a `Content-Length` body's buffer is made ready ahead of the bytes received.
+const LENGTH_STEP: usize = 1 << 20;
 /// First allocation for a chunked body (it grows as chunks arrive).
 const CHUNKED_START: usize = 256 << 10;
 
@@ -366,15 +368,21 @@ async fn read_body(
             Ok(body)
         }
         Framing::Length(n) => {
-            let n = n as usize;
-            let mut body = pool::take(headroom + n);
-            body.resize(headroom + n, 0);
-            let from_pending = pending.len().min(n);
-            body[headroom..headroom + from_pending].copy_from_slice(&pending[..from_pending]);
+            let total = headroom + n as usize;
+            // Capacity for the whole body up front (address space only), but pages are
+            // touched (zeroed, then filled) a step at a time as bytes arrive: an announced
+            // size costs memory only once it is sent.
+            let mut body = pool::take(total);
+            body.resize(headroom, 0);
+            let from_pending = pending.len().min(n as usize);
+            body.extend_from_slice(&pending[..from_pending]);
             pending.drain(..from_pending);
-            let mut filled = headroom + from_pending;
-            // The kernel writes the rest straight into the object's buffer.
-            while filled < body.len() {
+            let mut filled = body.len();
+            while filled < total {
+                if filled == body.len() {
+                    body.resize((filled + LENGTH_STEP).min(total), 0);
+                }
+                // The kernel writes straight into the object's buffer.
                 match stream.recv(&mut body[filled..]) {
                     Ok(Io::Done(0)) | Err(_) => return Err(BodyError::Cut),
                     Ok(Io::Done(got)) => filled += got,
