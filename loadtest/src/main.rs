@@ -12,6 +12,7 @@
 
 mod report;
 mod scenarios;
+mod stream;
 mod wire;
 
 use std::path::PathBuf;
@@ -57,6 +58,18 @@ struct Cli {
     /// Print the final report as one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Speak TLS (wss://, https:// with `vod --http`), trusting the CA certificate(s) in --ca.
+    #[arg(long, global = true, requires = "ca")]
+    tls: bool,
+    /// PEM file of the CA that signed the server's certificate (with --tls).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Name to ask for and verify in the server's certificate (with --tls).
+    #[arg(long, global = true, default_value = "localhost")]
+    servername: String,
+    /// Offer TLS session resumption on later connections (default: every handshake full).
+    #[arg(long, global = true)]
+    tls_resume: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -95,11 +108,16 @@ pub struct Common {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let ticket = resolve_ticket(&cli)?;
+    let tls = match (&cli.ca, cli.tls) {
+        (Some(ca), true) => Some(stream::TlsClient::new(ca, &cli.servername, cli.tls_resume)?),
+        _ => None,
+    };
     let common = Common {
         target: Target {
             addr: cli.addr.clone(),
             ticket,
             proto: cli.proto,
+            tls,
         },
         threads: cli
             .threads

@@ -5,9 +5,9 @@
 //! Engine.IO 4 over a WebSocket carrying the same requests as socket.io events. Plain
 //! HTTP/1.1 `GET`s (for the nginx comparison) are in [`HttpReader`].
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
+
+use crate::stream::{Stream, TlsClient};
 
 /// Which dialect the server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -19,11 +19,13 @@ pub enum Proto {
 }
 
 /// Where to connect and how.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Target {
     pub addr: String,
     pub ticket: String,
     pub proto: Proto,
+    /// TLS (`--tls`): how to open connections.
+    pub tls: Option<TlsClient>,
 }
 
 impl Target {
@@ -57,8 +59,7 @@ impl Target {
 
     /// Connect and upgrade with `ticket` (socket.io: also join the default namespace).
     pub async fn open_with(&self, ticket: &str) -> anyhow::Result<Ws> {
-        let mut s = TcpStream::connect(self.addr.as_str()).await?;
-        let _ = s.set_nodelay(true);
+        let mut s = Stream::connect(self.addr.as_str(), self.tls.as_ref()).await?;
         let (r, _) = s.write_all(self.upgrade_request(ticket)).await;
         r?;
         let mut head = Vec::with_capacity(512);
@@ -73,7 +74,7 @@ impl Target {
             if let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                 if !head.starts_with(b"HTTP/1.1 101") {
                     let line = String::from_utf8_lossy(&head[..head.len().min(80)]).to_string();
-                    linger_zero(&s);
+                    linger_zero(s.fd());
                     anyhow::bail!("upgrade refused: {line}");
                 }
                 break head.split_off(p + 4);
@@ -105,7 +106,7 @@ impl Target {
 /// leaves no TIME_WAIT socket behind. A handshake-rate run opens tens of thousands of
 /// connections from one address; with FIN closes the kernel's ephemeral-port search in
 /// `connect()` walks their TIME_WAIT sockets and becomes most of the client's CPU.
-fn linger_zero(s: &TcpStream) {
+fn linger_zero(fd: RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
@@ -114,7 +115,7 @@ fn linger_zero(s: &TcpStream) {
     // option value is a properly sized, initialised `linger`.
     unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&linger as *const libc::linger).cast(),
@@ -126,7 +127,7 @@ fn linger_zero(s: &TcpStream) {
 /// An upgraded connection: the socket, its frame reader and frames parsed but not yet
 /// handed out.
 pub struct Ws {
-    pub s: TcpStream,
+    pub s: Stream,
     pub fr: FrameReader,
     pub pending: Vec<Seen>,
     /// Bytes received after the upgrade response (frames, heads included).
@@ -136,7 +137,7 @@ pub struct Ws {
 impl Ws {
     /// Close with a reset instead of a FIN (see [`linger_zero`]).
     pub fn reset(self) {
-        linger_zero(&self.s);
+        linger_zero(self.s.fd());
     }
 
     async fn wait_text(&mut self, want: impl Fn(&[u8]) -> bool) -> anyhow::Result<()> {

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use mediarelay::protocol::keys::{segment_name, segment_name_seq};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use serde_json::{json, Value};
 
 use super::{run_threads, share, Kinds};

@@ -17,13 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use serde_json::{json, Value};
 
 use super::{run_threads, share, Kinds};
 use crate::report::{add_server_cpu, histogram, percentiles_ms, round, write_hgrm, Progress};
-use crate::wire::{classify, masked_text, HttpReader, Msg, Seen};
+use crate::wire::{classify, masked_text, HttpReader, Msg, Seen, Target};
 use crate::Common;
 
 #[derive(clap::Args, Clone)]
@@ -146,7 +144,7 @@ pub fn run(c: &Common, a: Args) -> anyhow::Result<Value> {
                     tasks.push(monoio::spawn(async move {
                         let seed = 0x9e37_79b9_7f4a_7c15u64 ^ (conn as u64 + 1);
                         let r = if sh.a.http {
-                            http_client(&sh, &target.addr, seed).await
+                            http_client(&sh, &target, seed).await
                         } else {
                             ws_client(&sh, &target, seed).await
                         };
@@ -292,10 +290,10 @@ async fn ws_client(sh: &Shared, target: &crate::wire::Target, seed: u64) -> anyh
 }
 
 /// One HTTP/1.1 keep-alive connection with `inflight` pipelined GETs outstanding.
-async fn http_client(sh: &Shared, addr: &str, seed: u64) -> anyhow::Result<()> {
+async fn http_client(sh: &Shared, target: &Target, seed: u64) -> anyhow::Result<()> {
+    let addr = target.addr.as_str();
     let began = Instant::now();
-    let mut s = TcpStream::connect(addr).await?;
-    let _ = s.set_nodelay(true);
+    let mut s = crate::stream::Stream::connect(addr, target.tls.as_ref()).await?;
     if let Ok(mut h) = sh.handshakes.lock() {
         let _ = h.record(began.elapsed().as_micros().max(1) as u64);
     }
