@@ -12,9 +12,14 @@ const crypto = require('node:crypto');
 const fs = require('node:fs');
 const path = require('node:path');
 
-/** `--port N --storage DIR --tickets FILE [--send-queue BYTES]` */
-function parseArgs(argv = process.argv.slice(2)) {
-  const out = { port: 8080, storage: './media', tickets: './tickets.json', sendQueue: 8 << 20 };
+/**
+ * `--port N --storage DIR --tickets FILE [--send-queue BYTES] [--tls-cert PEM --tls-key PEM]`
+ * (the TLS flags only where the peer serves TLS: `parseArgs({ tls: true })`).
+ */
+function parseArgs({ tls = false } = {}, argv = process.argv.slice(2)) {
+  const out = {
+    port: 8080, storage: './media', tickets: './tickets.json', sendQueue: 8 << 20, tlsCert: null, tlsKey: null,
+  };
   for (let i = 0; i < argv.length; i += 2) {
     const [k, v] = [argv[i], argv[i + 1]];
     if (v === undefined) throw new Error(`missing value for ${k}`);
@@ -22,8 +27,11 @@ function parseArgs(argv = process.argv.slice(2)) {
     else if (k === '--storage') out.storage = v;
     else if (k === '--tickets') out.tickets = v;
     else if (k === '--send-queue') out.sendQueue = Number(v);
+    else if (tls && k === '--tls-cert') out.tlsCert = v;
+    else if (tls && k === '--tls-key') out.tlsKey = v;
     else throw new Error(`unknown flag ${k}`);
   }
+  if (!out.tlsCert !== !out.tlsKey) throw new Error('--tls-cert and --tls-key go together');
   return out;
 }
 

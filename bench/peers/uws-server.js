@@ -3,16 +3,19 @@
 // compression, `publish` to a topic per stream (uWS frames the message once and drops it for
 // sockets over `maxBackpressure`), `cork` around every send, and `get` replies held back
 // while a socket is over its backpressure limit and resumed from `drain`.
+// With `--tls-cert PEM --tls-key PEM` it starts as `SSLApp` (wss://, https://) on --port.
 'use strict';
 
 const uWS = require('@trufflesuite/uws-js-unofficial');
 const c = require('./common');
 
-const args = c.parseArgs();
+const args = c.parseArgs({ tls: true });
 const tickets = c.loadTickets(args.tickets);
 const objects = new c.ObjectCache(args.storage);
 const watches = new Map(); // stream -> watcher
-const app = uWS.App();
+const app = args.tlsCert
+  ? uWS.SSLApp({ cert_file_name: args.tlsCert, key_file_name: args.tlsKey })
+  : uWS.App();
 
 function watch(stream) {
   let w = watches.get(stream);
@@ -90,5 +93,5 @@ app.listen('127.0.0.1', args.port, (sock) => {
     console.error(`uws peer: cannot listen on ${args.port}`);
     process.exit(1);
   }
-  console.log(`uws peer on 127.0.0.1:${args.port}`);
+  console.log(`uws peer on ${args.tlsCert ? 'https' : 'http'}://127.0.0.1:${args.port}`);
 });
