@@ -3,28 +3,35 @@
 #   mediarelay   vs  nginx (Debian, sendfile; vod over HTTP/1.1 keep-alive)
 #                    Node.js ws, uWebSockets.js, NestJS + socket.io (bench/peers/)
 #                    iperf3 over loopback (single stream and -P 4): the physical reference
+#   and over TLS (the wss-* workloads): mediarelay --tls-cert/--tls-key vs nginx `ssl`
+#   (vod over HTTPS) and uWebSockets.js SSLApp, on a test CA + EC P-256 certificate made here
 # Every configuration runs --runs times (default 3), servers alternating (the order
 # rotates each round), all driven by the same load client (mediarelay-load), each server
 # restarted at the start of every round. Writes raw reports to bench/results/ (one JSON
 # line per run) and the summary to bench/RESULTS.md (bench/summarize.py).
 #
-#   bench/compare.sh                 the full run (about 15 minutes on 2 cores)
+#   bench/compare.sh                 the full run (about 22 minutes on 2 cores)
 #   bench/compare.sh --quick         small N, one round, summary to bench/results/QUICK.md
 #   bench/compare.sh --runs 5 --only vod-1m,idle
+#   bench/compare.sh --runs 1 --only wss-vod-1m,wss-connect --tag tls   -> bench/results/tls.{jsonl,md}
 #
 # Installs what it needs: nginx-light and iperf3 from apt (when missing; needs root),
-# the peers' npm packages (npm ci in bench/peers), the release binaries (cargo).
+# the peers' npm packages (npm ci in bench/peers), the release binaries (cargo; not when
+# RELAY_BIN and LOAD_BIN name them). --tag NAME writes bench/results/NAME.jsonl and NAME.md
+# instead of runs.jsonl and RESULTS.md. The wss-* durations: WSS_VOD_SECS (default 20),
+# WSS_FANOUT_SECS (20), WSS_CONNECT_N (6000 full handshakes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-runs=3 quick=0 only=""
+runs=3 quick=0 only="" tag=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --quick) quick=1; runs=1; shift ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--only workload,...]" >&2; exit 2 ;;
+    --tag) tag=$2; shift 2 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--only workload,...] [--tag NAME]" >&2; exit 2 ;;
   esac
 done
 
@@ -39,10 +46,14 @@ if ! command -v nginx >/dev/null || ! command -v iperf3 >/dev/null; then
 fi
 log "installing the peers' npm packages"
 (cd bench/peers && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-log "building release binaries"
-cargo build --release --workspace --locked 2>&1 | tail -1 >&2
-relay_bin=$root/target/release/mediarelay
-load_bin=$root/target/release/mediarelay-load
+if [ -n "${RELAY_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then
+  relay_bin=$RELAY_BIN load_bin=$LOAD_BIN
+else
+  log "building release binaries"
+  cargo build --release --workspace --locked 2>&1 | tail -1 >&2
+  relay_bin=$root/target/release/mediarelay
+  load_bin=$root/target/release/mediarelay-load
+fi
 
 # --- scratch: objects, ticket ----------------------------------------------------------
 work=$(mktemp -d /tmp/mediarelay-compare.XXXXXX)
@@ -63,16 +74,31 @@ done
 chmod -R a+rX "$media"
 ticket=$("$relay_bin" ticket issue --tickets "$work/tickets.json" --uid bench --streams '*' --ttl 3h)
 echo "$ticket" >"$work/ticket"
+# Test CA and an EC P-256 server certificate for localhost and 127.0.0.1 (wss-* workloads).
+(
+  mkdir -p "$work/tls" && cd "$work/tls"
+  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
+  openssl req -x509 -new -key ca.key -subj /CN=mediarelay-compare-CA -days 2 -out ca.pem
+  openssl ecparam -name prime256v1 -genkey -noout -out key.pem
+  openssl req -new -key key.pem -subj /CN=localhost -out srv.csr
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf
+  openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem
+  chmod a+r key.pem cert.pem ca.pem
+) >/dev/null 2>&1 || { log "openssl could not make the test certificate"; exit 1; }
 
 out_dir=$root/bench/results
 mkdir -p "$out_dir"
-if [ "$quick" = 1 ]; then raw=$out_dir/quick.jsonl; md=$out_dir/QUICK.md; else raw=$out_dir/runs.jsonl; md=$root/bench/RESULTS.md; fi
+if [ -n "$tag" ]; then raw=$out_dir/$tag.jsonl; md=$out_dir/$tag.md
+elif [ "$quick" = 1 ]; then raw=$out_dir/quick.jsonl; md=$out_dir/QUICK.md; else raw=$out_dir/runs.jsonl; md=$root/bench/RESULTS.md; fi
 : >"$raw"
 
 # --- servers ---------------------------------------------------------------------------
 # port per server; start_NAME sets server_pids (comma-separated) for --server-pid.
 declare -A port=([mediarelay]=18080 [nginx]=18081 [ws]=18082 [uws]=18083 [nest]=18084)
+# TLS ports (start_tls_NAME); run_load uses them while tls_args is set.
+declare -A tls_port=([mediarelay]=18443 [nginx]=18444 [uws]=18445)
 declare -A server_pids
+tls_args=()
 
 wait_port() {
   for _ in $(seq 200); do
@@ -85,7 +111,7 @@ wait_port() {
 # Refuse to start if anything already listens on a benchmark port: with SO_REUSEPORT a
 # leftover server could silently share the port and take part of the load.
 ensure_free() {
-  for p in "${port[@]}" 19080 15201; do
+  for p in "${port[@]}" "${tls_port[@]}" 19080 15201; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       log "127.0.0.1:$p is already in use: stop whatever listens there first"; exit 1
     fi
@@ -100,7 +126,21 @@ start_mediarelay() {
   wait_port "${port[mediarelay]}"
 }
 
-start_nginx() {
+start_nginx() { # [tls]
+  local listen="listen 127.0.0.1:${port[nginx]} reuseport;" wait_on=${port[nginx]}
+  if [ "${1:-}" = tls ]; then
+    # HTTP/1.1 over TLS on the same certificate; sendfile stays on (without kernel TLS nginx
+    # reads the file and encrypts it with SSL_write). The server picks AES-128-GCM first, as
+    # mediarelay does.
+    wait_on=${tls_port[nginx]}
+    listen="listen 127.0.0.1:${tls_port[nginx]} ssl reuseport;
+    ssl_certificate $work/tls/cert.pem;
+    ssl_certificate_key $work/tls/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;
+    ssl_session_cache shared:SSL:10m;"
+  fi
   mkdir -p "$work/nginx"
   cat >"$work/nginx/nginx.conf" <<EOF
 worker_processes auto;
@@ -122,7 +162,7 @@ http {
   scgi_temp_path $work/nginx/scgi;
   default_type application/octet-stream;
   server {
-    listen 127.0.0.1:${port[nginx]} reuseport;
+    $listen
     root $media;
   }
 }
@@ -130,7 +170,7 @@ EOF
   nginx -e stderr -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
   local master=$!
   pids+=($master)
-  wait_port "${port[nginx]}"
+  wait_port "$wait_on"
   server_pids[nginx]=$(echo "$master" $(pgrep -P "$master") | tr ' ' ',')
 }
 
@@ -143,6 +183,21 @@ start_ws() { start_node ws ws-server.js; }
 start_uws() { start_node uws uws-server.js; }
 start_nest() { start_node nest nest-server.js; }
 
+start_tls_mediarelay() {
+  MEDIARELAY_LOG_LEVEL=warn MEDIARELAY_AUTH_FAILURE_LIMIT=0 "$relay_bin" serve \
+    --listen "127.0.0.1:${tls_port[mediarelay]}" --tls-cert "$work/tls/cert.pem" --tls-key "$work/tls/key.pem" \
+    --admin 127.0.0.1:19080 --storage "$media" --tickets "$work/tickets.json" &
+  pids+=($!); server_pids[mediarelay]=$!
+  wait_port "${tls_port[mediarelay]}"
+}
+start_tls_nginx() { start_nginx tls; }
+start_tls_uws() {
+  node bench/peers/uws-server.js --port "${tls_port[uws]}" --storage "$media" --tickets "$work/tickets.json" \
+    --tls-cert "$work/tls/cert.pem" --tls-key "$work/tls/key.pem" >/dev/null &
+  pids+=($!); server_pids[uws]=$!
+  wait_port "${tls_port[uws]}"
+}
+
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -152,8 +207,10 @@ stop_all() {
 # --- workloads -------------------------------------------------------------------------
 if [ "$quick" = 1 ]; then
   subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 connect_n=2000 mixed_subs=100 iperf_t=1 loop_mb=256
+  wss_vod_secs=${WSS_VOD_SECS:-3} wss_fan_secs=${WSS_FANOUT_SECS:-3} wss_connect_n=${WSS_CONNECT_N:-300}
 else
   subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 connect_n=20000 mixed_subs=900 iperf_t=5 loop_mb=2048
+  wss_vod_secs=${WSS_VOD_SECS:-20} wss_fan_secs=${WSS_FANOUT_SECS:-20} wss_connect_n=${WSS_CONNECT_N:-6000}
 fi
 proto_of() { [ "$1" = nest ] && echo socketio || echo relay; }
 
@@ -168,20 +225,34 @@ alive() {
 # run_load WORKLOAD SERVER RUN ARGS...: one load run, its JSON report appended to $raw.
 run_load() {
   local workload=$1 server=$2 run=$3; shift 3
-  local report
+  local report p=${port[$server]} shown="$*"
+  if [ ${#tls_args[@]} -gt 0 ]; then
+    p=${tls_port[$server]}; shown="${tls_args[*]} $*"; shown=${shown//$work\/tls\//}
+  fi
   log "round $run: $workload on $server"
-  if report=$(timeout 300 "$load_bin" --addr "127.0.0.1:${port[$server]}" --ticket-file "$work/ticket" \
-      --proto "$(proto_of "$server")" --server-pid "${server_pids[$server]}" --json "$@" 2>"$work/load.err") \
+  if report=$(timeout 300 "$load_bin" --addr "127.0.0.1:$p" --ticket-file "$work/ticket" \
+      --proto "$(proto_of "$server")" --server-pid "${server_pids[$server]}" --json "${tls_args[@]}" "$@" 2>"$work/load.err") \
       && alive "$server"; then
     printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","report":%s}\n' \
-      "$workload" "$server" "$run" "$*" "$report" >>"$raw"
+      "$workload" "$server" "$run" "$shown" "$report" >>"$raw"
   else
     log "$workload on $server failed: $(tail -3 "$work/load.err")"
-    printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","error":true}\n' "$workload" "$server" "$run" "$*" >>"$raw"
+    printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","error":true}\n' "$workload" "$server" "$run" "$shown" >>"$raw"
   fi
 }
 
 wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
+# The TLS workloads: all of them in a full run, only a tiny wss-vod-64k in --quick (unless --only).
+wss_workloads=(wss-vod-1m wss-vod-64k wss-fanout-64k wss-fanout-half wss-connect wss-connect-resume)
+wanted_wss() {
+  if [ -z "$only" ] && [ "$quick" = 1 ]; then [ "$1" = wss-vod-64k ]; else wanted "$1"; fi
+}
+any_wanted() { # wanted_fn workload... -> true when any of them is wanted
+  local f=$1 w; shift
+  for w in "$@"; do "$f" "$w" && return 0; done
+  return 1
+}
+plain_workloads=(idle vod-1m vod-64k fanout-64k fanout-1m fanout-half mixed connect)
 
 rotate() { # round list... -> the list rotated by round
   local r=$1; shift
@@ -191,19 +262,30 @@ rotate() { # round list... -> the list rotated by round
 
 ws_servers=(mediarelay uws ws nest)
 vod_servers=(mediarelay nginx uws ws nest)
+wss_ws_servers=(mediarelay uws)
+wss_vod_servers=(mediarelay nginx uws)
+
+# warm SERVER...: every object once on each WebSocket server (its cache), over TLS while tls_args is set.
+warm() {
+  local s p addr
+  for s in "$@"; do
+    addr=${port[$s]}; [ ${#tls_args[@]} -gt 0 ] && addr=${tls_port[$s]}
+    for p in large small; do
+      "$load_bin" --addr "127.0.0.1:$addr" --ticket-file "$work/ticket" --proto "$(proto_of "$s")" "${tls_args[@]}" \
+        gets --prefix "vod/$p/" --count 100 --connections 4 >/dev/null 2>&1 || log "warm-up of $s failed"
+    done
+  done
+}
 
 for run in $(seq 1 "$runs"); do
   max_bps=""
   stop_all
   ensure_free
-  for s in mediarelay nginx ws uws nest; do "start_$s"; done
-  # Warm every cache: each object once.
-  for s in "${ws_servers[@]}"; do
-    for p in large small; do
-      "$load_bin" --addr "127.0.0.1:${port[$s]}" --ticket-file "$work/ticket" --proto "$(proto_of "$s")" \
-        gets --prefix "vod/$p/" --count 100 --connections 4 >/dev/null 2>&1 || log "warm-up of $s failed"
-    done
-  done
+  if any_wanted wanted "${plain_workloads[@]}"; then
+    for s in mediarelay nginx ws uws nest; do "start_$s"; done
+    # Warm every cache: each object once.
+    warm "${ws_servers[@]}"
+  fi
   if wanted idle; then
     for s in $(rotate "$run" "${ws_servers[@]}"); do
       run_load idle "$s" "$run" idle --connections "$idle_n" --hold 2
@@ -247,6 +329,56 @@ for run in $(seq 1 "$runs"); do
       run_load connect "$s" "$run" connect --count "$connect_n" --concurrency 64 --bad-share 0.1
     done
   fi
+  if any_wanted wanted_wss "${wss_workloads[@]}"; then
+    # TLS: the plain servers stop; mediarelay, nginx and uWebSockets.js start on the TLS ports
+    # with the same certificate; every load run is mediarelay-load --tls --ca ca.pem.
+    stop_all
+    ensure_free
+    for s in mediarelay nginx uws; do "start_tls_$s"; done
+    tls_args=(--tls --ca "$work/tls/ca.pem" --servername localhost)
+    warm "${wss_ws_servers[@]}"
+    for w in wss-vod-1m wss-vod-64k; do
+      wanted_wss "$w" || continue
+      prefix=vod/large/; [ "$w" = wss-vod-64k ] && prefix=vod/small/
+      for s in $(rotate "$run" "${wss_vod_servers[@]}"); do
+        http=(); [ "$s" = nginx ] && http=(--http)
+        run_load "$w" "$s" "$run" vod --connections 100 --inflight 2 --prefix "$prefix" --keys 100 \
+          --count "$vod_count" --duration "$wss_vod_secs" "${http[@]}"
+      done
+    done
+    wss_max_bps=""
+    if wanted_wss wss-fanout-64k || wanted_wss wss-fanout-half; then
+      # 64 KiB at 50/s asks for more than TLS delivers here: what mediarelay delivered is its
+      # maximum over TLS. Only mediarelay runs it when only wss-fanout-half is wanted.
+      fan_servers=(mediarelay); wanted_wss wss-fanout-64k && fan_servers=("${wss_ws_servers[@]}")
+      for s in $(rotate "$run" "${fan_servers[@]}"); do
+        run_load wss-fanout-64k "$s" "$run" fanout --subscribers "$subs" --storage "$media" \
+          --stream "live/wss-64k-$s-$run" --size 65536 --rate 50 --count "$((50 * wss_fan_secs / 2))" --duration 60
+        if [ "$s" = mediarelay ]; then
+          wss_max_bps=$(tail -1 "$raw" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("report",{}).get("received_bytes_per_s",""))')
+        fi
+      done
+    fi
+    if wanted_wss wss-fanout-half && [ -n "$wss_max_bps" ]; then
+      half=$(python3 -c "print(round($wss_max_bps / 2 / ($subs * 65536), 1))")
+      count=$(python3 -c "print(max(10, round($half * $wss_fan_secs)))")
+      for s in $(rotate "$run" "${wss_ws_servers[@]}"); do
+        run_load wss-fanout-half "$s" "$run" fanout --subscribers "$subs" --storage "$media" \
+          --stream "live/wss-half-$s-$run" --size 65536 --rate "$half" --count "$count" --duration 60
+      done
+    fi
+    for w in wss-connect wss-connect-resume; do
+      wanted_wss "$w" || continue
+      resume=(); [ "$w" = wss-connect-resume ] && resume=(--tls-resume)
+      tls_args=(--tls --ca "$work/tls/ca.pem" --servername localhost "${resume[@]}")
+      for s in $(rotate "$run" "${wss_ws_servers[@]}"); do
+        run_load "$w" "$s" "$run" connect --count "$wss_connect_n" --concurrency 64 --bad-share 0.1
+      done
+      tls_args=(--tls --ca "$work/tls/ca.pem" --servername localhost)
+    done
+    tls_args=()
+    stop_all
+  fi
   if wanted iperf3; then
     for p in 1 4; do
       iperf3 -s -B 127.0.0.1 -p 15201 -1 >/dev/null 2>&1 &
@@ -268,7 +400,7 @@ done
 stop_all
 
 machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
-versions="mediarelay $(git describe --always --dirty 2>/dev/null || echo '?'), nginx $(nginx -v 2>&1 | cut -d/ -f2), node $(node --version), iperf3 $(iperf3 --version | head -1 | awk '{print $2}')"
+versions="mediarelay $(git describe --always --dirty 2>/dev/null || echo '?'), nginx $(nginx -v 2>&1 | cut -d/ -f2), node $(node --version), iperf3 $(iperf3 --version | head -1 | awk '{print $2}'), $(openssl version | awk '{print $1, $2}') (nginx)"
 python3 bench/summarize.py "$raw" "$md" --machine "$machine" --versions "$versions" --runs "$runs" --quick "$quick"
 log "wrote $md (raw reports: $raw)"
 failed=$(grep -c '"error":true' "$raw" || true)
