@@ -110,11 +110,14 @@ wait_port() {
 
 # Refuse to start if anything already listens on a benchmark port: with SO_REUSEPORT a
 # leftover server could silently share the port and take part of the load.
+# A relay that has just exited can keep its listeners open for a moment: io_uring closes the
+# sockets it still holds (a pending accept) in the kernel's exit work after the process is
+# gone (seen here: port still listening, no process owning it, ~0.2 s after `wait`). So each
+# port gets up to 5 s to become free.
 ensure_free() {
   for p in "${port[@]}" "${tls_port[@]}" 19080 15201; do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      log "127.0.0.1:$p is already in use: stop whatever listens there first"; exit 1
-    fi
+    for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || continue 2; sleep 0.1; done
+    log "127.0.0.1:$p is already in use: stop whatever listens there first"; exit 1
   done
 }
 
