@@ -18,7 +18,8 @@
 # Installs what it needs: nginx-light and iperf3 from apt (when missing; needs root),
 # the peers' npm packages (npm ci in bench/peers), the release binaries (cargo; not when
 # RELAY_BIN and LOAD_BIN name them). --tag NAME writes bench/results/NAME.jsonl and NAME.md
-# instead of runs.jsonl and RESULTS.md. The wss-* durations: WSS_VOD_SECS (default 20),
+# instead of runs.jsonl and RESULTS.md. The wss-* durations: WSS_VOD_SECS (default 20; the
+# wss vod runs are bounded by time, not by count),
 # WSS_FANOUT_SECS (20), WSS_CONNECT_N (6000 full handshakes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -210,10 +211,10 @@ stop_all() {
 # --- workloads -------------------------------------------------------------------------
 if [ "$quick" = 1 ]; then
   subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 connect_n=2000 mixed_subs=100 iperf_t=1 loop_mb=256
-  wss_vod_secs=${WSS_VOD_SECS:-3} wss_fan_secs=${WSS_FANOUT_SECS:-3} wss_connect_n=${WSS_CONNECT_N:-300}
+  wss_vod_count=$vod_count wss_vod_secs=${WSS_VOD_SECS:-3} wss_fan_secs=${WSS_FANOUT_SECS:-3} wss_connect_n=${WSS_CONNECT_N:-300}
 else
   subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 connect_n=20000 mixed_subs=900 iperf_t=5 loop_mb=2048
-  wss_vod_secs=${WSS_VOD_SECS:-20} wss_fan_secs=${WSS_FANOUT_SECS:-20} wss_connect_n=${WSS_CONNECT_N:-6000}
+  wss_vod_count=1000000 wss_vod_secs=${WSS_VOD_SECS:-20} wss_fan_secs=${WSS_FANOUT_SECS:-20} wss_connect_n=${WSS_CONNECT_N:-6000}
 fi
 proto_of() { [ "$1" = nest ] && echo socketio || echo relay; }
 
@@ -346,7 +347,7 @@ for run in $(seq 1 "$runs"); do
       for s in $(rotate "$run" "${wss_vod_servers[@]}"); do
         http=(); [ "$s" = nginx ] && http=(--http)
         run_load "$w" "$s" "$run" vod --connections 100 --inflight 2 --prefix "$prefix" --keys 100 \
-          --count "$vod_count" --duration "$wss_vod_secs" "${http[@]}"
+          --count "$wss_vod_count" --duration "$wss_vod_secs" "${http[@]}"
       done
     done
     wss_max_bps=""
