@@ -415,4 +415,44 @@ mod tests {
             assert!(o.list("nothing/", None).await.unwrap().is_empty());
         });
     }
+
+    #[test]
+    fn writes_are_whole_and_stay_beneath_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("dirlink")).unwrap();
+        let o = FsOrigin::open(&root).unwrap();
+        let obj = |key: &str, data: &[u8]| {
+            let mut v = vec![0u8; 8];
+            v.extend_from_slice(data);
+            Object::new(bytes::Bytes::from(v), 8, key.into())
+        };
+        run(async {
+            assert_eq!(
+                o.put(&obj("live/a/b/seg", b"one")).await.unwrap(),
+                Stored::Created
+            );
+            assert_eq!(
+                o.put(&obj("live/a/b/seg", b"two")).await.unwrap(),
+                Stored::Replaced
+            );
+            assert_eq!(std::fs::read(root.join("live/a/b/seg")).unwrap(), b"two");
+            // No temporary file is left beside it.
+            let names: Vec<_> = std::fs::read_dir(root.join("live/a/b"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, vec![std::ffi::OsString::from("seg")]);
+            // A symlinked directory cannot lead a write (or its new directories) outside.
+            assert!(o.put(&obj("dirlink/x", b"no")).await.is_err());
+            assert!(o.put(&obj("dirlink/new/x", b"no")).await.is_err());
+            assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+            assert!(o.delete("live/a/b/seg").await.unwrap());
+            assert!(!o.delete("live/a/b/seg").await.unwrap());
+            assert!(!o.delete("missing/dir/x").await.unwrap());
+        });
+    }
 }
