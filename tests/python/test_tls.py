@@ -176,3 +176,26 @@ def test_a_certificate_that_does_not_load_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "tls.cert" in lines[0], out.stderr
+
+
+def test_revocation_and_header_tickets_over_tls(tls_relay):
+    r = tls_relay
+    t = r.issue("*")
+    ctx = client_context(r)
+    with connect(f"wss://127.0.0.1:{r.port}/ws", ssl=ctx, server_hostname="localhost",
+                 additional_headers={"Authorization": f"Bearer {t}"},
+                 open_timeout=5, close_timeout=5) as ws:
+        ws.send('{"op":"subscribe","id":1,"stream":"live/rev"}')
+        assert '"subscribed"' in ws.recv(timeout=5)
+        started = time.time()
+        import subprocess
+        from test_protocol import BIN
+        subprocess.run([BIN, "ticket", "revoke", "--tickets", r.tickets, t], check=True,
+                       capture_output=True)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                msg = ws.recv(timeout=5)
+                if '"closing"' in msg:
+                    assert '"ticket_revoked"' in msg
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        assert time.time() - started < 3
