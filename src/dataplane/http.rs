@@ -124,13 +124,11 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
             (_, "/readyz") => Route::Ready,
             (Listener::Admin, "/metrics") => Route::Metrics,
             (Listener::Public, "/ws") => Route::Ws,
-            (Listener::Public, p)
-                if core.shared.mode == Mode::Relay && player_asset(p).is_some() =>
-            {
-                Route::Player
-            }
             // The conformance server upgrades on any path.
             (Listener::Public, _) if core.shared.mode == Mode::Echo => Route::Ws,
+            (Listener::Public, p) => {
+                player_asset(p).map_or(Route::NotFound, |(ctype, body)| Route::Player(ctype, body))
+            }
             _ => Route::NotFound,
         };
         if which == Listener::Public && path.starts_with("/ingest/") && route == Route::NotFound {
@@ -228,15 +226,12 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
                 )
                 .await;
             }
-            Route::Player => {
-                if let Some((ctype, body)) = player_asset(path) {
-                    if head_only {
-                        let head =
-                            response_head(200, ctype, body.len(), PLAYER_HEADERS, keep_alive);
-                        write_all(&stream, head.as_bytes()).await;
-                    } else {
-                        respond(&stream, 200, ctype, body, PLAYER_HEADERS, keep_alive).await;
-                    }
+            Route::Player(ctype, body) => {
+                if head_only {
+                    let head = response_head(200, ctype, body.len(), PLAYER_HEADERS, keep_alive);
+                    write_all(&stream, head.as_bytes()).await;
+                } else {
+                    respond(&stream, 200, ctype, body, PLAYER_HEADERS, keep_alive).await;
                 }
             }
             Route::NotFound => error(&stream, 404, "not_found", keep_alive).await,
@@ -259,7 +254,8 @@ enum Route {
     Ready,
     Metrics,
     Ws,
-    Player,
+    /// A player file: its content type and bytes.
+    Player(&'static str, &'static [u8]),
     NotFound,
 }
 
@@ -332,25 +328,7 @@ async fn upgrade(
     let refuse = |r: Refusal| {
         let (status, code) = r.status_and_code();
         core.stats.upgrade(code);
-        let body = format!("{{\"error\":\"{code}\"}}");
-        // A 503 tells the client to come back: overloaded, or the ticket was not judged.
-        let retry: &[(&str, &str)] = if status == 503 {
-            &[("Retry-After", "1")]
-        } else {
-            &[]
-        };
-        let stream = &stream;
-        async move {
-            respond(
-                stream,
-                status,
-                "application/json",
-                body.as_bytes(),
-                retry,
-                false,
-            )
-            .await;
-        }
+        error(&stream, status, code, false)
     };
     // At its limit the relay refuses before any ticket or WebSocket work.
     if !core.shared.admit_connection() {
@@ -599,15 +577,21 @@ fn response_head(
     head
 }
 
-/// A JSON error response `{"error": code}`.
-async fn error(stream: &Socket, status: u16, code: &str, keep_alive: bool) {
+/// A JSON error response `{"error": code}`. A 503 tells the client to come back
+/// (`Retry-After: 1`): overloaded, storage or tickets unavailable.
+pub(super) async fn error(stream: &Socket, status: u16, code: &str, keep_alive: bool) {
     let body = format!("{{\"error\":\"{code}\"}}");
+    let retry: &[(&str, &str)] = if status == 503 {
+        &[("Retry-After", "1")]
+    } else {
+        &[]
+    };
     respond(
         stream,
         status,
         "application/json",
         body.as_bytes(),
-        &[],
+        retry,
         keep_alive,
     )
     .await;

@@ -18,12 +18,11 @@ use super::socket::Socket;
 
 use super::core::Core;
 use super::head::Framing;
-use super::http::{find_ticket, header, linger_close, respond, write_all};
+use super::http::{error, find_ticket, header, linger_close, write_all};
 use super::session::Context;
 use crate::origin::{headroom_for, pool, Object, OriginError, Stored};
 use crate::protocol::keys::{segment_name_seq, validate_key};
 use crate::sys::Io;
-use crate::tickets::Refusal;
 
 /// Longest `Content-Type` kept from a publisher.
 const MAX_CONTENT_TYPE: usize = 128;
@@ -117,32 +116,23 @@ pub async fn serve(
     // Before the body is read, an error answer ends the connection (the body, or part of
     // it, may be on its way).
     let early_keep = req.keep_alive && !has_body;
-    let fail =
-        |result: &'static str, status: u16, extra: &'static [(&'static str, &'static str)]| {
-            core.stats.ingest(result);
-            let body = format!("{{\"error\":\"{result}\"}}");
-            async move {
-                respond(
-                    stream,
-                    status,
-                    "application/json",
-                    body.as_bytes(),
-                    extra,
-                    early_keep,
-                )
-                .await;
-                if !early_keep && has_body {
-                    linger_close(stream).await;
-                }
-                early_keep
+    // Counted under the same name as the JSON error (ticket refusals included).
+    let fail = |result: &'static str, status: u16| {
+        core.stats.ingest(result);
+        async move {
+            error(stream, status, result, early_keep).await;
+            if !early_keep && has_body {
+                linger_close(stream).await;
             }
-        };
+            early_keep
+        }
+    };
     let key = match req.key.as_deref().map(validate_key) {
         Ok(Ok(())) => req.key.clone().unwrap_or_default(),
-        _ => return fail("bad_request", 400, &[]).await,
+        _ => return fail("bad_request", 400).await,
     };
     if !req.put && has_body {
-        return fail("bad_request", 400, &[]).await;
+        return fail("bad_request", 400).await;
     }
     let wait = core.shared.config().tickets.lookup_timeout;
     let record = match core
@@ -153,17 +143,12 @@ pub async fn serve(
     {
         Ok((_, record)) => record,
         Err(r) => {
-            let status = r.status_and_code().0;
-            let retry: &'static [(&str, &str)] = if status == 503 {
-                &[("Retry-After", "1")]
-            } else {
-                &[]
-            };
-            return fail(refusal_result(r), status, retry).await;
+            let (status, code) = r.status_and_code();
+            return fail(code, status).await;
         }
     };
     if !record.covers_publish(&key) {
-        return fail("forbidden", 403, &[]).await;
+        return fail("forbidden", 403).await;
     }
     buf.drain(..head_len);
     let origin = core.shared.cache.origin().clone();
@@ -197,7 +182,7 @@ pub async fn serve(
     let max = core.shared.config().storage.max_object_size;
     if let Framing::Length(n) = req.framing {
         if n > max {
-            return fail("too_large", 413, &[]).await;
+            return fail("too_large", 413).await;
         }
     }
     if req.expect_continue && has_body && !write_all(stream, b"HTTP/1.1 100 Continue\r\n\r\n").await
@@ -210,29 +195,13 @@ pub async fn serve(
         Ok(b) => b,
         Err(BodyError::TooLarge) => {
             core.stats.ingest("too_large");
-            respond(
-                stream,
-                413,
-                "application/json",
-                br#"{"error":"too_large"}"#,
-                &[],
-                false,
-            )
-            .await;
+            error(stream, 413, "too_large", false).await;
             linger_close(stream).await;
             return false;
         }
         Err(BodyError::Malformed) => {
             core.stats.ingest("bad_request");
-            respond(
-                stream,
-                400,
-                "application/json",
-                br#"{"error":"bad_request"}"#,
-                &[],
-                false,
-            )
-            .await;
+            error(stream, 400, "bad_request", false).await;
             return false;
         }
         Err(BodyError::Cut) => {
@@ -306,37 +275,9 @@ async fn answer(stream: &Socket, status: u16, result: &str, keep_alive: bool) ->
                 stream.shutdown_write();
             }
         }
-        _ => {
-            let body = format!("{{\"error\":\"{result}\"}}");
-            let retry: &[(&str, &str)] = if status == 503 {
-                &[("Retry-After", "1")]
-            } else {
-                &[]
-            };
-            respond(
-                stream,
-                status,
-                "application/json",
-                body.as_bytes(),
-                retry,
-                keep_alive,
-            )
-            .await;
-        }
+        _ => error(stream, status, result, keep_alive).await,
     }
     keep_alive
-}
-
-fn refusal_result(r: Refusal) -> &'static str {
-    match r.status_and_code().1 {
-        "ticket_missing" => "ticket_missing",
-        "ticket_expired" => "ticket_expired",
-        "ticket_revoked" => "ticket_revoked",
-        "rate_limited" => "rate_limited",
-        "tickets_unavailable" => "tickets_unavailable",
-        "overloaded" => "unavailable",
-        _ => "ticket_invalid",
-    }
 }
 
 /// Why a body was not read whole.

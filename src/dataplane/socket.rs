@@ -116,21 +116,10 @@ impl Socket {
         let Some(tls) = &self.tls else { return Ok(()) };
         let fd = self.fd();
         loop {
-            let (want_write, handshaking) = {
-                let mut c = tls.borrow_mut();
-                let mut blocked = false;
-                while c.wants_write() {
-                    match c.write_tls(&mut Fd(fd)) {
-                        Ok(_) => {}
-                        Err(e) if would_block(&e) => {
-                            blocked = true;
-                            break;
-                        }
-                        Err(e) => return Err(HandshakeFailure::Failed(e.to_string())),
-                    }
-                }
-                (blocked, c.is_handshaking())
-            };
+            let want_write = !self
+                .flush()
+                .map_err(|e| HandshakeFailure::Failed(e.to_string()))?;
+            let handshaking = tls.borrow().is_handshaking();
             if want_write {
                 self.wait(deadline, false).await?;
                 continue;

@@ -420,10 +420,7 @@ impl Hub {
             }
             found = true;
             let seg = Seg::build(&stream.name, next, &obj);
-            if stream.publish_new(seg.clone(), Arc::from(key.as_str())) {
-                self.published.fetch_add(1, Ordering::Relaxed);
-                self.send_to_workers(stream, |s| WorkerMsg::Segment(s, seg.clone()));
-            }
+            self.publish(stream, seg, Arc::from(key.as_str()));
             *last_seg_key = Some(key);
         }
         Ok(found)
@@ -486,10 +483,7 @@ impl Hub {
                 Err(e) => return Err(e),
             };
             let seg = Seg::build(&stream.name, seq, &obj);
-            if stream.publish_new(seg.clone(), Arc::from(key.as_str())) {
-                self.published.fetch_add(1, Ordering::Relaxed);
-                self.send_to_workers(stream, |s| WorkerMsg::Segment(s, seg.clone()));
-            }
+            self.publish(stream, seg, Arc::from(key.as_str()));
             *last_seg_key = Some(key);
         }
         Ok(())
@@ -534,12 +528,7 @@ impl Hub {
             return false;
         };
         let seg = Seg::build(name, seq, obj);
-        if !stream.publish_new(seg.clone(), obj.key.clone()) {
-            return false;
-        }
-        self.published.fetch_add(1, Ordering::Relaxed);
-        self.send_to_workers(&stream, |s| WorkerMsg::Segment(s, seg.clone()));
-        true
+        self.publish(&stream, seg, obj.key.clone())
     }
 
     /// An init segment of `stream` has started to arrive through ingest. Encoders send a
@@ -575,6 +564,17 @@ impl Hub {
             }
             let _ = monoio::time::timeout(left, l).await;
         }
+    }
+
+    /// Publish `seg` (stored as `key`) to the stream and every worker with subscribers,
+    /// unless a segment at or after its seq is out already; returns whether it went out.
+    fn publish(&self, stream: &Arc<Stream>, seg: Seg, key: Arc<str>) -> bool {
+        if !stream.publish_new(seg.clone(), key) {
+            return false;
+        }
+        self.published.fetch_add(1, Ordering::Relaxed);
+        self.send_to_workers(stream, |s| WorkerMsg::Segment(s, seg.clone()));
+        true
     }
 
     /// Hand a message about `stream` to every worker with subscribers to it.

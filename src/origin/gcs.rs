@@ -287,6 +287,22 @@ impl GcsOrigin {
     }
 }
 
+impl GcsOrigin {
+    /// Run `task` on the fetch runtime; the worker awaits its result (`what` names the task
+    /// if the runtime drops it).
+    fn on_runtime<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        task: impl std::future::Future<Output = Result<T, OriginError>> + Send + 'static,
+    ) -> OriginFuture<'static, T> {
+        let task = self.runtime.spawn(task);
+        Box::pin(async move {
+            task.await
+                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("{what} task: {e}"))))
+        })
+    }
+}
+
 impl Drop for GcsOrigin {
     fn drop(&mut self) {
         // Tasks still in flight are abandoned; the process is ending.
@@ -670,7 +686,7 @@ impl Origin for GcsOrigin {
     fn get<'a>(&'a self, key: &'a str, max_size: u64) -> OriginFuture<'a, Object> {
         let shared = self.shared.clone();
         let key = key.to_string();
-        let task = self.runtime.spawn(async move {
+        self.on_runtime("fetch", async move {
             let s = shared.clone();
             let started = Instant::now();
             let key_for_log = key.clone();
@@ -688,17 +704,13 @@ impl Origin for GcsOrigin {
                 "GCS download"
             );
             r
-        });
-        Box::pin(async move {
-            task.await
-                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("fetch task: {e}"))))
         })
     }
 
     fn put<'a>(&'a self, obj: &'a Object) -> OriginFuture<'a, Stored> {
         let shared = self.shared.clone();
         let obj = obj.clone();
-        let task = self.runtime.spawn(async move {
+        self.on_runtime("upload", async move {
             let crc = crc32c::crc32c(&obj.payload());
             // What is there now (a metadata read; a 404 is not billed), then an upload on the
             // condition that it is still that (`ifGenerationMatch`, 0: absent), so the answer
@@ -734,17 +746,13 @@ impl Origin for GcsOrigin {
             } else {
                 Stored::Replaced
             })
-        });
-        Box::pin(async move {
-            task.await
-                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("upload task: {e}"))))
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> OriginFuture<'a, bool> {
         let shared = self.shared.clone();
         let key = key.to_string();
-        let task = self.runtime.spawn(async move {
+        self.on_runtime("delete", async move {
             let s = shared.clone();
             shared
                 .with_retries("delete", move |_| {
@@ -752,17 +760,13 @@ impl Origin for GcsOrigin {
                     async move { s.delete_once(&key).await }
                 })
                 .await
-        });
-        Box::pin(async move {
-            task.await
-                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("delete task: {e}"))))
         })
     }
 
     fn version<'a>(&'a self, key: &'a str) -> OriginFuture<'a, Option<u64>> {
         let shared = self.shared.clone();
         let key = key.to_string();
-        let task = self.runtime.spawn(async move {
+        self.on_runtime("fetch", async move {
             let s = shared.clone();
             shared
                 .with_retries("metadata read", move |_| {
@@ -771,10 +775,6 @@ impl Origin for GcsOrigin {
                     async move { s.generation_once(&key).await }
                 })
                 .await
-        });
-        Box::pin(async move {
-            task.await
-                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("fetch task: {e}"))))
         })
     }
 
@@ -786,7 +786,7 @@ impl Origin for GcsOrigin {
         let shared = self.shared.clone();
         let prefix = prefix.to_string();
         let start_after = start_after.map(str::to_string);
-        let task = self.runtime.spawn(async move {
+        self.on_runtime("listing", async move {
             let strip = shared.settings.prefix.clone();
             let mut keys = Vec::new();
             let mut page: Option<String> = None;
@@ -826,10 +826,6 @@ impl Origin for GcsOrigin {
             }
             keys.sort_unstable();
             Ok(keys)
-        });
-        Box::pin(async move {
-            task.await
-                .unwrap_or_else(|e| Err(OriginError::Unavailable(format!("listing task: {e}"))))
         })
     }
 
