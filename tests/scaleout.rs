@@ -4,7 +4,8 @@
 //! A segment uploaded once reaches the subscribers of both relays at once (the poll interval
 //! is 5 s: only the notifications can explain it), each relay downloads it once, listings
 //! stay rare, a revocation closes the viewers of both within 2 s, and each relay deletes its
-//! subscription on a clean shutdown. Then HAProxy in front of two relays.
+//! subscription on a clean shutdown. Then HAProxy in front of three relays, one drained and
+//! one killed.
 
 mod support;
 
@@ -143,10 +144,10 @@ fn two_relays_discover_through_notifications() {
     assert!(b.wait_exit(Duration::from_secs(15)).is_some());
 }
 
-/// HAProxy (deploy/haproxy/haproxy.cfg, Debian's package) in front of two relays over one
-/// bucket: viewers are spread over both; when one relay drains (SIGTERM: `/readyz` 503, then
-/// 1001), its viewers reconnect through the balancer to the other and resume from the next
-/// sequence number with nothing missing.
+/// HAProxy (deploy/haproxy/haproxy.cfg, Debian's package) in front of three relays over one
+/// bucket: viewers are spread over all; when one relay drains (SIGTERM: `/readyz` 503, then
+/// 1001) and then another is killed (SIGKILL), their viewers reconnect through the balancer
+/// to the one left and resume from the next sequence number with nothing missing.
 #[test]
 fn a_balancer_spreads_viewers_and_a_drained_relays_viewers_resume_elsewhere() {
     if Command::new("haproxy").arg("-v").output().is_err() {
@@ -161,11 +162,15 @@ fn a_balancer_spreads_viewers_and_a_drained_relays_viewers_resume_elsewhere() {
         .env(&env)
         .start();
     let tickets = a.tickets().to_string_lossy().into_owned();
-    let b = Relay::builder()
-        .gcs(gcs.addr, "gs://media")
-        .env(&env)
-        .env(&[("MEDIARELAY_TICKETS", &tickets)])
-        .start();
+    let start_other = || {
+        Relay::builder()
+            .gcs(gcs.addr, "gs://media")
+            .env(&env)
+            .env(&[("MEDIARELAY_TICKETS", &tickets)])
+            .start()
+    };
+    let mut b = start_other();
+    let c = start_other();
     let t = a.issue("live/cam1", &[]);
     wait_for(
         "relay B to know the ticket",
@@ -182,8 +187,8 @@ fn a_balancer_spreads_viewers_and_a_drained_relays_viewers_resume_elsewhere() {
         .map(|l| match l.trim() {
             "bind :8080" => format!("    bind 127.0.0.1:{port}"),
             "default-server inter 1s fall 2 rise 2" => format!(
-                "    default-server inter 100ms fall 1 rise 1\n    server a {} check\n    server b {} check",
-                a.addr, b.addr
+                "    default-server inter 100ms fall 1 rise 1\n    server a {} check\n    server b {} check\n    server c {} check",
+                a.addr, b.addr, c.addr
             ),
             _ => l.to_string(),
         })
@@ -229,17 +234,18 @@ fn a_balancer_spreads_viewers_and_a_drained_relays_viewers_resume_elsewhere() {
         assert_eq!(c.json()["op"], "subscribed");
         c
     };
-    let mut viewers: Vec<Client> = (0..10).map(|_| subscribe(1)).collect();
+    let mut viewers: Vec<Client> = (0..12).map(|_| subscribe(1)).collect();
     for c in viewers.iter_mut() {
         assert_eq!(c.media().1, b"one");
     }
-    let (on_a, on_b) = (
+    let (on_a, on_b, on_c) = (
         a.metric("mediarelay_connections", ""),
         b.metric("mediarelay_connections", ""),
+        c.metric("mediarelay_connections", ""),
     );
     assert!(
-        on_a >= 1.0 && on_b >= 1.0,
-        "spread over both: {on_a} and {on_b}"
+        on_a >= 1.0 && on_b >= 1.0 && on_c >= 1.0,
+        "spread over all three: {on_a}, {on_b} and {on_c}"
     );
 
     // Relay A drains; the next segment is uploaded meanwhile.
@@ -275,11 +281,53 @@ fn a_balancer_spreads_viewers_and_a_drained_relays_viewers_resume_elsewhere() {
     assert_eq!(moved as f64, on_a, "every viewer of A moved");
     assert!(a.wait_exit(Duration::from_secs(15)).is_some());
     gcs.upload("live/cam1/seg-0000000003.m4s", b"three");
-    for c in viewers.iter_mut() {
-        let (m, p) = c.media();
+    for v in viewers.iter_mut() {
+        let (m, p) = v.media();
         assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(3), &b"three"[..]));
     }
-    assert_eq!(b.metric("mediarelay_connections", ""), 10.0);
+    // Relay B is killed (no close frame, no drain): its viewers see the connection end,
+    // reconnect through the balancer (which finds B down) and resume at the next seq.
+    let on_b = b.metric("mediarelay_connections", "");
+    let _ = b.child.as_mut().unwrap().kill();
+    let _ = b.child.as_mut().unwrap().wait();
+    gcs.upload("live/cam1/seg-0000000004.m4s", b"four");
+    let mut moved = 0;
+    for v in viewers.iter_mut() {
+        let got = loop {
+            match v.ws.read() {
+                Ok(tungstenite::Message::Binary(f)) => break Some(f),
+                Ok(tungstenite::Message::Close(_)) | Err(_) => break None,
+                Ok(_) => continue,
+            }
+        };
+        let frame = match got {
+            Some(f) => f,
+            None => {
+                moved += 1;
+                *v = subscribe(4);
+                match v.recv() {
+                    Got::Media(m, p) => {
+                        assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(4), &b"four"[..]));
+                    }
+                    other => panic!("after reconnecting: {other:?}"),
+                }
+                continue;
+            }
+        };
+        let n = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        let meta: serde_json::Value = serde_json::from_slice(&frame[4..4 + n]).unwrap();
+        assert_eq!(
+            (meta["seq"].as_u64(), &frame[4 + n..]),
+            (Some(4), &b"four"[..])
+        );
+    }
+    assert_eq!(moved as f64, on_b, "every viewer of the killed relay moved");
+    gcs.upload("live/cam1/seg-0000000005.m4s", b"five");
+    for v in viewers.iter_mut() {
+        let (m, p) = v.media();
+        assert_eq!((m["seq"].as_u64(), p.as_slice()), (Some(5), &b"five"[..]));
+    }
+    assert_eq!(c.metric("mediarelay_connections", ""), 12.0);
     let _ = haproxy.kill();
     let _ = haproxy.wait();
 }
