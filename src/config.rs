@@ -102,6 +102,10 @@ pub struct StorageConfig {
     pub fetch_threads: usize,
     /// GCS: objects per listing page.
     pub list_page_size: u32,
+    /// GCS: an ingested body larger than this is uploaded in a resumable session, in pieces
+    /// of this size (a multiple of 256 KiB), each retried on its own.
+    #[serde(deserialize_with = "bytesize")]
+    pub upload_chunk: u64,
 }
 
 /// `[tickets]`: the ticket store and the auth-failure limiter.
@@ -255,6 +259,7 @@ impl Default for StorageConfig {
             max_inflight: 64,
             fetch_threads: 1,
             list_page_size: 1000,
+            upload_chunk: 8 << 20,
         }
     }
 }
@@ -333,6 +338,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_MAX_INFLIGHT", "storage.max_inflight"),
     ("MEDIARELAY_FETCH_THREADS", "storage.fetch_threads"),
     ("MEDIARELAY_LIST_PAGE_SIZE", "storage.list_page_size"),
+    ("MEDIARELAY_UPLOAD_CHUNK", "storage.upload_chunk"),
     ("MEDIARELAY_TICKETS", "tickets.url"),
     (
         "MEDIARELAY_AUTH_FAILURE_LIMIT",
@@ -498,6 +504,13 @@ impl Config {
         }
         if !(1..=1000).contains(&self.storage.list_page_size) {
             return bad("storage.list_page_size", "must be between 1 and 1000");
+        }
+        let chunk = self.storage.upload_chunk;
+        if chunk == 0 || chunk % (256 << 10) != 0 || chunk > 1 << 30 {
+            return bad(
+                "storage.upload_chunk",
+                "must be a multiple of 256 KiB, at most 1 GiB",
+            );
         }
         if self.storage.attempt_timeout.is_zero() || self.storage.request_deadline.is_zero() {
             return bad("storage.request_deadline", "deadlines must be above zero");
@@ -687,6 +700,22 @@ mod tests {
         let e = Config::load(Some(&file), Vec::new(), &[]).unwrap_err();
         assert!(e.0.contains("lisen"), "{e}");
         assert!(!e.0.contains('\n'));
+        for bad in ["100KiB", "0", "300KiB", "2GiB"] {
+            let e = Config::load(
+                None,
+                vec![("MEDIARELAY_UPLOAD_CHUNK".into(), bad.into())],
+                &[],
+            )
+            .unwrap_err();
+            assert!(e.0.contains("storage.upload_chunk"), "{bad}: {e}");
+        }
+        let c = Config::load(
+            None,
+            vec![("MEDIARELAY_UPLOAD_CHUNK".into(), "512KiB".into())],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.storage.upload_chunk, 512 << 10);
     }
 
     #[test]

@@ -336,6 +336,80 @@ fn ingest_writes_to_the_bucket() {
     assert_eq!(gcs.downloads("root/live/cam9/seg-0000000001.m4s"), 0);
 }
 
+/// A body larger than `storage.upload_chunk` goes up in a resumable session, one piece
+/// per 256 KiB here: the object has every byte and the content type, a replacement is told
+/// apart (204), and the pieces were sent as `Content-Range` PUTs to the session.
+#[test]
+fn large_ingest_uses_a_resumable_upload() {
+    let gcs = FakeGcs::start();
+    let r = Relay::builder()
+        .gcs(gcs.addr, "gs://media/root")
+        .env(&[("MEDIARELAY_UPLOAD_CHUNK", "256KiB")])
+        .start();
+    let publisher = r.issue("*", &["--publish", "*"]);
+    let body = data((1 << 20) + 12_345, 4);
+    let put = |body: &[u8]| {
+        support::gcs::request(
+            r.addr,
+            "PUT",
+            &format!("/ingest/t/{publisher}/vod/big.mp4"),
+            "video/mp4",
+            body,
+        )
+        .0
+    };
+    assert_eq!(put(&body), 201);
+    let (status, stored) = support::gcs::request(
+        gcs.addr,
+        "GET",
+        "/storage/v1/b/media/o/root%2Fvod%2Fbig.mp4?alt=media",
+        "text/plain",
+        b"",
+    );
+    assert_eq!((status, stored.len()), (200, body.len()));
+    assert!(stored == body, "the stored object differs from the body");
+    let (_, meta) = support::gcs::request(
+        gcs.addr,
+        "GET",
+        "/storage/v1/b/media/o/root%2Fvod%2Fbig.mp4",
+        "text/plain",
+        b"",
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+    assert_eq!(meta["contentType"], "video/mp4");
+    // Five pieces: four answered 308 (persisted so far), the last one 200.
+    let log = gcs.log();
+    let pieces = log
+        .lines()
+        .filter(|l| l.contains("PUT /upload/storage/v1/b/media/o?uploadType=resumable"))
+        .collect::<Vec<_>>();
+    assert_eq!(pieces.len(), 5, "{log}");
+    assert_eq!(
+        pieces.iter().filter(|l| l.contains("\" 308 ")).count(),
+        4,
+        "{log}"
+    );
+
+    let second = data((1 << 20) + 1, 5);
+    assert_eq!(put(&second), 204);
+    let (_, stored) = support::gcs::request(
+        gcs.addr,
+        "GET",
+        "/storage/v1/b/media/o/root%2Fvod%2Fbig.mp4?alt=media",
+        "text/plain",
+        b"",
+    );
+    assert!(stored == second, "the replacement was not stored whole");
+    // A body of one piece or less is one single-request upload.
+    assert_eq!(put(&data(256 << 10, 6)), 204);
+    assert_eq!(
+        gcs.log().matches("uploadType=media").count(),
+        1,
+        "{}",
+        gcs.log()
+    );
+}
+
 /// Discovery on a bucket reads the predicted next segment instead of listing: listings
 /// only at the start and every `list_interval` (which also finds a segment after a gap).
 #[test]

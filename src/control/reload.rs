@@ -56,6 +56,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         storage.request_deadline => false, storage.attempt_timeout => false,
         storage.max_inflight => false, storage.fetch_threads => false,
         storage.list_page_size => false, storage.max_streams => true,
+        storage.upload_chunk => false,
         tickets.url => false, tickets.reload_interval => false,
         tickets.auth_failure_limit => false, tickets.auth_failure_window => false,
         tickets.sync_interval => false, tickets.full_resync_interval => false,

@@ -57,6 +57,9 @@ pub struct GcsSettings {
     pub threads: usize,
     /// Objects per listing page (`maxResults`).
     pub page_size: u32,
+    /// Bodies larger than this are uploaded in a resumable session, in pieces of this size
+    /// (a multiple of 256 KiB): each piece is retried on its own, within `attempt_timeout`.
+    pub upload_chunk: usize,
 }
 
 impl GcsSettings {
@@ -97,6 +100,7 @@ impl GcsSettings {
             max_inflight: 64,
             threads: 1,
             page_size: 1000,
+            upload_chunk: 8 << 20,
         })
     }
 
@@ -120,13 +124,15 @@ impl GcsSettings {
         )
     }
 
-    /// Single-request upload URL of an object; with `if_generation`, the upload fails with
-    /// 412 unless the object's generation is that (0: no such object).
-    pub fn upload_url(&self, key: &str, if_generation: Option<u64>) -> String {
+    /// Upload URL of an object, for a single-request upload (`resumable: false`) or to
+    /// start a resumable session; with `if_generation`, the upload fails with 412 unless the
+    /// object's generation is that (0: no such object).
+    pub fn upload_url(&self, key: &str, if_generation: Option<u64>, resumable: bool) -> String {
         let mut url = format!(
-            "{}/upload/storage/v1/b/{}/o?uploadType=media&name={}&fields=crc32c%2Cgeneration",
+            "{}/upload/storage/v1/b/{}/o?uploadType={}&name={}&fields=crc32c%2Cgeneration",
             self.base,
             encode(&self.bucket),
+            if resumable { "resumable" } else { "media" },
             encode(&format!("{}{key}", self.prefix)),
         );
         if let Some(g) = if_generation {
@@ -240,6 +246,49 @@ enum Attempt<T> {
     Done(T),
     Fail(OriginError),
     Retry(String),
+}
+
+impl<T> Attempt<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        match self {
+            Attempt::Done(v) => Attempt::Done(f(v)),
+            Attempt::Fail(e) => Attempt::Fail(e),
+            Attempt::Retry(why) => Attempt::Retry(why),
+        }
+    }
+}
+
+/// Where a resumable upload stands: the first byte Cloud Storage has not persisted, and
+/// whether the last piece's outcome is unknown (its request failed on the way).
+struct Piece {
+    offset: u64,
+    unsure: bool,
+}
+
+/// Bytes a resumable session has persisted, from the `Range: bytes=0-N` of its 308 answer
+/// (none: nothing yet).
+fn persisted(headers: &hyper::HeaderMap) -> u64 {
+    headers
+        .get(hyper::header::RANGE)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.trim().strip_prefix("bytes=0-"))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .map_or(0, |last| last + 1)
+}
+
+/// A session URI answered 404 or 410: it expired or was cancelled; the publisher's request
+/// fails (503) and its retry starts a new session.
+fn session_lost<T>(status: StatusCode) -> Attempt<T> {
+    Attempt::Fail(OriginError::Unavailable(format!(
+        "the resumable upload session is gone ({status})"
+    )))
+}
+
+/// The object's `Content-Type` for an upload.
+fn content_type(obj: &Object) -> &str {
+    obj.content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream")
 }
 
 impl GcsOrigin {
@@ -503,13 +552,13 @@ impl Shared {
         }
     }
 
-    /// Send `req` (with the user agent and credentials added) and return the status and
-    /// a bounded body.
+    /// Send `req` (with the user agent and credentials added) and return the status, the
+    /// headers and a bounded body.
     async fn send<T>(
         &self,
         req: hyper::http::request::Builder,
         body: Bytes,
-    ) -> Result<(StatusCode, Bytes), Attempt<T>> {
+    ) -> Result<(StatusCode, hyper::HeaderMap, Bytes), Attempt<T>> {
         let mut req = req.header(
             hyper::header::USER_AGENT,
             concat!("mediarelay/", env!("CARGO_PKG_VERSION")),
@@ -527,13 +576,61 @@ impl Shared {
             .request(req)
             .await
             .map_err(|e| Attempt::Retry(format!("connection: {e}")))?;
-        let status = resp.status();
-        let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::Limited::new(body, 64 << 10)
             .collect()
             .await
             .map_err(|e| Attempt::Retry(format!("response body: {e}")))?
             .to_bytes();
-        Ok((status, body))
+        Ok((parts.status, parts.headers, body))
+    }
+
+    /// Upload `obj` (crc32c `crc`): in one request, or in a resumable session when it is
+    /// larger than `upload_chunk`. `false`: the object's generation is not `if_generation`.
+    async fn upload(
+        self: &Arc<Self>,
+        obj: &Object,
+        crc: u32,
+        if_generation: Option<u64>,
+    ) -> Result<bool, OriginError> {
+        if obj.size() <= self.settings.upload_chunk {
+            let (s, o) = (self.clone(), obj.clone());
+            return self
+                .with_retries("upload", move |_| {
+                    let (s, o) = (s.clone(), o.clone());
+                    async move { s.upload_once(&o, crc, if_generation).await }
+                })
+                .await;
+        }
+        let (s, o) = (self.clone(), obj.clone());
+        let session = self
+            .with_retries("upload session", move |_| {
+                let (s, o) = (s.clone(), o.clone());
+                async move { s.start_session(&o, if_generation).await }
+            })
+            .await?;
+        let Some(uri) = session else {
+            return Ok(false);
+        };
+        let uri: Arc<str> = Arc::from(uri);
+        let progress = Arc::new(std::sync::Mutex::new(Piece {
+            offset: 0,
+            unsure: false,
+        }));
+        // Each piece is retried on its own; every `None` has moved the offset forward, so
+        // the loop ends.
+        loop {
+            let (s, o, u, p) = (self.clone(), obj.clone(), uri.clone(), progress.clone());
+            let done = self
+                .with_retries("upload piece", move |_| {
+                    let (s, o, u, p) = (s.clone(), o.clone(), u.clone(), p.clone());
+                    async move { s.send_piece(&u, &o, crc, if_generation, &p).await }
+                })
+                .await?;
+            if let Some(matched) = done {
+                return Ok(matched);
+            }
+        }
     }
 
     /// One single-request upload of `obj` with its crc32c, which Cloud Storage checks
@@ -545,26 +642,31 @@ impl Shared {
         crc: u32,
         if_generation: Option<u64>,
     ) -> Attempt<bool> {
-        let ctype = obj
-            .content_type
-            .as_deref()
-            .unwrap_or("application/octet-stream");
-        let req = hyper::Request::post(self.settings.upload_url(&obj.key, if_generation))
-            .header(hyper::header::CONTENT_TYPE, ctype)
+        self.stats.call("upload");
+        let req = hyper::Request::post(self.settings.upload_url(&obj.key, if_generation, false))
+            .header(hyper::header::CONTENT_TYPE, content_type(obj))
             .header("x-goog-hash", format!("crc32c={}", crc32c_b64(crc)));
-        let (status, body) = match self.send(req, obj.payload()).await {
-            Ok(r) => r,
-            Err(outcome) => return outcome,
-        };
+        match self.send(req, obj.payload()).await {
+            Ok((status, _, body)) => self.upload_answer(status, &body, crc, if_generation),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// The outcome of the request that completes an upload: `Done(true)` when the object is
+    /// stored with the body's crc32c, `Done(false)` on a failed `if_generation` (412).
+    fn upload_answer(
+        &self,
+        status: StatusCode,
+        body: &[u8],
+        crc: u32,
+        if_generation: Option<u64>,
+    ) -> Attempt<bool> {
         match status.as_u16() {
             200 | 201 => {}
             412 if if_generation.is_some() => return Attempt::Done(false),
             // The upload was refused as sent: corrupted on the way (a crc32c mismatch).
             400 => {
-                return Attempt::Retry(format!(
-                    "upload refused: {}",
-                    String::from_utf8_lossy(&body)
-                ))
+                return Attempt::Retry(format!("upload refused: {}", String::from_utf8_lossy(body)))
             }
             _ => return self.status_outcome(status, "an upload"),
         }
@@ -572,7 +674,7 @@ impl Shared {
         struct Uploaded {
             crc32c: Option<String>,
         }
-        let stored = serde_json::from_slice::<Uploaded>(&body)
+        let stored = serde_json::from_slice::<Uploaded>(body)
             .ok()
             .and_then(|u| u.crc32c)
             .and_then(|c| crc32c_of(&format!("crc32c={c}")));
@@ -584,13 +686,136 @@ impl Shared {
         }
     }
 
+    /// Start a resumable upload session for `obj`: `Done(Some(session URI))`, or
+    /// `Done(None)` when the object's generation is not `if_generation` (412).
+    async fn start_session(
+        &self,
+        obj: &Object,
+        if_generation: Option<u64>,
+    ) -> Attempt<Option<String>> {
+        self.stats.call("upload");
+        let meta = serde_json::json!({ "contentType": content_type(obj) }).to_string();
+        let req = hyper::Request::post(self.settings.upload_url(&obj.key, if_generation, true))
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "application/json; charset=UTF-8",
+            )
+            .header("x-upload-content-type", content_type(obj))
+            .header("x-upload-content-length", obj.size());
+        let (status, headers, _) = match self.send(req, Bytes::from(meta)).await {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        match status.as_u16() {
+            200 | 201 => match headers
+                .get(hyper::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+            {
+                Some(uri) => Attempt::Done(Some(uri.to_string())),
+                None => Attempt::Fail(OriginError::Unavailable(
+                    "resumable upload started without a session URI".into(),
+                )),
+            },
+            412 if if_generation.is_some() => Attempt::Done(None),
+            _ => self.status_outcome(status, "an upload"),
+        }
+    }
+
+    /// Send the piece of `obj` from `*offset` (at most `upload_chunk` bytes) to the session
+    /// `uri`, after asking the session how much it holds when the last try failed
+    /// (`*unsure`). Advances `*offset` to what Cloud Storage has persisted; the piece that
+    /// ends the body carries the crc32c of the whole body, and its answer is the upload's.
+    async fn send_piece(
+        &self,
+        uri: &str,
+        obj: &Object,
+        crc: u32,
+        if_generation: Option<u64>,
+        progress: &std::sync::Mutex<Piece>,
+    ) -> Attempt<Option<bool>> {
+        let total = obj.size() as u64;
+        let (mut offset, unsure) = {
+            let p = progress.lock().unwrap_or_else(|e| e.into_inner());
+            (p.offset, p.unsure)
+        };
+        if unsure {
+            // The last try failed on the way: ask the session what it holds (an empty PUT
+            // with `bytes */total`) and go on from there.
+            let req = hyper::Request::put(uri)
+                .header(hyper::header::CONTENT_RANGE, format!("bytes */{total}"));
+            let (status, headers, body) = match self.send(req, Bytes::new()).await {
+                Ok(r) => r,
+                Err(outcome) => return outcome,
+            };
+            match status.as_u16() {
+                308 => offset = persisted(&headers),
+                404 | 410 => return session_lost(status),
+                _ => {
+                    let outcome = self.upload_answer(status, &body, crc, if_generation);
+                    if matches!(outcome, Attempt::Done(_)) {
+                        progress.lock().unwrap_or_else(|e| e.into_inner()).unsure = false;
+                    }
+                    return outcome.map(Some);
+                }
+            }
+            let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.offset = offset;
+            p.unsure = false;
+        }
+        let end = (offset + self.settings.upload_chunk as u64).min(total);
+        let last = end == total;
+        let range = if last {
+            format!("bytes {offset}-{}/{total}", end - 1)
+        } else {
+            format!("bytes {offset}-{}/*", end - 1)
+        };
+        let mut req = hyper::Request::put(uri)
+            .header(hyper::header::CONTENT_RANGE, range)
+            .header(hyper::header::CONTENT_TYPE, content_type(obj));
+        if last {
+            req = req.header("x-goog-hash", format!("crc32c={}", crc32c_b64(crc)));
+        }
+        progress.lock().unwrap_or_else(|e| e.into_inner()).unsure = true;
+        let piece = obj.payload().slice(offset as usize..end as usize);
+        let (status, headers, body) = match self.send(req, piece).await {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+        match status.as_u16() {
+            308 => {
+                let now = persisted(&headers);
+                if now <= offset {
+                    // Nothing of the piece was kept: a retry after a pause, within the
+                    // piece's deadline, so a session that never advances ends.
+                    p.unsure = false;
+                    return Attempt::Retry(format!(
+                        "the upload session kept nothing past byte {offset}"
+                    ));
+                }
+                p.offset = now;
+                p.unsure = false;
+                Attempt::Done(None)
+            }
+            404 | 410 => session_lost(status),
+            // Any other answer than 200/201 leaves `unsure` set: the next try asks first.
+            _ => {
+                let outcome = self.upload_answer(status, &body, crc, if_generation);
+                if matches!(outcome, Attempt::Done(_)) {
+                    p.unsure = false;
+                }
+                outcome.map(Some)
+            }
+        }
+    }
+
     async fn delete_once(&self, key: &str) -> Attempt<bool> {
         self.stats.call("delete");
         let req = hyper::Request::delete(self.settings.object_url(key));
         match self.send(req, Bytes::new()).await {
-            Ok((status, _)) if status.is_success() => Attempt::Done(true),
-            Ok((status, _)) if status.as_u16() == 404 => Attempt::Done(false),
-            Ok((status, _)) => self.status_outcome(status, "a delete"),
+            Ok((status, _, _)) if status.is_success() => Attempt::Done(true),
+            Ok((status, _, _)) if status.as_u16() == 404 => Attempt::Done(false),
+            Ok((status, _, _)) => self.status_outcome(status, "a delete"),
             Err(outcome) => outcome,
         }
     }
@@ -724,22 +949,9 @@ impl Origin for GcsOrigin {
                     async move { s.generation_once(&k).await }
                 })
                 .await?;
-            let s = shared.clone();
-            let o = obj.clone();
-            let matched = shared
-                .with_retries("upload", move |_| {
-                    let (s, o) = (s.clone(), o.clone());
-                    async move { s.upload_once(&o, crc, Some(before.unwrap_or(0))).await }
-                })
-                .await?;
+            let matched = shared.upload(&obj, crc, Some(before.unwrap_or(0))).await?;
             if !matched {
-                let s = shared.clone();
-                shared
-                    .with_retries("upload", move |_| {
-                        let (s, o) = (s.clone(), obj.clone());
-                        async move { s.upload_once(&o, crc, None).await }
-                    })
-                    .await?;
+                shared.upload(&obj, crc, None).await?;
             }
             Ok(if before.is_none() && matched {
                 Stored::Created
@@ -855,8 +1067,12 @@ mod tests {
             "https://storage.googleapis.com/storage/v1/b/media/o/live%2Fcam%201%2Fa%2Bb%25c%20%C3%BC.m4s?alt=media"
         );
         assert_eq!(
-            s.upload_url("live/a b.m4s", Some(0)),
+            s.upload_url("live/a b.m4s", Some(0), false),
             "https://storage.googleapis.com/upload/storage/v1/b/media/o?uploadType=media&name=live%2Fa%20b.m4s&fields=crc32c%2Cgeneration&ifGenerationMatch=0"
+        );
+        assert_eq!(
+            s.upload_url("v/big.mp4", None, true),
+            "https://storage.googleapis.com/upload/storage/v1/b/media/o?uploadType=resumable&name=v%2Fbig.mp4&fields=crc32c%2Cgeneration"
         );
         assert_eq!(
             s.object_url("live/a b.m4s"),
@@ -879,6 +1095,18 @@ mod tests {
         assert!(GcsSettings::from_url("gs://", None).is_err());
         assert!(GcsSettings::from_url("gs://Bad_Bucket", None).is_err());
         assert!(GcsSettings::from_url("s3://x", None).is_err());
+    }
+
+    #[test]
+    fn resumable_progress() {
+        let mut h = hyper::HeaderMap::new();
+        assert_eq!(persisted(&h), 0, "a 308 without Range: nothing persisted");
+        h.insert(hyper::header::RANGE, "bytes=0-262143".parse().unwrap());
+        assert_eq!(persisted(&h), 262_144);
+        h.insert(hyper::header::RANGE, "bytes=5-9".parse().unwrap());
+        assert_eq!(persisted(&h), 0, "a range not from byte 0 is not progress");
+        h.insert(hyper::header::RANGE, "bytes=0-x".parse().unwrap());
+        assert_eq!(persisted(&h), 0);
     }
 
     #[test]

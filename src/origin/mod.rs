@@ -239,6 +239,7 @@ pub fn open(config: &Config) -> Result<Arc<dyn Origin>, OpenError> {
         settings.max_inflight = config.storage.max_inflight;
         settings.threads = config.storage.fetch_threads;
         settings.page_size = config.storage.list_page_size;
+        settings.upload_chunk = config.storage.upload_chunk as usize;
         let gcs = gcs::GcsOrigin::start(settings).map_err(fail)?;
         return Ok(Arc::new(gcs));
     }
