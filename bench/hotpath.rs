@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             q.push_segment(1, 42, seg.prefix.clone(), seg.payload.clone(), now);
             let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
-            let n = q.gather(&mut parts);
+            let (n, _) = q.gather(&mut parts, false);
             let total: usize = parts[..n].iter().map(|p| p.len()).sum();
             black_box(n);
             q.advance(total, now);

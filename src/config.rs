@@ -27,6 +27,17 @@ pub enum DriverChoice {
     Epoll,
 }
 
+/// How payloads leave on plain-text connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendPath {
+    /// `sendfile` from the payload's file (the object's own file, or a sealed memfd), no
+    /// copy on the sending side; small payloads and TLS use `writev`.
+    Sendfile,
+    /// `writev` from memory for everything: one copy of each payload per viewer.
+    Writev,
+}
+
 /// `[server]`: listeners and the worker threads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +53,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// io driver.
     pub driver: DriverChoice,
+    /// How payloads leave on plain-text connections.
+    pub send_path: SendPath,
     /// Time a client has to send a complete request head.
     #[serde(deserialize_with = "duration")]
     pub handshake_timeout: Duration,
@@ -233,6 +246,7 @@ impl Default for ServerConfig {
             admin: "127.0.0.1:9090".parse().expect("literal address"),
             workers: 0,
             driver: DriverChoice::Auto,
+            send_path: SendPath::Sendfile,
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             backlog: 4096,
@@ -318,6 +332,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_ADMIN", "server.admin"),
     ("MEDIARELAY_WORKERS", "server.workers"),
     ("MEDIARELAY_DRIVER", "server.driver"),
+    ("MEDIARELAY_SEND_PATH", "server.send_path"),
     ("MEDIARELAY_HANDSHAKE_TIMEOUT", "server.handshake_timeout"),
     ("MEDIARELAY_MAX_CONNECTIONS", "server.max_connections"),
     ("MEDIARELAY_PING_INTERVAL", "server.ping_interval"),

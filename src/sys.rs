@@ -41,9 +41,11 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<Io> {
 /// Most iovecs handed to one `writev` (far below the kernel's IOV_MAX of 1024).
 pub const MAX_IOV: usize = 64;
 
-/// Non-blocking `writev` of `parts`: **this is the one copy of a payload**, from the shared
-/// segment buffer into the kernel's socket buffer. Nothing in user space copies it before.
-pub fn writev(fd: RawFd, parts: &[&[u8]]) -> io::Result<Io> {
+/// Non-blocking `writev` of `parts`: on the copying send path **this is the one copy of a
+/// payload**, from the shared segment buffer into the kernel's socket buffer. Nothing in
+/// user space copies it before. `more`: a `sendfile` of the same frame follows at once
+/// (`MSG_MORE`, so the head and the payload leave in the same segments).
+pub fn writev(fd: RawFd, parts: &[&[u8]], more: bool) -> io::Result<Io> {
     let mut iov = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -65,8 +67,158 @@ pub fn writev(fd: RawFd, parts: &[&[u8]]) -> io::Result<Io> {
     // SAFETY: every iovec points into a slice borrowed for the duration of the call and
     // is only read by the kernel; `msg` lives on this stack frame. sendmsg is used instead
     // of writev for MSG_DONTWAIT and MSG_NOSIGNAL (no SIGPIPE on a reset peer).
-    let ret = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    let ret = unsafe { libc::sendmsg(fd, &msg, flags) };
     classify(ret)
+}
+
+/// Put the socket `fd` in non-blocking mode (for `sendfile`, which takes no flags).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain fcntl calls on a descriptor the caller owns.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })
+}
+
+/// `sendfile(2)` of `len` bytes of `file` from `offset` to the non-blocking socket `sock`:
+/// the kernel queues references to the file's pages, **no copy of the payload** is made
+/// on the sending side. `Done(0)` with `len > 0` means the file is shorter than expected.
+pub fn sendfile(sock: RawFd, file: RawFd, offset: u64, len: usize) -> io::Result<Io> {
+    let mut off = offset as libc::off_t;
+    // SAFETY: `off` is a valid, writable off_t for the call; both descriptors are owned by
+    // the caller and stay open during it. The socket is non-blocking, so the call returns
+    // at once when its buffer is full.
+    let ret = unsafe { libc::sendfile(sock, file, &mut off, len) };
+    classify(ret)
+}
+
+/// A new anonymous file holding exactly `data`, sealed against every change
+/// (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`): its pages can be handed to
+/// sockets with `sendfile` and mapped read-only, and nothing can modify or truncate them
+/// while the kernel still holds them for data in flight.
+pub fn sealed_memfd(data: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated literal; a non-negative return is a fresh
+    // descriptor that we now own.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"mediarelay-payload".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    // Size first (one allocation of the file's extent), then the bytes.
+    // SAFETY: plain syscall on the descriptor we own.
+    check(unsafe { libc::ftruncate(raw, data.len() as libc::off_t) })?;
+    let mut done = 0;
+    while done < data.len() {
+        let rest = &data[done..];
+        // SAFETY: `rest` is a valid slice for the call; the kernel only reads it.
+        let n = unsafe { libc::pwrite(raw, rest.as_ptr().cast(), rest.len(), done as libc::off_t) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        done += n as usize;
+    }
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: plain fcntl on the descriptor we own.
+    check(unsafe { libc::fcntl(raw, libc::F_ADD_SEALS, seals) })?;
+    Ok(fd)
+}
+
+/// A read-only shared mapping of a whole sealed file (see [`sealed_memfd`]): the bytes a
+/// `Bytes` handle shows are the file's own pages, so a payload exists once in memory
+/// whether it leaves by `sendfile` or by `writev`.
+pub struct Mapping {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and its pages are sealed against every change, so
+// sharing the pointer across threads shares immutable memory.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Map the first `len` bytes of the sealed file `fd` read-only. `len` must be at most
+    /// the file's size, which seals keep fixed.
+    pub fn sealed(fd: RawFd, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            return Ok(Mapping {
+                ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
+                len: 0,
+            });
+        }
+        // The file must be sealed against shrinking, or a truncation could leave the
+        // mapping over missing pages (SIGBUS).
+        // SAFETY: plain fcntl on a descriptor the caller owns.
+        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+        if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 || seals & libc::F_SEAL_WRITE == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` is a valid, writable stat for the call.
+        check(unsafe { libc::fstat(fd, &mut st) })?;
+        if (st.st_size as u64) < len as u64 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        // SAFETY: a fresh read-only shared mapping of `len` bytes of a file sealed against
+        // writes and shrinking; it is unmapped only in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr as *const u8,
+            len,
+        })
+    }
+}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` readable bytes mapped until Drop (or is dangling
+        // with len 0), and sealed pages never change.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: unmaps exactly the mapping made in `sealed`, once.
+            unsafe {
+                libc::munmap(self.ptr as *mut libc::c_void, self.len);
+            }
+        }
+    }
 }
 
 /// Shut down the sending side, so the peer sees our close frame followed by EOF.

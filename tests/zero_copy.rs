@@ -3,7 +3,9 @@
 //! replies from the cache and as a live segment.
 //!
 //! The relay runs in-process here (the library's `serve`) so its allocations are counted;
-//! the clients are raw sockets reading into one preallocated buffer each.
+//! the clients are raw sockets reading into one preallocated buffer each. On the default
+//! send path the payloads also leave without the kernel copying them (`sendfile`), which the
+//! relay's own metric confirms.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -54,6 +56,18 @@ fn ready(admin: SocketAddr) -> bool {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     out.starts_with(b"HTTP/1.1 200")
+}
+
+/// The value of the unlabelled metric `name` on the admin listener.
+fn metric(admin: SocketAddr, name: &str) -> f64 {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn port() -> u16 {
@@ -228,6 +242,7 @@ fn one_buffer_for_a_hundred_viewers() {
     }
     let live_bytes = BYTES.load(Ordering::SeqCst) - b1;
     let live_large = LARGE.load(Ordering::SeqCst) - l1;
+    let by_sendfile = metric(admin, "mediarelay_sent_file_bytes_total");
 
     let _ = stop.send(());
     drop(clients);
@@ -249,6 +264,8 @@ fn one_buffer_for_a_hundred_viewers() {
     let origin_buffer = mediarelay::origin::pool::class_of(MIB + 4096).unwrap() as u64;
     let per_viewer = live_bytes.saturating_sub(origin_buffer);
     eprintln!("  of which {per_viewer} bytes are not the origin buffer");
+    // 100 gets after the warm-up one, and 100 live deliveries, all from payload files.
+    assert_eq!(by_sendfile as usize, 201 * MIB, "payload bytes sent by sendfile");
     assert!(
         per_viewer < (MIB / 4) as u64,
         "{per_viewer} bytes besides the origin buffer"

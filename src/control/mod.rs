@@ -31,6 +31,7 @@ pub fn serve(
     reloader: Option<Reloader>,
 ) -> anyhow::Result<()> {
     let (tx, rx) = shutdown.unwrap_or_else(flume::unbounded);
+    crate::origin::files::enable(config.server.send_path == crate::config::SendPath::Sendfile);
     let origin = crate::origin::open(&config)?;
     let _notifications = match &config.storage.notifications {
         Some(url) => Some(start_notifications(&config, url, origin.clone())?),

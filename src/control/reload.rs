@@ -47,7 +47,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
     }
     diff!(
         server.listen => false, server.listen_plain => false, server.admin => false, server.workers => false,
-        server.driver => false, server.handshake_timeout => true,
+        server.driver => false, server.send_path => false, server.handshake_timeout => true,
         server.drain_timeout => true, server.backlog => false,
         server.max_connections => true, server.ping_interval => true, server.idle_timeout => true,
         storage.url => false, storage.poll_interval => true, storage.list_interval => true,

@@ -504,7 +504,7 @@ pub(super) async fn write_all(stream: &Socket, mut data: &[u8]) -> bool {
                 Err(e) => Err(e),
             }
         } else {
-            stream.writev(&[data])
+            stream.writev(&[data], false)
         };
         match step {
             Ok(Io::Done(n)) => data = &data[n..],

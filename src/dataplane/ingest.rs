@@ -216,6 +216,9 @@ pub async fn serve(
         .content_type
         .map(Into::into)
         .or_else(|| crate::origin::fs::content_type(&key).map(Into::into));
+    // The body's one buffer becomes a sealed payload file (when payload files are on), which
+    // storage, the cache and every viewer then share.
+    let obj = crate::origin::files::seal(obj);
     // A live segment goes to this relay's subscribers the moment its last byte is here
     // (after its stream's init segment, if that is still arriving); the answer to the
     // publisher waits for storage. If storing fails the publisher hears 503, and viewers

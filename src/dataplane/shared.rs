@@ -93,11 +93,15 @@ impl Shared {
     }
 
     /// The connection limit in force: `server.max_connections`, or (0) the process's
-    /// open-file limit less 256 for listeners, origin files and the like.
+    /// open-file limit less 256 for listeners, origin files and the like, and less the
+    /// payload files' bound.
     pub fn max_connections(&self) -> usize {
         match self.config().server.max_connections {
-            0 => crate::sys::open_file_limit()
-                .map_or(usize::MAX, |n| (n as usize).saturating_sub(256).max(64)),
+            0 => crate::sys::open_file_limit().map_or(usize::MAX, |n| {
+                (n as usize)
+                    .saturating_sub(256 + crate::origin::files::limit())
+                    .max(64)
+            }),
             n => n,
         }
     }
@@ -181,6 +185,7 @@ impl Shared {
                 entries: l(&cs.entries),
             },
             live_subscribers: self.hub.subscriber_count() as u64,
+            payload_files: crate::origin::files::open() as u64,
             live_streams: self.hub.stream_count() as u64,
             segments_published: l(&self.hub.published),
             stream_limit_refusals: l(&self.hub.refused),

@@ -7,6 +7,10 @@
 //! needs) and writes them to the socket as far as it takes them. At most
 //! [`super::tls::PENDING_CIPHERTEXT`] bytes wait encrypted; beyond that `writev` reports
 //! the socket full, so the send queue (and its slow-consumer policy) keeps the rest.
+//!
+//! A plain connection also sends payloads that sit in a payload file with `sendfile`
+//! ([`Socket::sendfile`]): the frame's head goes first with `MSG_MORE`, then the kernel
+//! queues the file's pages, and no copy of the payload is made on the sending side.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -24,6 +28,8 @@ pub struct Socket {
     tls: Option<Box<RefCell<rustls::ServerConnection>>>,
     /// `close_notify` queued (TLS).
     notified: Cell<bool>,
+    /// The descriptor is in non-blocking mode (set before the first `sendfile`).
+    nonblocking: Cell<bool>,
 }
 
 /// The socket as `io::Read`/`io::Write` for rustls (non-blocking: `WouldBlock` errors).
@@ -49,7 +55,7 @@ impl io::Write for Fd {
         for (p, b) in parts.iter_mut().zip(bufs) {
             *p = b;
         }
-        match sys::writev(self.0, &parts[..n])? {
+        match sys::writev(self.0, &parts[..n], false)? {
             Io::Done(n) => Ok(n),
             Io::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -80,6 +86,7 @@ impl Socket {
             stream,
             tls: None,
             notified: Cell::new(false),
+            nonblocking: Cell::new(false),
         }
     }
 
@@ -90,6 +97,7 @@ impl Socket {
             stream,
             tls: Some(Box::new(RefCell::new(conn))),
             notified: Cell::new(false),
+            nonblocking: Cell::new(false),
         }
     }
 
@@ -207,12 +215,32 @@ impl Socket {
         self.tls.is_none()
     }
 
+    /// Whether payload files go out with [`Socket::sendfile`] (plain text only: TLS must
+    /// encrypt every byte in user space).
+    pub fn sends_files(&self) -> bool {
+        self.tls.is_none()
+    }
+
+    /// `sendfile` `len` bytes of `file` from `offset` (plain text only). The socket is made
+    /// non-blocking first: after the upgrade it is only used through readiness waits and
+    /// these calls.
+    pub fn sendfile(&self, file: RawFd, offset: u64, len: usize) -> io::Result<Io> {
+        if self.tls.is_some() {
+            return Err(io::Error::other("sendfile on a TLS connection"));
+        }
+        if !self.nonblocking.get() {
+            sys::set_nonblocking(self.fd())?;
+            self.nonblocking.set(true);
+        }
+        sys::sendfile(self.fd(), file, offset, len)
+    }
+
     /// Write plaintext: how many bytes of `parts` were taken (sent, or encrypted and on
     /// their way), or `WouldBlock` when the socket (and, with TLS, the encrypted backlog)
-    /// is full.
-    pub fn writev(&self, parts: &[&[u8]]) -> io::Result<Io> {
+    /// is full. `more`: a `sendfile` of the same frame follows (plain text only).
+    pub fn writev(&self, parts: &[&[u8]], more: bool) -> io::Result<Io> {
         let Some(tls) = &self.tls else {
-            return sys::writev(self.fd(), parts);
+            return sys::writev(self.fd(), parts, more);
         };
         if !self.flush()? {
             return Ok(Io::WouldBlock);

@@ -515,7 +515,7 @@ impl Hub {
                 if st
                     .init
                     .as_ref()
-                    .is_some_and(|cur| cur.payload == seg.payload)
+                    .is_some_and(|cur| cur.payload.bytes == seg.payload.bytes)
                 {
                     return false;
                 }
@@ -621,7 +621,7 @@ impl Hub {
             let st = stream.state.lock().unwrap_or_else(|e| e.into_inner());
             st.init
                 .as_ref()
-                .is_none_or(|cur| cur.payload != obj.payload())
+                .is_none_or(|cur| cur.payload.bytes != obj.payload())
         };
         if !changed {
             return;

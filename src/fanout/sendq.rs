@@ -2,7 +2,8 @@
 //!
 //! Queued frames are references to shared buffers (a small prefix and the payload
 //! `Bytes`), never copies: a thousand stalled subscribers of one stream hold the same
-//! segment buffers. Pure data structure; the connection task drains it with `writev`.
+//! segment buffers. Pure data structure; the connection task drains it with `writev`, and
+//! with `sendfile` for payloads that sit in a payload file ([`SendQueue::front_file`]).
 //!
 //! Policy, in bytes against `limit`:
 //! - a live segment that would overflow the queue first drops that stream's oldest queued
@@ -24,8 +25,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use std::os::fd::RawFd;
+
 use bytes::Bytes;
 
+use crate::origin::files::Body;
 use crate::sys::MAX_IOV;
 
 /// What a queued frame is, for the drop policy.
@@ -40,7 +44,7 @@ pub enum Kind {
 /// One queued frame: up to two shared parts.
 pub struct Out {
     pub prefix: Bytes,
-    pub body: Bytes,
+    pub body: Body,
     pub kind: Kind,
     /// When it was queued (live segments: for the lag bound).
     pub queued: Instant,
@@ -113,10 +117,10 @@ impl SendQueue {
     }
 
     /// Queue a control message or `get` reply (never dropped).
-    pub fn push_keep(&mut self, prefix: Bytes, body: Bytes) {
+    pub fn push_keep(&mut self, prefix: Bytes, body: impl Into<Body>) {
         self.push(Out {
             prefix,
-            body,
+            body: body.into(),
             kind: Kind::Keep,
             queued: Instant::now(),
         });
@@ -130,9 +134,10 @@ impl SendQueue {
         sub: u32,
         seq: u64,
         prefix: Bytes,
-        body: Bytes,
+        body: impl Into<Body>,
         now: Instant,
     ) -> Option<(u64, u64, usize)> {
+        let body = body.into();
         let len = prefix.len() + body.len();
         let mut dropped: Option<(u64, u64, usize)> = None;
         // Index 0 may be partially written: never drop it.
@@ -203,7 +208,7 @@ impl SendQueue {
             at,
             Out {
                 prefix: frame,
-                body: Bytes::new(),
+                body: Body::default(),
                 kind: Kind::Keep,
                 queued: Instant::now(),
             },
@@ -279,28 +284,45 @@ impl SendQueue {
         }
     }
 
-    /// Fill `parts` with the next slices to write; returns how many.
-    pub fn gather<'a>(&'a self, parts: &mut [&'a [u8]; MAX_IOV]) -> usize {
+    /// Fill `parts` with the next slices to write; returns how many, and whether a payload
+    /// to `sendfile` comes right after them. With `files`, gathering stops before the first
+    /// payload that has a file (its frame's head is the last part); the caller writes the
+    /// parts with `MSG_MORE`, then sends the payload with [`SendQueue::front_file`].
+    pub fn gather<'a>(&'a self, parts: &mut [&'a [u8]; MAX_IOV], files: bool) -> (usize, bool) {
         let mut n = 0;
         let mut skip = self.front_written;
         for out in &self.frames {
-            for part in [&out.prefix, &out.body] {
+            for (i, part) in [&out.prefix, &out.body.bytes].into_iter().enumerate() {
                 if part.is_empty() {
                     continue;
+                }
+                if i == 1 && files && out.body.file.is_some() {
+                    return (n, true);
                 }
                 if skip >= part.len() {
                     skip -= part.len();
                     continue;
                 }
                 if n == MAX_IOV {
-                    return n;
+                    return (n, false);
                 }
                 parts[n] = &part[skip..];
                 skip = 0;
                 n += 1;
             }
         }
-        n
+        (n, false)
+    }
+
+    /// The front frame's payload file, when its head is written and its payload has a file:
+    /// the descriptor, the offset of the next byte to send in it, and how many bytes are
+    /// left.
+    pub fn front_file(&self) -> Option<(RawFd, u64, usize)> {
+        let front = self.frames.front()?;
+        let span = front.body.file.as_ref()?;
+        let sent = self.front_written.checked_sub(front.prefix.len())?;
+        let left = front.body.len() - sent;
+        (left > 0).then(|| (span.file.fd(), span.offset + sent as u64, left))
     }
 
     /// Account for `written` bytes having gone to the socket. Returns the number of
@@ -460,13 +482,53 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(q.bytes(), 300 + 400);
         let mut parts = [&[][..]; MAX_IOV];
-        let n = q.gather(&mut parts);
-        assert_eq!(n, 3);
+        let (n, file_next) = q.gather(&mut parts, true);
+        assert_eq!((n, file_next), (3, false));
         assert_eq!(parts[0].len(), 300);
         assert_eq!(q.advance(300, t), 1);
         // A third segment now drops seq 2 (no longer partial... it is unstarted).
         let d = q.push_segment(1, 3, b(10), b(390), t);
         assert_eq!(d.map(|d| (d.0, d.1)), Some((2, 2)));
+    }
+
+    /// With files, a payload that has one is left out of the gathered parts (its head is the
+    /// last part, and `sendfile` follows); partial sends resume at the right file offset.
+    #[test]
+    fn payload_files_are_sent_apart() {
+        let t = Instant::now();
+        let fd = crate::sys::sealed_memfd(&[7u8; 100]).unwrap();
+        let file = crate::origin::files::PayloadFile::for_test(fd);
+        let with_file = || Body {
+            bytes: b(90),
+            file: Some(crate::origin::files::FileSpan {
+                file: file.clone(),
+                offset: 10,
+            }),
+        };
+        let mut q = SendQueue::new(10_000);
+        q.push_keep(b(5), Bytes::new());
+        q.push_segment(1, 1, b(10), with_file(), t);
+        q.push_segment(1, 2, b(10), b(50), t);
+        let gathered = |q: &SendQueue, files: bool| {
+            let mut parts = [&[][..]; MAX_IOV];
+            let (n, next) = q.gather(&mut parts, files);
+            (parts[..n].iter().map(|p| p.len()).collect::<Vec<_>>(), next)
+        };
+        // TLS: everything from memory.
+        assert_eq!(gathered(&q, false), (vec![5, 10, 90, 10, 50], false));
+        // Plain: the reply and the head, then the file.
+        assert_eq!(gathered(&q, true), (vec![5, 10], true));
+        assert_eq!(q.front_file(), None);
+        q.advance(5 + 4, t);
+        assert_eq!(q.front_file(), None, "the head is not written yet");
+        assert_eq!(gathered(&q, true), (vec![6], true));
+        q.advance(6, t);
+        assert_eq!(q.front_file(), Some((file.fd(), 10, 90)));
+        q.advance(40, t);
+        assert_eq!(q.front_file(), Some((file.fd(), 50, 50)));
+        assert_eq!(q.advance(50, t), 1);
+        assert_eq!(q.front_file(), None);
+        assert_eq!(gathered(&q, true), (vec![10, 50], false));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use event_listener::Event;
 
+use crate::origin::files::Body;
 use crate::origin::Object;
 use crate::protocol::{meta_json, From, SegmentMeta};
 use crate::ws::frame::media_prefix;
@@ -32,7 +33,8 @@ pub struct Seg {
     /// When it became ready to send (unix µs; the meta's `ts`).
     pub ts: u64,
     pub prefix: Bytes,
-    pub payload: Bytes,
+    /// The payload, with its file when it has one (for `sendfile`).
+    pub payload: Body,
 }
 
 impl Seg {
@@ -56,7 +58,7 @@ impl Seg {
             seq,
             ts,
             prefix: frame_prefix(obj, &meta_json(&meta)),
-            payload: obj.payload(),
+            payload: obj.body(),
         }
     }
 

@@ -104,6 +104,8 @@ pub struct WorkerStats {
     pub connections: Counter,
     pub accepted: Counter,
     pub bytes_sent: Counter,
+    /// Of `bytes_sent`, payload bytes that left by `sendfile` (no copy).
+    pub bytes_sendfile: Counter,
     pub frames_sent: Counter,
     pub skipped: Counter,
     pub slow_closes: Counter,

@@ -70,6 +70,8 @@ pub struct Figures {
     pub cache: CacheFigures,
     /// Subscriptions to live streams.
     pub live_subscribers: u64,
+    /// Payload files open (sealed memfds and kept object files).
+    pub payload_files: u64,
     /// Live streams followed.
     pub live_streams: u64,
     /// Live segments fetched and fanned out.
@@ -151,7 +153,7 @@ impl Metrics {
             "The relay's connection limit (upgrades above it get 503 overloaded).",
             vec![(String::new(), figures.max_connections.to_string())],
         );
-        let counters: [(&str, &str, Reader); 7] = [
+        let counters: [(&str, &str, Reader); 8] = [
             (
                 "mediarelay_accepted_connections_total",
                 "TCP connections accepted on the public listener.",
@@ -161,6 +163,11 @@ impl Metrics {
                 "mediarelay_sent_bytes_total",
                 "Bytes written to WebSocket clients.",
                 |w| w.bytes_sent.get(),
+            ),
+            (
+                "mediarelay_sent_file_bytes_total",
+                "Of the bytes written, payload bytes sent with sendfile from payload files (no copy).",
+                |w| w.bytes_sendfile.get(),
             ),
             (
                 "mediarelay_sent_frames_total",
@@ -371,7 +378,7 @@ impl Metrics {
             "Point lookups of tickets missing from the snapshot, by result.",
             lookups.collect(),
         );
-        let plain: [(&str, &str, &str, String); 13] = [
+        let plain: [(&str, &str, &str, String); 14] = [
             (
                 "mediarelay_cache_hits_total",
                 "counter",
@@ -407,6 +414,12 @@ impl Metrics {
                 "gauge",
                 "Objects held by the segment cache.",
                 cs.entries.to_string(),
+            ),
+            (
+                "mediarelay_payload_files",
+                "gauge",
+                "Payload files open for sendfile (sealed memfds and objects' own files).",
+                figures.payload_files.to_string(),
             ),
             (
                 "mediarelay_live_subscribers",

@@ -66,6 +66,13 @@ impl FsOrigin {
 
     async fn read(&self, key: &str, max_size: u64) -> Result<Object, OriginError> {
         let std_file = self.open_file(key).map_err(map_open_error)?;
+        // The object keeps its own file for `sendfile` when payload files are on (a dup,
+        // since the runtime's file handle closes its descriptor).
+        let own = if super::files::wanted(super::files::MIN_FILE_PAYLOAD) {
+            std_file.try_clone().ok().map(OwnedFd::from)
+        } else {
+            None
+        };
         let file = monoio::fs::File::from_std(std_file)
             .map_err(|e| OriginError::Unavailable(format!("register file: {e}")))?;
         let meta = file
@@ -101,7 +108,10 @@ impl FsOrigin {
         let key: Arc<str> = key.into();
         let mut obj = Object::new(pool::freeze(buf), headroom, key.clone());
         obj.content_type = content_type(&key).map(Arc::from);
-        Ok(obj)
+        Ok(match own {
+            Some(fd) => super::files::keep(obj, fd),
+            None => obj,
+        })
     }
 
     /// The directory `rel` (`""`: the root), opened beneath the root.

@@ -522,7 +522,8 @@ impl Shared {
         let mut obj = Object::new(pool::freeze(buf), headroom, Arc::from(key));
         obj.content_type = content_type;
         obj.generation = generation;
-        Attempt::Done(obj)
+        // Sealed into a payload file (when payload files are on) before it is cached.
+        Attempt::Done(super::files::seal(obj))
     }
 
     async fn generation_once(&self, key: &str) -> Attempt<Option<u64>> {

@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod empty;
+pub mod files;
 pub mod fs;
 pub mod gcs;
 pub mod pool;
@@ -62,6 +63,8 @@ pub struct Object {
     pub content_type: Option<Arc<str>>,
     /// Generation (GCS), when the origin has one.
     pub generation: Option<u64>,
+    /// The payload's bytes in a file too, for `sendfile` ([`files`]).
+    pub file: Option<files::FileSpan>,
 }
 
 impl Object {
@@ -74,6 +77,15 @@ impl Object {
             key,
             content_type: None,
             generation: None,
+            file: None,
+        }
+    }
+
+    /// The payload as queued for sending: its bytes, and its file when it has one.
+    pub fn body(&self) -> files::Body {
+        files::Body {
+            bytes: self.payload(),
+            file: self.file.clone(),
         }
     }
 

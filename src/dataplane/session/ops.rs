@@ -222,7 +222,7 @@ mod tests {
         let mut wire = Vec::new();
         while !q.is_empty() {
             let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
-            let n = q.gather(&mut parts);
+            let (n, _) = q.gather(&mut parts, false);
             let len: usize = parts[..n].iter().map(|p| p.len()).sum();
             for p in &parts[..n] {
                 wire.extend_from_slice(p);

@@ -52,7 +52,7 @@ pub async fn serve_gets<C: Context>(ctx: Rc<C>, cache: Arc<Cache>, conn: Rc<Conn
                 if !wait_room(&conn, prefix.len() + obj.size()).await {
                     break;
                 }
-                conn.queue.borrow_mut().push_keep(prefix, obj.payload());
+                conn.queue.borrow_mut().push_keep(prefix, obj.body());
                 conn.wake.notify();
                 ctx.stats().request(Op::Get, Ok(()));
             }
