@@ -5,7 +5,6 @@
 //! ticket sweep, delivery of the hub's segments, and the drain of its connections.
 
 use std::cell::{Cell, RefCell, RefMut};
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -44,7 +43,6 @@ pub struct Core {
     scratch: RefCell<Vec<u8>>,
     parser: RefCell<Parser>,
     conns: RefCell<Slab<Rc<Conn>>>,
-    slots: RefCell<HashMap<u64, usize>>,
     next_conn: Cell<u64>,
     subs: Subscriptions<Conn>,
     me: Weak<Core>,
@@ -63,7 +61,6 @@ impl Core {
             scratch: RefCell::new(vec![0u8; SCRATCH]),
             parser: RefCell::new(Parser::default()),
             conns: RefCell::new(Slab::new()),
-            slots: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             me: me.clone(),
             stop_accepting: Notify::default(),
@@ -89,7 +86,7 @@ impl Core {
             config.connection.max_live_lag,
         ));
         let slot = self.conns.borrow_mut().insert(conn.clone());
-        self.slots.borrow_mut().insert(conn_id, slot);
+        conn.worker_slot.set(slot);
         self.stats.connections.inc();
         conn
     }
@@ -111,9 +108,9 @@ impl Core {
     }
 
     /// The worker's periodic pass over its connections: close those whose ticket was
-    /// revoked, deleted or has expired, send `expiring` notices, ping silent connections and
-    /// close those silent for `idle_timeout` (4402), and sample the bytes waiting in send
-    /// queues.
+    /// revoked, deleted or has expired, send `expiring` notices, ask quiet ones to park, ping
+    /// silent connections and close those silent for `idle_timeout` (4402), and sample the
+    /// bytes waiting in send queues.
     pub fn sweep(&self) {
         let now = SystemTime::now();
         let instant = Instant::now();
@@ -131,6 +128,11 @@ impl Core {
                     conn.request_close(CloseReq::because(Reason::IdleTimeout));
                 }
                 continue;
+            }
+            if silent >= session::PARK_AFTER && !conn.park_asked.get() && !conn.is_closing() {
+                // Quiet: the connection parks as soon as it has nothing to do.
+                conn.park_asked.set(true);
+                conn.wake.notify();
             }
             if silent >= ping_after && !conn.pinged.get() && !conn.is_closing() {
                 conn.pinged.set(true);
@@ -346,10 +348,14 @@ impl Context for Core {
             ));
         };
         let cache = self.shared.cache.clone();
-        monoio::spawn(contained(
-            "subscription",
-            session::catch_up(self.me(), cache, conn.clone(), sub, id, from),
-        ));
+        monoio::spawn(contained(session::catch_up(
+            self.me(),
+            cache,
+            conn.clone(),
+            sub,
+            id,
+            from,
+        )));
         Ok(())
     }
 
@@ -359,19 +365,25 @@ impl Context for Core {
         }
     }
 
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        monoio::spawn(contained(task));
+    }
+
     fn start_gets(&self, conn: &Rc<Conn>) {
         let cache = self.shared.cache.clone();
-        monoio::spawn(contained(
-            "get",
-            session::serve_gets(self.me(), cache, conn.clone()),
-        ));
+        monoio::spawn(contained(session::serve_gets(
+            self.me(),
+            cache,
+            conn.clone(),
+        )));
     }
 
     fn refresh(&self, conn: &Rc<Conn>, id: u32, ticket: String) {
-        monoio::spawn(contained(
-            "refresh",
-            self.me().refresh_ticket(conn.clone(), id, ticket),
-        ));
+        monoio::spawn(contained(self.me().refresh_ticket(
+            conn.clone(),
+            id,
+            ticket,
+        )));
     }
 
     fn echo(&self) -> bool {
@@ -380,7 +392,13 @@ impl Context for Core {
 
     fn closed(&self, conn: &Conn) {
         self.subs.remove_viewer(conn.id);
-        if let Some(slot) = self.slots.borrow_mut().remove(&conn.id) {
+        let slot = conn.worker_slot.replace(usize::MAX);
+        if self
+            .conns
+            .borrow()
+            .get(slot)
+            .is_some_and(|c| c.id == conn.id)
+        {
             self.conns.borrow_mut().remove(slot);
             self.stats.connections.sub(1);
         }

@@ -53,7 +53,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
                 }
             };
             let sock = Socket::tls(stream, conn);
-            match sock.handshake(Instant::now() + timeout).await {
+            // Boxed, like ingest: only TLS connections pay for its room.
+            match Box::pin(sock.handshake(Instant::now() + timeout)).await {
                 Ok(()) => {
                     core.stats
                         .tls_handshake(Ok(tls_version_label(sock.tls_version())));
@@ -153,7 +154,9 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
                 framing,
                 keep_alive,
             );
-            if !ingest::serve(&core, &stream, peer, request, &mut buf, len).await {
+            // Boxed: the ingest state machine is large, and every connection's handshake
+            // task would otherwise carry its room.
+            if !Box::pin(ingest::serve(&core, &stream, peer, request, &mut buf, len)).await {
                 return;
             }
             continue;
@@ -392,16 +395,29 @@ async fn upgrade(
     core.stats.upgrade("ok");
     let conn = core.admit(id, record);
     tracing::debug!(conn = conn.id, uid = %conn.ticket.borrow().uid, %peer, "connected");
-    // The connection lives on in a task of its own, so everything the handshake used
-    // (this future's buffers and header arrays) is freed now: an idle connection keeps
-    // only its small state machine.
-    monoio::spawn(super::runtime::contained("connection", async move {
-        let _slot = slot;
-        session::run(core.clone(), conn.clone(), stream, pending).await;
+    // The connection lives on in tasks of its own, so everything the handshake used (this
+    // future's buffers and header arrays) is freed now; while it is idle it is only a
+    // parked readiness wait (see `session::start`).
+    let held = Held {
+        slot,
+        conn: conn.clone(),
+    };
+    session::start(core, conn, stream, pending, held);
+}
+
+/// What a connection holds for as long as it lives: its relay-wide slot and its ticket's
+/// connection count, both given back when it ends.
+struct Held {
+    slot: ConnectionSlot,
+    conn: Rc<session::Conn>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
         // The ticket it holds now (a refresh may have replaced the first one).
-        core.shared.gate.release(&conn.ticket_id.get());
-        tracing::debug!(conn = conn.id, "disconnected");
-    }));
+        self.slot.0.gate.release(&self.conn.ticket_id.get());
+        tracing::debug!(conn = self.conn.id, "disconnected");
+    }
 }
 
 /// The stand-in ticket of echo-mode connections (no tickets there).

@@ -68,10 +68,7 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
             None => return,
             Some(Ok((stream, peer))) => {
                 core.stats.accepted.inc();
-                monoio::spawn(contained(
-                    "connection",
-                    http::serve(core.clone(), stream, peer, which),
-                ));
+                monoio::spawn(contained(http::serve(core.clone(), stream, peer, which)));
             }
             Some(Err(e)) => accept_error(e).await,
         }
@@ -83,10 +80,12 @@ pub async fn accept_admin(core: Rc<Core>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                monoio::spawn(contained(
-                    "admin connection",
-                    http::serve(core.clone(), stream, peer, Listener::Admin),
-                ));
+                monoio::spawn(contained(http::serve(
+                    core.clone(),
+                    stream,
+                    peer,
+                    Listener::Admin,
+                )));
             }
             Err(e) => accept_error(e).await,
         }

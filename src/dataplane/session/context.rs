@@ -45,6 +45,8 @@ pub trait Context: 'static {
     fn refresh(&self, conn: &Rc<Conn>, id: u32, ticket: String);
     /// `conn` has closed: end its subscriptions and forget it.
     fn closed(&self, conn: &Conn);
+    /// Run `task` on this worker (a connection's next step: its task, or its parked wait).
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static);
     /// Echo mode (the conformance server): every message is sent back, no request runs.
     fn echo(&self) -> bool {
         false

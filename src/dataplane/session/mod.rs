@@ -50,6 +50,10 @@ use reader::Reader;
 /// A subscription of a connection.
 pub type Sub = crate::fanout::Sub<Conn>;
 
+/// A connection that has sent nothing for this long is asked to park once it has nothing
+/// to do (see [`start`]); one that keeps sending requests stays a running task.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// How long a closing connection waits for the client's close frame or EOF.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
@@ -77,6 +81,19 @@ impl CloseReq {
     }
 }
 
+/// A connection's request bookkeeping.
+#[derive(Default)]
+struct Requests {
+    /// Start of the current one-second window, requests in it, and refused ones (the
+    /// request rate limit).
+    window: Option<(Instant, u32, u32)>,
+    /// Streams subscribed to in the last minute (a hash of the name, when): bounds how many
+    /// different streams one connection makes the relay discover.
+    recent_streams: Vec<(u64, Instant)>,
+    /// `get`s waiting for an answer, in order: (request id, key).
+    pending_gets: VecDeque<(u32, String)>,
+}
+
 /// State shared by a connection's tasks and its worker. Its subscriptions are not here:
 /// the worker's subscription registry owns them.
 pub struct Conn {
@@ -99,13 +116,13 @@ pub struct Conn {
     pub last_rx: Cell<Instant>,
     /// A keepalive ping went out since then.
     pub pinged: Cell<bool>,
-    /// Requests in the current one-second window, and refused ones (request rate limit).
-    requests: Cell<(Instant, u32, u32)>,
-    /// Streams subscribed to in the last minute (a hash of the name, when): bounds how many
-    /// different streams one connection makes the relay discover.
-    recent_streams: RefCell<Vec<(u64, Instant)>>,
-    /// `get`s waiting for an answer, in order: (request id, key).
-    pub pending_gets: RefCell<VecDeque<(u32, String)>>,
+    /// The worker asked the connection to park when it has nothing to do (set by the sweep
+    /// after [`PARK_AFTER`] without input; input clears it).
+    pub park_asked: Cell<bool>,
+    /// Request bookkeeping, allocated with the first request (an idle connection has none).
+    requests: RefCell<Option<Box<Requests>>>,
+    /// The worker's handle for this connection (its registry slot).
+    pub worker_slot: Cell<usize>,
     get_task: Cell<bool>,
     /// The first close asked for, if any.
     pub close_req: Cell<Option<CloseReq>>,
@@ -133,11 +150,11 @@ impl Conn {
             wake: Notify::default(),
             room: Notify::default(),
             next_sub_id: Cell::new(1),
-            recent_streams: RefCell::new(Vec::new()),
             last_rx: Cell::new(Instant::now()),
             pinged: Cell::new(false),
-            requests: Cell::new((Instant::now(), 0, 0)),
-            pending_gets: RefCell::new(VecDeque::new()),
+            park_asked: Cell::new(false),
+            requests: RefCell::new(None),
+            worker_slot: Cell::new(usize::MAX),
             get_task: Cell::new(false),
             close_req: Cell::new(None),
             closed: Cell::new(false),
@@ -172,7 +189,8 @@ impl Conn {
     /// (`rate_limited`), `Err(true)` when the client keeps flooding (three times the limit
     /// refused within a second): close with 1008.
     pub fn note_request(&self, per_sec: u32, now: Instant) -> Result<(), bool> {
-        let (mut start, mut n, mut refused) = self.requests.get();
+        let mut requests = self.requests();
+        let (mut start, mut n, mut refused) = requests.window.unwrap_or((now, 0, 0));
         if now.duration_since(start) >= Duration::from_secs(1) {
             (start, n, refused) = (now, 0, 0);
         }
@@ -183,7 +201,7 @@ impl Conn {
             refused += 1;
             Err(refused >= per_sec.saturating_mul(3))
         };
-        self.requests.set((start, n, refused));
+        requests.window = Some((start, n, refused));
         verdict
     }
 
@@ -192,7 +210,8 @@ impl Conn {
     pub fn note_stream(&self, stream: &str, max_per_minute: usize, now: Instant) -> bool {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(stream);
-        let mut recent = self.recent_streams.borrow_mut();
+        let mut requests = self.requests();
+        let recent = &mut requests.recent_streams;
         recent.retain(|(_, at)| now.duration_since(*at) < Duration::from_secs(60));
         if let Some(seen) = recent.iter_mut().find(|(h, _)| *h == hash) {
             seen.1 = now;
@@ -203,6 +222,34 @@ impl Conn {
         }
         recent.push((hash, now));
         true
+    }
+
+    fn requests(&self) -> std::cell::RefMut<'_, Requests> {
+        std::cell::RefMut::map(self.requests.borrow_mut(), |r| {
+            &mut **r.get_or_insert_with(Default::default)
+        })
+    }
+
+    /// `get`s waiting for an answer.
+    pub fn pending_gets(&self) -> usize {
+        self.requests
+            .borrow()
+            .as_ref()
+            .map_or(0, |r| r.pending_gets.len())
+    }
+
+    /// Queue `get` request `id` of `key` for the `get` task.
+    pub fn push_get(&self, id: u32, key: String) {
+        self.requests().pending_gets.push_back((id, key));
+    }
+
+    /// The next `get` to answer.
+    pub fn next_get(&self) -> Option<(u32, String)> {
+        self.requests
+            .borrow_mut()
+            .as_mut()?
+            .pending_gets
+            .pop_front()
     }
 
     /// Whether `get`s are being answered.
@@ -258,144 +305,246 @@ impl Viewer for Conn {
     }
 }
 
-/// Run an upgraded connection until it closes. `pending` holds bytes that arrived with
-/// the upgrade request.
-pub async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<u8>) {
+/// How [`run`] ended.
+enum Ran {
+    /// The connection is closed and forgotten by its worker.
+    Closed,
+    /// Nothing to do: no subscription, no request in flight, nothing queued or partly read.
+    Idle(Socket),
+}
+
+/// Serve an upgraded connection until it closes. `pending` holds bytes that arrived with the
+/// upgrade request; `held` is dropped when the connection ends.
+///
+/// A connection with something to do runs as a task ([`run`]). One that has nothing to do
+/// (no subscription, no request in flight, nothing queued, no partial frame) is **parked**
+/// from the start, and again once its worker's sweep finds it quiet for [`PARK_AFTER`]:
+/// its task ends, and all that is left is a small task waiting for the socket to become
+/// readable or for its [`Conn::wake`] (a reply, a ping, a close), which then starts the
+/// connection's task again. An idle connection so costs its `Conn`, its socket and that
+/// wait, not a whole session state machine.
+pub fn start<C: Context, H: 'static>(
+    ctx: Rc<C>,
+    conn: Rc<Conn>,
+    sock: Socket,
+    pending: Vec<u8>,
+    held: H,
+) {
+    // TLS may hold plaintext that arrived with the handshake (no readiness event would
+    // announce it): such a connection starts with a read.
+    let c = ctx.clone();
+    if pending.is_empty() && !sock.is_tls() {
+        conn.park_asked.set(true);
+        c.spawn(parked(ctx, conn, sock, held));
+    } else {
+        c.spawn(active(ctx, conn, sock, pending, held));
+    }
+}
+
+/// The connection's task: [`run`], then park it when it went idle.
+async fn active<C: Context, H: 'static>(
+    ctx: Rc<C>,
+    conn: Rc<Conn>,
+    sock: Socket,
+    pending: Vec<u8>,
+    held: H,
+) {
+    match run(ctx.clone(), conn.clone(), sock, pending).await {
+        Ran::Closed => drop(held),
+        Ran::Idle(sock) => {
+            let c = ctx.clone();
+            c.spawn(parked(ctx, conn, sock, held));
+        }
+    }
+}
+
+/// A parked connection: wait for input or a wake-up, then start its task again. (An
+/// `async` block rather than an `async fn`, whose arguments would be stored twice: this
+/// future is most of what an idle connection costs.)
+#[allow(clippy::manual_async_fn)]
+fn parked<C: Context, H: 'static>(
+    ctx: Rc<C>,
+    conn: Rc<Conn>,
+    sock: Socket,
+    held: H,
+) -> impl Future<Output = ()> {
+    async move {
+        {
+            let mut readable = pin!(sock.stream().readable(false));
+            poll_fn(|cx| {
+                if conn.wake.poll_take(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                readable.as_mut().poll(cx).map(|_| ())
+            })
+            .await;
+        }
+        let c = ctx.clone();
+        c.spawn(active(ctx, conn, sock, Vec::new(), held));
+    }
+}
+
+/// Run an upgraded connection until it closes or goes idle. `pending` holds bytes that
+/// arrived before (with the upgrade request).
+async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<u8>) -> Ran {
     let mut reader = Reader::default();
     if !pending.is_empty() {
         reader.process(&*ctx, &conn, &pending);
     }
-    let stream = sock.stream();
-    // What arrived with the upgrade and is not read yet (with TLS, possibly decrypted and
-    // held by rustls already, so no readiness event would announce it).
-    let mut read_eof = reader.read_ready(&sock, &*ctx, &conn, false);
-    let mut read_wait = pin!(stream.readable(false));
-    let mut read_armed = true;
-    let mut write_wait = pin!(stream.writable(false));
-    let mut write_armed = true;
-    let mut write_blocked = false;
-    let mut close_queued = false;
-    let mut close_deadline: Option<Instant> = None;
-    let mut timer: Option<Pin<Box<monoio::time::Sleep>>> = None;
-    let mut timer_at: Option<Instant> = None;
-    let stall_timeout = ctx.config().connection.stall_timeout;
+    // The waits below borrow the socket: they end with this block, before the socket is
+    // handed on when the connection parks.
+    let idle = {
+        let stream = sock.stream();
+        // What arrived with the upgrade and is not read yet (with TLS, possibly decrypted and
+        // held by rustls already, so no readiness event would announce it).
+        let mut read_eof = reader.read_ready(&sock, &*ctx, &conn, false);
+        let mut read_wait = pin!(stream.readable(false));
+        let mut read_armed = true;
+        let mut write_wait = pin!(stream.writable(false));
+        let mut write_armed = true;
+        let mut write_blocked = false;
+        let mut close_queued = false;
+        let mut close_deadline: Option<Instant> = None;
+        let mut timer: Option<Pin<Box<monoio::time::Sleep>>> = None;
+        let mut timer_at: Option<Instant> = None;
+        let stall_timeout = ctx.config().connection.stall_timeout;
 
-    loop {
-        // 1. Write what we can.
-        if !write_blocked && (!conn.queue.borrow().is_empty() || sock.pending_output()) {
-            match write_some(&sock, &conn, ctx.stats()) {
-                Ok(true) => write_blocked = true,
-                Ok(false) => {}
-                Err(_) => break,
-            }
-        }
-        // 2. Close handling.
-        if !close_queued {
-            if let Some(req) = conn.close_req.get() {
-                let mut q = conn.queue.borrow_mut();
-                if req.code == CloseCode::GoingAway {
-                    // Draining: replies already queued still go out before the close.
-                    q.drop_unstarted_segments();
-                } else {
-                    q.truncate_unstarted();
-                }
-                if let Some(reason) = req.reason {
-                    let msg = Reply::Closing { reason };
-                    q.push_keep(frame::text(&msg.to_json()), Bytes::new());
-                }
-                q.push_keep(frame::close_frame(req.code, ""), Bytes::new());
-                close_queued = true;
-                close_deadline = Some(Instant::now() + CLOSE_LINGER);
-                ctx.stats().count_close(req.code);
-                continue;
-            }
-        }
-        if close_queued && conn.queue.borrow().is_empty() {
-            // TLS: close_notify goes out before the write side is shut.
-            sock.close_notify();
-            if !sock.pending_output() {
-                sys::shutdown_write(sock.fd());
-                if read_eof {
-                    break;
-                }
-            } else if !write_blocked {
-                continue;
-            }
-        }
-        if read_eof && !close_queued {
-            break;
-        }
-        // 3. Timers: stall clock while over the queue limit, linger while closing.
-        let stall_at = conn.queue.borrow().stall_deadline(stall_timeout);
-        if let Some(at) = stall_at {
-            if !close_queued && Instant::now() >= at {
-                conn.request_close(CloseReq::because(Reason::SlowConsumer));
-                ctx.stats().slow_closes.inc();
-                continue;
-            }
-        }
-        let deadline = close_deadline.or(stall_at);
-        if let Some(d) = deadline {
-            if Instant::now() >= d && close_queued {
-                break;
-            }
-            if timer_at != Some(d) {
-                timer = Some(Box::pin(monoio::time::sleep_until(d.into())));
-                timer_at = Some(d);
-            }
-        } else {
-            timer = None;
-            timer_at = None;
-        }
-        // 4. Wait for input, socket room, a wake-up or the timer.
-        if !read_armed {
-            read_wait.set(stream.readable(false));
-            read_armed = true;
-        }
-        if write_blocked && !write_armed {
-            write_wait.set(stream.writable(false));
-            write_armed = true;
-        }
-        let want_read = !read_eof;
-        let event = poll_fn(|cx| {
-            if conn.wake.poll_take(cx).is_ready() {
-                return Poll::Ready(Event::Wake);
-            }
-            if want_read {
-                if let Poll::Ready(r) = read_wait.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Readable(r.is_ok()));
+        loop {
+            // 1. Write what we can.
+            if !write_blocked && (!conn.queue.borrow().is_empty() || sock.pending_output()) {
+                match write_some(&sock, &conn, ctx.stats()) {
+                    Ok(true) => write_blocked = true,
+                    Ok(false) => {}
+                    Err(_) => break false,
                 }
             }
-            if write_blocked && write_wait.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Writable);
-            }
-            if let Some(t) = timer.as_mut() {
-                if t.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Timer);
+            // 2. Close handling.
+            if !close_queued {
+                if let Some(req) = conn.close_req.get() {
+                    let mut q = conn.queue.borrow_mut();
+                    if req.code == CloseCode::GoingAway {
+                        // Draining: replies already queued still go out before the close.
+                        q.drop_unstarted_segments();
+                    } else {
+                        q.truncate_unstarted();
+                    }
+                    if let Some(reason) = req.reason {
+                        let msg = Reply::Closing { reason };
+                        q.push_keep(frame::text(&msg.to_json()), Bytes::new());
+                    }
+                    q.push_keep(frame::close_frame(req.code, ""), Bytes::new());
+                    close_queued = true;
+                    close_deadline = Some(Instant::now() + CLOSE_LINGER);
+                    ctx.stats().count_close(req.code);
+                    continue;
                 }
             }
-            Poll::Pending
-        })
-        .await;
-        match event {
-            Event::Wake => {}
-            Event::Readable(ok) => {
-                read_armed = false;
-                if !ok || reader.read_ready(&sock, &*ctx, &conn, close_queued) {
-                    read_eof = true;
+            if close_queued && conn.queue.borrow().is_empty() {
+                // TLS: close_notify goes out before the write side is shut.
+                sock.close_notify();
+                if !sock.pending_output() {
+                    sys::shutdown_write(sock.fd());
+                    if read_eof {
+                        break false;
+                    }
+                } else if !write_blocked {
+                    continue;
                 }
             }
-            Event::Writable => {
-                write_armed = false;
-                write_blocked = false;
+            if read_eof && !close_queued {
+                break false;
             }
-            Event::Timer => {
+            // 3. Timers: stall clock while over the queue limit, linger while closing.
+            let stall_at = conn.queue.borrow().stall_deadline(stall_timeout);
+            if let Some(at) = stall_at {
+                if !close_queued && Instant::now() >= at {
+                    conn.request_close(CloseReq::because(Reason::SlowConsumer));
+                    ctx.stats().slow_closes.inc();
+                    continue;
+                }
+            }
+            let deadline = close_deadline.or(stall_at);
+            if let Some(d) = deadline {
+                if Instant::now() >= d && close_queued {
+                    break false;
+                }
+                if timer_at != Some(d) {
+                    timer = Some(Box::pin(monoio::time::sleep_until(d.into())));
+                    timer_at = Some(d);
+                }
+            } else {
                 timer = None;
                 timer_at = None;
             }
+            // 4. Quiet, and nothing at all to do: park (the task ends, a small wait remains).
+            if conn.park_asked.get()
+                && timer.is_none()
+                && !write_blocked
+                && !close_queued
+                && conn.close_req.get().is_none()
+                && conn.queue.borrow().is_empty()
+                && !sock.pending_output()
+                && reader.is_empty()
+                && !conn.get_task_running()
+                && conn.pending_gets() == 0
+                && ctx.subscription_count(&conn) == 0
+            {
+                break true;
+            }
+            // 5. Wait for input, socket room, a wake-up or the timer.
+            if !read_armed {
+                read_wait.set(stream.readable(false));
+                read_armed = true;
+            }
+            if write_blocked && !write_armed {
+                write_wait.set(stream.writable(false));
+                write_armed = true;
+            }
+            let want_read = !read_eof;
+            let event = poll_fn(|cx| {
+                if conn.wake.poll_take(cx).is_ready() {
+                    return Poll::Ready(Event::Wake);
+                }
+                if want_read {
+                    if let Poll::Ready(r) = read_wait.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Readable(r.is_ok()));
+                    }
+                }
+                if write_blocked && write_wait.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Writable);
+                }
+                if let Some(t) = timer.as_mut() {
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Timer);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Wake => {}
+                Event::Readable(ok) => {
+                    read_armed = false;
+                    if !ok || reader.read_ready(&sock, &*ctx, &conn, close_queued) {
+                        read_eof = true;
+                    }
+                }
+                Event::Writable => {
+                    write_armed = false;
+                    write_blocked = false;
+                }
+                Event::Timer => {
+                    timer = None;
+                    timer_at = None;
+                }
+            }
         }
+    };
+    if idle {
+        return Ran::Idle(sock);
     }
     finish(&*ctx, &conn);
+    Ran::Closed
 }
 
 enum Event {
@@ -461,7 +610,9 @@ fn write_some(
 /// Tear down: unsubscribe everywhere, wake helpers so they exit, leave the worker.
 fn finish<C: Context>(ctx: &C, conn: &Conn) {
     conn.closed.set(true);
-    conn.pending_gets.borrow_mut().clear();
+    if let Some(r) = conn.requests.borrow_mut().as_mut() {
+        r.pending_gets.clear();
+    }
     conn.room.notify();
     ctx.closed(conn);
 }

@@ -23,6 +23,11 @@ pub(super) struct Reader {
 }
 
 impl Reader {
+    /// Whether no partial frame or message is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.inbuf.is_empty() && self.fragments.is_none()
+    }
+
     /// The socket is readable: read everything there is. Returns true at EOF or error.
     pub(super) fn read_ready<C: Context>(
         &mut self,
@@ -40,6 +45,7 @@ impl Reader {
             };
             conn.last_rx.set(std::time::Instant::now());
             conn.pinged.set(false);
+            conn.park_asked.set(false);
             if discard {
                 // We sent our close frame: the client's close frame ends the connection.
                 if self.close_answered(&scratch[..n]) {

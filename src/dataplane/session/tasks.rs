@@ -34,7 +34,7 @@ async fn wait_room(conn: &Conn, len: usize) -> bool {
 /// Answer the connection's `get`s in order; exits when none are left.
 pub async fn serve_gets<C: Context>(ctx: Rc<C>, cache: Arc<Cache>, conn: Rc<Conn>) {
     loop {
-        let next = conn.pending_gets.borrow_mut().pop_front();
+        let next = conn.next_get();
         let Some((id, key)) = next else { break };
         if conn.closed.get() {
             break;
