@@ -1,40 +1,66 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark, one run on this machine, loopback only, every step bounded:
-#   mediarelay   vs  nginx (Debian, sendfile; vod over HTTP/1.1 keep-alive)
+#   mediarelay   vs  mediarelay (writev): the same binary with MEDIARELAY_SEND_PATH=writev,
+#                    its copying send path (the default is sendfile), on its own ports
+#                    nginx (Debian, sendfile; vod over HTTP/1.1 keep-alive)
 #                    Node.js ws, uWebSockets.js, NestJS + socket.io (bench/peers/)
 #                    iperf3 over loopback (single stream and -P 4): the physical reference
 #   and over TLS (the wss-* workloads): mediarelay --tls-cert/--tls-key vs nginx `ssl`
 #   (vod over HTTPS) and uWebSockets.js SSLApp, on a test CA + EC P-256 certificate made here
+# Two load clients (--clients, default both): mediarelay-load (Rust) drives everything;
+# wsload (bench/wsload/, Node.js + ws) repeats each run of vod-1m, vod-64k, fanout-64k,
+# fanout-1m, fanout-half and fanout-1m-light right after mediarelay-load's, with the same
+# parameters (vod on nginx: wsload --http). wsload speaks no socket.io, so NestJS is only
+# measured with mediarelay-load; idle, mixed, connect and the wss-* workloads are
+# mediarelay-load only (--clients picks the clients of the six above only).
+# mediarelay (writev) takes part in every plain workload mediarelay takes part in (idle,
+# vod, fanout, mixed, connect), not in the wss-* ones.
+# Workloads (full; --quick in brackets): idle 15,000 connections [500]; vod-1m, vod-64k:
+# 100 connections x 2 in flight, 20,000 replies [400] or 20 s; fanout-64k: 1,000 [100]
+# subscribers, 64 KiB at 50/s, 250 [50] segments; fanout-1m: 1 MiB at 20/s, 100 [20];
+# fanout-half: 64 KiB at a fixed 25/s, 250 [50]; fanout-1m-light: 1 MiB at 2/s, 20 [6];
+# mixed: 900 [100] normal + 50 slow + 50 stalled, 64 KiB at 25/s; connect: 20,000 [2,000]
+# upgrades. fanout-half and fanout-1m-light run on every WebSocket server except NestJS,
+# the others on every WebSocket server (vod on nginx too). Then, per round, the wss-*
+# workloads, iperf3 and loopback-1m.
 # Every configuration runs --runs times (default 3), servers alternating (the order
-# rotates each round), all driven by the same load client (mediarelay-load), each server
-# restarted at the start of every round. Writes raw reports to bench/results/ (one JSON
-# line per run) and the summary to bench/RESULTS.md (bench/summarize.py).
+# rotates each round), each server restarted at the start of every round. Writes raw
+# reports to bench/results/ (one JSON line per run, with "client": mediarelay-load or
+# wsload) and the summary to bench/RESULTS.md (bench/summarize.py).
 #
-#   bench/compare.sh                 the full run (about 22 minutes on 2 cores)
-#   bench/compare.sh --quick         small N, one round, summary to bench/results/QUICK.md
+#   bench/compare.sh                 the full run (roughly 50 minutes on 2 cores; about 30
+#                                    with --clients mediarelay-load)
+#   bench/compare.sh --quick         small N, one round (both clients), summary to bench/results/QUICK.md
 #   bench/compare.sh --runs 5 --only vod-1m,idle
+#   bench/compare.sh --clients mediarelay-load     no wsload runs
 #   bench/compare.sh --runs 1 --only wss-vod-1m,wss-connect --tag tls   -> bench/results/tls.{jsonl,md}
 #
 # Installs what it needs: nginx-light and iperf3 from apt (when missing; needs root),
-# the peers' npm packages (npm ci in bench/peers), the release binaries (cargo; not when
-# RELAY_BIN and LOAD_BIN name them). --tag NAME writes bench/results/NAME.jsonl and NAME.md
-# instead of runs.jsonl and RESULTS.md. The wss-* durations: WSS_VOD_SECS (default 20; the
-# wss vod runs are bounded by time, not by count),
-# WSS_FANOUT_SECS (20), WSS_CONNECT_N (6000 full handshakes).
+# the peers' npm packages (npm ci in bench/peers; in bench/wsload when its node_modules is
+# missing), the release binaries (cargo; not when RELAY_BIN and LOAD_BIN name them).
+# --tag NAME writes bench/results/NAME.jsonl and NAME.md instead of runs.jsonl and
+# RESULTS.md. The wss-* durations: WSS_VOD_SECS (default 20; the wss vod runs are bounded
+# by time, not by count), WSS_FANOUT_SECS (20), WSS_CONNECT_N (6000 full handshakes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-runs=3 quick=0 only="" tag=""
+runs=3 quick=0 only="" tag="" clients=mediarelay-load,wsload
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift 2 ;;
     --quick) quick=1; runs=1; shift ;;
     --only) only=$2; shift 2 ;;
     --tag) tag=$2; shift 2 ;;
-    *) echo "usage: $0 [--quick] [--runs N] [--only workload,...] [--tag NAME]" >&2; exit 2 ;;
+    --clients) clients=$2; shift 2 ;;
+    *) echo "usage: $0 [--quick] [--runs N] [--only workload,...] [--tag NAME] [--clients mediarelay-load,wsload]" >&2; exit 2 ;;
   esac
 done
+for c in ${clients//,/ }; do
+  case "$c" in mediarelay-load | wsload) ;; *) echo "$0: unknown client $c (mediarelay-load, wsload)" >&2; exit 2 ;; esac
+done
+# client_wanted NAME: NAME is in --clients.
+client_wanted() { [[ ",$clients," == *",$1,"* ]]; }
 
 log() { echo "compare: $*" >&2; }
 
@@ -47,6 +73,10 @@ if ! command -v nginx >/dev/null || ! command -v iperf3 >/dev/null; then
 fi
 log "installing the peers' npm packages"
 (cd bench/peers && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+if client_wanted wsload && [ ! -d bench/wsload/node_modules/ws ]; then
+  log "installing wsload's npm packages"
+  (cd bench/wsload && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
 if [ -n "${RELAY_BIN:-}" ] && [ -n "${LOAD_BIN:-}" ]; then
   relay_bin=$RELAY_BIN load_bin=$LOAD_BIN
 else
@@ -95,7 +125,7 @@ elif [ "$quick" = 1 ]; then raw=$out_dir/quick.jsonl; md=$out_dir/QUICK.md; else
 
 # --- servers ---------------------------------------------------------------------------
 # port per server; start_NAME sets server_pids (comma-separated) for --server-pid.
-declare -A port=([mediarelay]=18080 [nginx]=18081 [ws]=18082 [uws]=18083 [nest]=18084)
+declare -A port=([mediarelay]=18080 [nginx]=18081 [ws]=18082 [uws]=18083 [nest]=18084 [mediarelay-writev]=18085)
 # TLS ports (start_tls_NAME); run_load uses them while tls_args is set.
 declare -A tls_port=([mediarelay]=18443 [nginx]=18444 [uws]=18445)
 declare -A server_pids
@@ -116,7 +146,7 @@ wait_port() {
 # gone (seen here: port still listening, no process owning it, ~0.2 s after `wait`). So each
 # port gets up to 5 s to become free.
 ensure_free() {
-  for p in "${port[@]}" "${tls_port[@]}" 19080 15201; do
+  for p in "${port[@]}" "${tls_port[@]}" 19080 19081 15201; do
     for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || continue 2; sleep 0.1; done
     log "127.0.0.1:$p is already in use: stop whatever listens there first"; exit 1
   done
@@ -128,6 +158,14 @@ start_mediarelay() {
     --storage "$media" --tickets "$work/tickets.json" &
   pids+=($!); server_pids[mediarelay]=$!
   wait_port "${port[mediarelay]}"
+}
+# The same relay with its copying send path (writev instead of sendfile), own ports.
+start_mediarelay-writev() {
+  MEDIARELAY_SEND_PATH=writev MEDIARELAY_LOG_LEVEL=warn MEDIARELAY_AUTH_FAILURE_LIMIT=0 "$relay_bin" serve \
+    --listen "127.0.0.1:${port[mediarelay-writev]}" --admin 127.0.0.1:19081 \
+    --storage "$media" --tickets "$work/tickets.json" &
+  pids+=($!); server_pids[mediarelay-writev]=$!
+  wait_port "${port[mediarelay-writev]}"
 }
 
 start_nginx() { # [tls]
@@ -210,10 +248,10 @@ stop_all() {
 
 # --- workloads -------------------------------------------------------------------------
 if [ "$quick" = 1 ]; then
-  subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 connect_n=2000 mixed_subs=100 iperf_t=1 loop_mb=256
+  subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 light_count=6 connect_n=2000 mixed_subs=100 iperf_t=1 loop_mb=256
   wss_vod_count=$vod_count wss_vod_secs=${WSS_VOD_SECS:-3} wss_fan_secs=${WSS_FANOUT_SECS:-3} wss_connect_n=${WSS_CONNECT_N:-300}
 else
-  subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 connect_n=20000 mixed_subs=900 iperf_t=5 loop_mb=2048
+  subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 light_count=20 connect_n=20000 mixed_subs=900 iperf_t=5 loop_mb=2048
   wss_vod_count=1000000 wss_vod_secs=${WSS_VOD_SECS:-20} wss_fan_secs=${WSS_FANOUT_SECS:-20} wss_connect_n=${WSS_CONNECT_N:-6000}
 fi
 proto_of() { [ "$1" = nest ] && echo socketio || echo relay; }
@@ -226,7 +264,17 @@ alive() {
   done
 }
 
-# run_load WORKLOAD SERVER RUN ARGS...: one load run, its JSON report appended to $raw.
+# record WORKLOAD SERVER CLIENT RUN SHOWN OK [REPORT]: one JSON line in $raw (OK=0: a failed run).
+record() {
+  if [ "$6" = 1 ]; then
+    printf '{"workload":"%s","server":"%s","client":"%s","run":%s,"args":"%s","report":%s}\n' "$1" "$2" "$3" "$4" "$5" "$7" >>"$raw"
+  else
+    log "$1 on $2 ($3) failed: $(tail -3 "$work/load.err")"
+    printf '{"workload":"%s","server":"%s","client":"%s","run":%s,"args":"%s","error":true}\n' "$1" "$2" "$3" "$4" "$5" >>"$raw"
+  fi
+}
+
+# run_load WORKLOAD SERVER RUN ARGS...: one mediarelay-load run, its JSON report appended to $raw.
 run_load() {
   local workload=$1 server=$2 run=$3; shift 3
   local report p=${port[$server]} shown="$*"
@@ -237,12 +285,38 @@ run_load() {
   if report=$(timeout 300 "$load_bin" --addr "127.0.0.1:$p" --ticket-file "$work/ticket" \
       --proto "$(proto_of "$server")" --server-pid "${server_pids[$server]}" --json "${tls_args[@]}" "$@" 2>"$work/load.err") \
       && alive "$server"; then
-    printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","report":%s}\n' \
-      "$workload" "$server" "$run" "$shown" "$report" >>"$raw"
+    record "$workload" "$server" mediarelay-load "$run" "$shown" 1 "$report"
   else
-    log "$workload on $server failed: $(tail -3 "$work/load.err")"
-    printf '{"workload":"%s","server":"%s","run":%s,"args":"%s","error":true}\n' "$workload" "$server" "$run" "$shown" >>"$raw"
+    record "$workload" "$server" mediarelay-load "$run" "$shown" 0
   fi
+}
+
+# run_wsload WORKLOAD SERVER RUN ARGS...: the same run with wsload (plain text only). ARGS are
+# mediarelay-load's scenario arguments, which wsload takes as they are (vod's --http
+# included); a fanout's --stream gets a -wsload suffix (a stream of its own).
+run_wsload() {
+  local workload=$1 server=$2 run=$3; shift 3
+  local report a=() prev="" x
+  for x in "$@"; do
+    [ "$prev" = --stream ] && x=$x-wsload
+    a+=("$x"); prev=$x
+  done
+  log "round $run: $workload on $server (wsload)"
+  if report=$(timeout 300 node bench/wsload/wsload.mjs --addr "127.0.0.1:${port[$server]}" --ticket-file "$work/ticket" \
+      --server-pid "${server_pids[$server]}" --quiet "${a[@]}" 2>"$work/load.err") \
+      && alive "$server"; then
+    record "$workload" "$server" wsload "$run" "${a[*]}" 1 "$report"
+  else
+    record "$workload" "$server" wsload "$run" "${a[*]}" 0
+  fi
+}
+
+# run_clients WORKLOAD SERVER RUN ARGS...: the run with each client in --clients,
+# mediarelay-load first; wsload not on nest (socket.io).
+run_clients() {
+  client_wanted mediarelay-load && run_load "$@"
+  if client_wanted wsload && [ "$2" != nest ]; then run_wsload "$@"; fi
+  return 0
 }
 
 wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
@@ -256,7 +330,7 @@ any_wanted() { # wanted_fn workload... -> true when any of them is wanted
   for w in "$@"; do "$f" "$w" && return 0; done
   return 1
 }
-plain_workloads=(idle vod-1m vod-64k fanout-64k fanout-1m fanout-half mixed connect)
+plain_workloads=(idle vod-1m vod-64k fanout-64k fanout-1m fanout-half fanout-1m-light mixed connect)
 
 rotate() { # round list... -> the list rotated by round
   local r=$1; shift
@@ -264,8 +338,9 @@ rotate() { # round list... -> the list rotated by round
   for ((i = 0; i < n; i++)); do echo "${a[$(((i + r) % n))]}"; done
 }
 
-ws_servers=(mediarelay uws ws nest)
-vod_servers=(mediarelay nginx uws ws nest)
+ws_servers=(mediarelay mediarelay-writev uws ws nest)
+vod_servers=(mediarelay mediarelay-writev nginx uws ws nest)
+light_servers=(mediarelay mediarelay-writev uws ws) # fanout-half, fanout-1m-light: not NestJS
 wss_ws_servers=(mediarelay uws)
 wss_vod_servers=(mediarelay nginx uws)
 
@@ -282,11 +357,10 @@ warm() {
 }
 
 for run in $(seq 1 "$runs"); do
-  max_bps=""
   stop_all
   ensure_free
   if any_wanted wanted "${plain_workloads[@]}"; then
-    for s in mediarelay nginx ws uws nest; do "start_$s"; done
+    for s in mediarelay mediarelay-writev nginx ws uws nest; do "start_$s"; done
     # Warm every cache: each object once.
     warm "${ws_servers[@]}"
   fi
@@ -300,28 +374,27 @@ for run in $(seq 1 "$runs"); do
     prefix=vod/large/; [ "$w" = vod-64k ] && prefix=vod/small/
     for s in $(rotate "$run" "${vod_servers[@]}"); do
       http=(); [ "$s" = nginx ] && http=(--http)
-      run_load "$w" "$s" "$run" vod --connections 100 --inflight 2 --prefix "$prefix" --keys 100 \
+      run_clients "$w" "$s" "$run" vod --connections 100 --inflight 2 --prefix "$prefix" --keys 100 \
         --count "$vod_count" --duration 20 "${http[@]}"
     done
   done
-  for w in fanout-64k fanout-1m; do
+  # fanout-64k and fanout-1m are the overload cases (they ask for about what the machine
+  # delivers, or more), on every WebSocket server; fanout-half (64 KiB at a fixed 25/s) and
+  # fanout-1m-light (1 MiB at 2/s) ask for less, on every WebSocket server but NestJS.
+  for w in fanout-64k fanout-1m fanout-half fanout-1m-light; do
     wanted "$w" || continue
-    if [ "$w" = fanout-64k ]; then size=65536 rate=50 count=$fan64_count; else size=1048576 rate=20 count=$fan1m_count; fi
-    for s in $(rotate "$run" "${ws_servers[@]}"); do
-      run_load "$w" "$s" "$run" fanout --subscribers "$subs" --storage "$media" --stream "live/$w-$s-$run" \
+    servers=("${ws_servers[@]}")
+    case $w in
+      fanout-64k) size=65536 rate=50 count=$fan64_count ;;
+      fanout-1m) size=1048576 rate=20 count=$fan1m_count ;;
+      fanout-half) size=65536 rate=25 count=$fan64_count servers=("${light_servers[@]}") ;;
+      fanout-1m-light) size=1048576 rate=2 count=$light_count servers=("${light_servers[@]}") ;;
+    esac
+    for s in $(rotate "$run" "${servers[@]}"); do
+      run_clients "$w" "$s" "$run" fanout --subscribers "$subs" --storage "$media" --stream "live/$w-$s-$run" \
         --size "$size" --rate "$rate" --count "$count" --duration 60
-      if [ "$w" = fanout-64k ] && [ "$s" = mediarelay ]; then
-        max_bps=$(tail -1 "$raw" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("report",{}).get("received_bytes_per_s",""))')
-      fi
     done
   done
-  if wanted fanout-half && [ -n "$max_bps" ]; then
-    # Half of the maximum: the 64 KiB fan-out above asks for more than the machine delivers,
-    # so what mediarelay delivered there is its maximum; run at half of that rate.
-    half=$(python3 -c "print(round($max_bps / 2 / ($subs * 65536), 1))")
-    run_load fanout-half mediarelay "$run" fanout --subscribers "$subs" --storage "$media" \
-      --stream "live/half-$run" --size 65536 --rate "$half" --count "$fan64_count" --duration 60
-  fi
   if wanted mixed; then
     for s in $(rotate "$run" "${ws_servers[@]}"); do
       run_load mixed "$s" "$run" mixed --subscribers "$mixed_subs" --slow 50 --stalled 50 \
@@ -404,7 +477,9 @@ done
 stop_all
 
 machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
-versions="mediarelay $(git describe --always --dirty 2>/dev/null || echo '?'), nginx $(nginx -v 2>&1 | cut -d/ -f2), node $(node --version), iperf3 $(iperf3 --version | head -1 | awk '{print $2}'), $(openssl version | awk '{print $1, $2}') (nginx)"
+wsload_v=""
+client_wanted wsload && wsload_v=", wsload: ws $(node -p 'require("./bench/wsload/node_modules/ws/package.json").version' 2>/dev/null || echo '?')"
+versions="mediarelay $(git describe --always --dirty 2>/dev/null || echo '?'), nginx $(nginx -v 2>&1 | cut -d/ -f2), node $(node --version), iperf3 $(iperf3 --version | head -1 | awk '{print $2}'), $(openssl version | awk '{print $1, $2}') (nginx)$wsload_v"
 python3 bench/summarize.py "$raw" "$md" --machine "$machine" --versions "$versions" --runs "$runs" --quick "$quick"
 log "wrote $md (raw reports: $raw)"
 failed=$(grep -c '"error":true' "$raw" || true)

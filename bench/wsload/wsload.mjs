@@ -43,6 +43,9 @@ common options:
 scenarios:
   vod      --connections N (100) --inflight K (4) --prefix P (vod/) --suffix S (.bin)
            --keys N (64) --count N (0 = unbounded) --duration S (20) [--verify-storage DIR]
+           [--http: plain HTTP/1.1 GET /PREFIX{k}SUFFIX instead of WebSocket gets, --inflight
+           pipelined per keep-alive connection (https:// with --tls/--ca); for web servers
+           such as nginx; no ticket needed; received_bytes counts body bytes only]
   fanout   --subscribers N (1000) --storage DIR --stream S (live/wsload) --size BYTES (65536)
            --rate R per s (25) --count N (500) --duration S (120, upper bound)
            --drain S (10: wait after the last segment for stragglers)
@@ -61,7 +64,7 @@ function parseArgs(argv) {
     }
     if (a.startsWith('--')) {
       const key = a.slice(2);
-      const flags = new Set(['tls', 'insecure', 'quiet', 'json']);
+      const flags = new Set(['tls', 'insecure', 'quiet', 'json', 'http']);
       if (flags.has(key)) opts[key] = true;
       else {
         if (i + 1 >= argv.length) die(`missing value for ${a}`);
@@ -90,7 +93,9 @@ const ca = opts.ca ? fs.readFileSync(opts.ca) : undefined;
 const servername = str('servername', host);
 let ticket = opts.ticket;
 if (!ticket && opts['ticket-file']) ticket = fs.readFileSync(opts['ticket-file'], 'utf8').split('\n')[0].trim();
-if (!ticket) die('need --ticket or --ticket-file');
+const useHttp = Boolean(opts.http);
+if (useHttp && scenario !== 'vod') die('--http is only for the vod scenario');
+if (!ticket && !useHttp) die('need --ticket or --ticket-file');
 const authMode = str('auth', 'query');
 const wsPath = str('path', '/ws');
 const serverPids = opts['server-pid'] ? String(opts['server-pid']).split(',').map(Number) : [];
@@ -244,13 +249,14 @@ function progress(fn) {
 
 const base = () => ({
   client: `wsload (node ${process.version}, ws ${WS_VERSION})`,
-  transport: useTls ? 'websocket+tls' : 'websocket',
+  transport: useHttp ? (useTls ? 'http+tls' : 'http') : useTls ? 'websocket+tls' : 'websocket',
 });
 
 // ---------------------------------------------------------------------------------------
 // vod
 
 async function vod() {
+  if (useHttp) return vodHttp();
   const N = num('connections', 100), K = num('inflight', 4);
   const prefix = str('prefix', 'vod/'), suffix = str('suffix', '.bin'), keys = num('keys', 64);
   const count = num('count', 0), duration = num('duration', 20);
@@ -267,6 +273,7 @@ async function vod() {
     catch (e) { failed++; bump(errors, e.kind); }
   }));
   log(`${conns.length} connections open, ${failed} failed`);
+  if (!conns.length) die(`vod: no connection to ${addr} opened (${JSON.stringify(errors)})`);
 
   const before = serverSample();
   const cpu0 = process.cpuUsage();
@@ -349,6 +356,187 @@ async function vod() {
     client_cpu_seconds: cc,
   };
   if (verifyDir) { report.verified_keys = verified.size; report.wrong_bytes = wrongBytes; }
+  if (tlsInfo) report.tls = tlsInfo;
+  addServer(report, before, after, bytes);
+  addMachine(report, m0);
+  return report;
+}
+
+// ---------------------------------------------------------------------------------------
+// vod --http: HTTP/1.1 keep-alive GETs, pipelined --inflight deep per connection (for web
+// servers such as nginx; mediarelay-load's `vod --http` does the same). Responses are framed
+// by Content-Length only: a chunked (or unframed) response fails the run. received_bytes
+// counts body bytes only (header_bytes: the response heads, reported apart).
+
+function openHttp() {
+  const port = Number(addr.slice(addr.lastIndexOf(':') + 1));
+  const t0 = nowMs();
+  return new Promise((resolve, reject) => {
+    let s;
+    const fail = (e) => { s.destroy(); reject({ kind: e.code || 'error', message: e.message }); };
+    const ok = () => {
+      s.removeListener('error', fail);
+      s.on('error', () => {}); // until vodHttp counts them
+      if (useTls && !tlsInfo) {
+        const c = s.getCipher();
+        tlsInfo = { protocol: s.getProtocol(), cipher: c && c.name, session_reused: s.isSessionReused(), alpn: s.alpnProtocol || null };
+      }
+      resolve({ s, ms: nowMs() - t0 });
+    };
+    if (useTls) {
+      const o = { host, port, ca, servername, rejectUnauthorized: !opts.insecure, ALPNProtocols: ['http/1.1'] };
+      if (opts['tls-ciphers']) o.ciphers = opts['tls-ciphers'];
+      if (opts['tls-max-version']) o.maxVersion = opts['tls-max-version'];
+      s = tls.connect(o, ok);
+    } else s = net.connect({ host, port }, ok);
+    s.setNoDelay(true);
+    s.once('error', fail);
+    s.setTimeout(30000, () => fail({ code: 'connect_timeout', message: 'connect timed out' }));
+    s.once(useTls ? 'secureConnect' : 'connect', () => s.setTimeout(0));
+  });
+}
+
+async function vodHttp() {
+  const N = num('connections', 100), K = num('inflight', 4);
+  const prefix = str('prefix', 'vod/'), suffix = str('suffix', '.bin'), keys = num('keys', 64);
+  const count = num('count', 0), duration = num('duration', 20);
+  if (opts['verify-storage']) die('--verify-storage is not supported with --http');
+  const errors = {}, closes = {}, latency = new Samples(), handshakes = new Samples();
+  let failed = 0, issued = 0, replies = 0, responses = 0, bytes = 0, headBytes = 0;
+  let fatal = null;
+
+  const conns = [];
+  await Promise.all(Array.from({ length: N }, async () => {
+    try { const { s, ms } = await openHttp(); handshakes.push(ms); conns.push(s); }
+    catch (e) { failed++; bump(errors, e.kind); }
+  }));
+  log(`${conns.length} connections open, ${failed} failed`);
+  if (!conns.length) die(`vod --http: no connection to ${addr} opened (${JSON.stringify(errors)})`);
+
+  const before = serverSample();
+  const cpu0 = process.cpuUsage();
+  const m0 = machineBusy();
+  const start = nowMs();
+  const deadline = start + duration * 1000;
+  let lastReply = start;
+  let finish;
+  const finished = new Promise((r) => { finish = r; });
+  let stopping = false;
+  let live = conns.length;
+  const stop = () => { if (!stopping) { stopping = true; finish(); } };
+  const checkDone = () => { if ((count && replies >= count) || nowMs() >= deadline) stop(); };
+  const timer = setTimeout(stop, duration * 1000 + 5);
+  const hostHeader = addr;
+
+  for (const s of conns) {
+    const sent = []; // FIFO of [t, key]: responses come back in request order
+    let head = null; // bytes of a response head not yet complete
+    let bodyLeft = 0, status = 0, inBody = false;
+    // Requests to send once this chunk is parsed (one write per chunk).
+    const request = (out) => {
+      if (stopping || (count && issued >= count) || nowMs() >= deadline) return out;
+      issued++;
+      const key = prefix + Math.floor(Math.random() * keys) + suffix;
+      sent.push([nowMs(), key]);
+      return out + `GET /${key} HTTP/1.1\r\nHost: ${hostHeader}\r\nConnection: keep-alive\r\n\r\n`;
+    };
+    const complete = (out) => {
+      const r = sent.shift();
+      const t = nowMs();
+      responses++;
+      lastReply = t;
+      if (status === 200) {
+        if (r) latency.push(t - r[0]);
+        replies++;
+      } else bump(errors, `http_${status}`);
+      checkDone();
+      return request(out);
+    };
+    const broken = (msg) => {
+      fatal = fatal || msg;
+      bump(errors, 'bad_response');
+      s.destroy();
+      stop();
+    };
+    s.on('data', (chunk) => {
+      if (stopping) return;
+      let out = '';
+      let off = 0;
+      while (off < chunk.length) {
+        if (inBody) {
+          const n = Math.min(bodyLeft, chunk.length - off);
+          bodyLeft -= n;
+          bytes += n;
+          off += n;
+          if (bodyLeft === 0) { inBody = false; out = complete(out); }
+          continue;
+        }
+        // A response head, which may span chunks.
+        const rest = chunk.subarray(off);
+        const buf = head ? Buffer.concat([head, rest]) : rest;
+        const end = buf.indexOf('\r\n\r\n');
+        if (end < 0) {
+          if (buf.length > 65536) return broken('response head over 64 KiB');
+          head = Buffer.from(buf);
+          break;
+        }
+        const consumed = end + 4 - (head ? head.length : 0);
+        const text = buf.toString('latin1', 0, end);
+        head = null;
+        off += consumed;
+        headBytes += end + 4;
+        const lines = text.split('\r\n');
+        const m = /^HTTP\/1\.[01] (\d{3})/.exec(lines[0]);
+        if (!m) return broken(`bad status line: ${JSON.stringify(lines[0].slice(0, 80))}`);
+        status = Number(m[1]);
+        let len = null, chunked = false;
+        for (const l of lines.slice(1)) {
+          const i = l.indexOf(':');
+          if (i < 0) continue;
+          const k = l.slice(0, i).trim().toLowerCase(), v = l.slice(i + 1).trim();
+          if (k === 'content-length') len = Number(v);
+          else if (k === 'transfer-encoding' && v.toLowerCase() !== 'identity') chunked = true;
+        }
+        if (chunked) return broken(`status ${status}: Transfer-Encoding (chunked) responses are not supported, only Content-Length`);
+        if (len === null || !Number.isSafeInteger(len) || len < 0) {
+          if (status === 204 || status === 304 || (status >= 100 && status < 200)) len = 0;
+          else return broken(`status ${status}: response without a valid Content-Length`);
+        }
+        if (status >= 100 && status < 200) continue; // interim response, the real one follows
+        if (len === 0) out = complete(out);
+        else { bodyLeft = len; inBody = true; }
+      }
+      if (out) s.write(out);
+    });
+    s.on('close', () => {
+      if (stopping) return;
+      bump(closes, sent.length ? 'closed_with_requests_outstanding' : 'closed');
+      if (sent.length) bump(errors, 'closed_by_server');
+      if (--live === 0) stop();
+    });
+    s.on('error', (e) => { if (!stopping) bump(errors, `socket_${e.code || 'error'}`); });
+    let out = '';
+    for (let i = 0; i < K; i++) out = request(out);
+    if (out) s.write(out);
+  }
+  const p = progress(() => `replies ${replies}  ${((bytes / ((nowMs() - start) / 1000)) / 1e9).toFixed(2)} GB/s (bodies)`);
+  await finished;
+  clearTimeout(timer);
+  p.stop();
+  const elapsed = (Math.min(nowMs(), Math.max(lastReply, start + 1)) - start) / 1000;
+  const after = serverSample();
+  const cc = clientCpu(cpu0);
+  for (const s of conns) s.destroy();
+  if (fatal) die(`vod --http: ${fatal}`);
+  if (!replies) die(`vod --http: no 200 response (errors ${JSON.stringify(errors)}, closes ${JSON.stringify(closes)})`);
+  const report = {
+    scenario: 'vod', ...base(), connections: conns.length, failed_connections: failed, inflight: K,
+    errors, closes, handshake_ms: handshakes.summary(), latency_ms: latency.summary(),
+    received_bytes: bytes, payload_bytes: bytes, header_bytes: headBytes,
+    received_bytes_per_s: round(bytes / elapsed, 0), received_gbit_per_s: round((bytes * 8) / elapsed / 1e9, 3),
+    replies, responses, replies_per_s: round(replies / elapsed, 1), seconds: round(elapsed, 3),
+    client_cpu_seconds: cc,
+  };
   if (tlsInfo) report.tls = tlsInfo;
   addServer(report, before, after, bytes);
   addMachine(report, m0);
