@@ -175,6 +175,11 @@ pub struct ConnectionConfig {
     /// new one arrives skips to the newest (0: only the byte bound applies).
     #[serde(deserialize_with = "duration")]
     pub max_live_lag: Duration,
+    /// Most bytes a connection's kernel socket buffer holds not yet sent
+    /// (`TCP_NOTSENT_LOWAT`): beyond it the relay's own queue, and its lag bound, keep the
+    /// backlog. 0: the kernel's default (unbounded up to the send buffer).
+    #[serde(deserialize_with = "bytesize")]
+    pub socket_unsent: u64,
     /// How long a connection may stay over its send-queue limit before 4408.
     #[serde(deserialize_with = "duration")]
     pub stall_timeout: Duration,
@@ -303,6 +308,7 @@ impl Default for ConnectionConfig {
         Self {
             send_queue: 8 << 20,
             max_live_lag: Duration::from_secs(1),
+            socket_unsent: 0,
             stall_timeout: Duration::from_secs(10),
             max_message: 4096,
             max_subscriptions: 16,
@@ -375,6 +381,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("MEDIARELAY_MAX_PENDING_GETS", "connection.max_pending_gets"),
     ("MEDIARELAY_SEND_QUEUE", "connection.send_queue"),
     ("MEDIARELAY_MAX_LIVE_LAG", "connection.max_live_lag"),
+    ("MEDIARELAY_SOCKET_UNSENT", "connection.socket_unsent"),
     ("MEDIARELAY_QUEUE_BUDGET", "connection.queue_budget"),
     ("MEDIARELAY_STALL_TIMEOUT", "connection.stall_timeout"),
     ("MEDIARELAY_MAX_MESSAGE", "connection.max_message"),
@@ -519,6 +526,9 @@ impl Config {
         }
         if !(1..=1000).contains(&self.storage.list_page_size) {
             return bad("storage.list_page_size", "must be between 1 and 1000");
+        }
+        if self.connection.socket_unsent > 64 << 20 {
+            return bad("connection.socket_unsent", "must be at most 64 MiB");
         }
         let chunk = self.storage.upload_chunk;
         if chunk == 0 || chunk % (256 << 10) != 0 || chunk > 1 << 30 {

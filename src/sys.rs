@@ -72,6 +72,22 @@ pub fn writev(fd: RawFd, parts: &[&[u8]], more: bool) -> io::Result<Io> {
     classify(ret)
 }
 
+/// Bound the bytes the socket `fd` holds not yet sent (`TCP_NOTSENT_LOWAT`): writes see a
+/// full socket beyond it, and readiness waits for it to drain below.
+pub fn set_unsent_limit(fd: RawFd, bytes: u32) -> io::Result<()> {
+    let v = bytes as libc::c_int;
+    // SAFETY: `v` is a valid c_int for the call; plain setsockopt on a socket the caller owns.
+    check(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+}
+
 /// Put the socket `fd` in non-blocking mode (for `sendfile`, which takes no flags).
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl calls on a descriptor the caller owns.
@@ -330,4 +346,45 @@ pub fn open_file_limit() -> Option<u64> {
     // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn unsent_limit_is_set_on_the_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        set_unsent_limit(s.as_raw_fd(), 64 << 10).unwrap();
+        let mut v: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are valid and writable for the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!((rc, v), (0, 64 << 10));
+    }
+
+    #[test]
+    fn sealed_memfd_refuses_changes() {
+        let fd = sealed_memfd(b"hello").unwrap();
+        let f = std::fs::File::from(fd);
+        assert!(std::os::unix::fs::FileExt::write_at(&f, b"x", 0).is_err());
+        assert!(f.set_len(0).is_err());
+        assert!(f.set_len(10).is_err());
+        let map = Mapping::sealed(f.as_raw_fd(), 5).unwrap();
+        assert_eq!(map.as_ref(), b"hello");
+        assert!(
+            Mapping::sealed(f.as_raw_fd(), 6).is_err(),
+            "longer than the file"
+        );
+    }
 }

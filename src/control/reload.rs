@@ -65,6 +65,7 @@ pub fn diff(old: &Config, new: &Config) -> Diff {
         tickets.lookup_timeout => true, tickets.lookup_negative_ttl => false,
         tickets.lookup_rate => false,
         connection.send_queue => true, connection.max_live_lag => true,
+        connection.socket_unsent => true,
         connection.stall_timeout => true,
         connection.max_message => true, connection.max_subscriptions => true,
         connection.max_pending_gets => true, connection.max_streams_per_minute => true,
