@@ -106,16 +106,8 @@ chmod -R a+rX "$media"
 ticket=$("$relay_bin" ticket issue --tickets "$work/tickets.json" --uid bench --streams '*' --ttl 3h)
 echo "$ticket" >"$work/ticket"
 # Test CA and an EC P-256 server certificate for localhost and 127.0.0.1 (wss-* workloads).
-(
-  mkdir -p "$work/tls" && cd "$work/tls"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-  openssl req -x509 -new -key ca.key -subj /CN=mediarelay-compare-CA -days 2 -out ca.pem
-  openssl ecparam -name prime256v1 -genkey -noout -out key.pem
-  openssl req -new -key key.pem -subj /CN=localhost -out srv.csr
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf
-  openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem
-  chmod a+r key.pem cert.pem ca.pem
-) >/dev/null 2>&1 || { log "openssl could not make the test certificate"; exit 1; }
+bench/test-ca.sh "$work/tls" mediarelay-compare-CA >/dev/null 2>&1 \
+  || { log "openssl could not make the test certificate"; exit 1; }
 
 out_dir=$root/bench/results
 mkdir -p "$out_dir"

@@ -306,13 +306,7 @@ fn ingest_writes_to_the_bucket() {
     };
     let body = data(300_000, 9);
     assert_eq!(send("PUT", "vod/up load.bin", &body).0, 201);
-    let (status, stored) = support::gcs::request(
-        gcs.addr,
-        "GET",
-        "/storage/v1/b/media/o/root%2Fvod%2Fup%20load.bin?alt=media",
-        "text/plain",
-        b"",
-    );
+    let (status, stored) = gcs.read("root/vod/up load.bin", true);
     assert_eq!((status, stored.len()), (200, body.len()));
     assert_eq!(stored, body);
     assert_eq!(send("PUT", "vod/up load.bin", b"second").0, 204);
@@ -359,22 +353,10 @@ fn large_ingest_uses_a_resumable_upload() {
         .0
     };
     assert_eq!(put(&body), 201);
-    let (status, stored) = support::gcs::request(
-        gcs.addr,
-        "GET",
-        "/storage/v1/b/media/o/root%2Fvod%2Fbig.mp4?alt=media",
-        "text/plain",
-        b"",
-    );
+    let (status, stored) = gcs.read("root/vod/big.mp4", true);
     assert_eq!((status, stored.len()), (200, body.len()));
     assert!(stored == body, "the stored object differs from the body");
-    let (_, meta) = support::gcs::request(
-        gcs.addr,
-        "GET",
-        "/storage/v1/b/media/o/root%2Fvod%2Fbig.mp4",
-        "text/plain",
-        b"",
-    );
+    let (_, meta) = gcs.read("root/vod/big.mp4", false);
     let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
     assert_eq!(meta["contentType"], "video/mp4");
     // Five pieces: four answered 308 (persisted so far), the last one 200.
@@ -392,13 +374,7 @@ fn large_ingest_uses_a_resumable_upload() {
 
     let second = data((1 << 20) + 1, 5);
     assert_eq!(put(&second), 204);
-    let (_, stored) = support::gcs::request(
-        gcs.addr,
-        "GET",
-        "/storage/v1/b/media/o/root%2Fvod%2Fbig.mp4?alt=media",
-        "text/plain",
-        b"",
-    );
+    let (_, stored) = gcs.read("root/vod/big.mp4", true);
     assert!(stored == second, "the replacement was not stored whole");
     // A body of one piece or less is one single-request upload.
     assert_eq!(put(&data(256 << 10, 6)), 204);

@@ -40,15 +40,7 @@ for i in $(seq 0 63); do
   head -c 65536 /dev/urandom >"$media/vod/small/$i.bin"
 done
 "$RELAY" ticket issue --tickets "$work/tickets.json" --uid bench --streams '*' --ttl 2h >"$work/ticket"
-(
-  cd "$work"
-  openssl ecparam -name prime256v1 -genkey -noout -out ca.key
-  openssl req -x509 -new -key ca.key -subj /CN=wsload-test-CA -days 2 -out ca.pem
-  openssl ecparam -name prime256v1 -genkey -noout -out key.pem
-  openssl req -new -key key.pem -subj /CN=localhost -out srv.csr
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >ext.cnf
-  openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out cert.pem
-) 2>/dev/null
+"$root/bench/test-ca.sh" "$work" wsload-test-CA >/dev/null 2>&1
 
 TLS_PORT=${TLS_PORT:-28443} PLAIN_PORT=${PLAIN_PORT:-28080} ADMIN_PORT=${ADMIN_PORT:-29090}
 # The relay's per-connection request budget (1000/s) is raised so that it does not cap vod-64k.

@@ -751,12 +751,12 @@ impl Shared {
             match status.as_u16() {
                 308 => offset = persisted(&headers),
                 404 | 410 => return session_lost(status),
+                // The upload is complete (its answer is the upload's), or the check failed
+                // and `unsure` stays set for the next try.
                 _ => {
-                    let outcome = self.upload_answer(status, &body, crc, if_generation);
-                    if matches!(outcome, Attempt::Done(_)) {
-                        progress.lock().unwrap_or_else(|e| e.into_inner()).unsure = false;
-                    }
-                    return outcome.map(Some);
+                    return self
+                        .upload_answer(status, &body, crc, if_generation)
+                        .map(Some)
                 }
             }
             let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
@@ -799,14 +799,11 @@ impl Shared {
                 Attempt::Done(None)
             }
             404 | 410 => session_lost(status),
-            // Any other answer than 200/201 leaves `unsure` set: the next try asks first.
-            _ => {
-                let outcome = self.upload_answer(status, &body, crc, if_generation);
-                if matches!(outcome, Attempt::Done(_)) {
-                    p.unsure = false;
-                }
-                outcome.map(Some)
-            }
+            // Done: the upload's answer (nothing is sent after it). Otherwise `unsure` stays
+            // set and the next try asks the session first.
+            _ => self
+                .upload_answer(status, &body, crc, if_generation)
+                .map(Some),
         }
     }
 

@@ -250,6 +250,14 @@ impl FakeGcs {
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
 
+    /// GET the object `name` (`alt=media`, or its metadata with `media: false`): status and
+    /// body.
+    pub fn read(&self, name: &str, media: bool) -> (u16, Vec<u8>) {
+        let query = if media { "?alt=media" } else { "" };
+        let path = format!("/storage/v1/b/media/o/{}{query}", encode(name));
+        request(self.addr, "GET", &path, "text/plain", b"")
+    }
+
     /// The server's log (one access-log line per request).
     pub fn log(&self) -> String {
         let a = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -567,7 +567,7 @@ fn write_some(
             return Ok(!sock.flush()?);
         }
         let files = sock.sends_files();
-        let from_file = q.front_file().filter(|_| files);
+        let from_file = if files { q.front_file() } else { None };
         let step = match from_file {
             // The front frame's head is out: its payload goes from its file.
             Some((fd, offset, left)) => match sock.sendfile(fd, offset, left)? {
