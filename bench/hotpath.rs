@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
         let mut q = SendQueue::new(8 << 20);
         let now = Instant::now();
         b.iter(|| {
-            q.push_segment(1, 42, seg.prefix.clone(), seg.payload.clone(), now);
+            q.push_segment(1, seg.clone(), now, |_, _| Bytes::new());
             let mut parts: [&[u8]; MAX_IOV] = [&[]; MAX_IOV];
             let (n, _) = q.gather(&mut parts, false);
             let total: usize = parts[..n].iter().map(|p| p.len()).sum();

@@ -196,22 +196,21 @@ impl Core {
             }
             let mut q = conn.queue.borrow_mut();
             let before = q.bytes();
-            let dropped = q.trim_segments(before / 2);
-            for (sub, from, to, at) in &dropped {
-                let Some(stream) = self.subs.stream_of(conn.id, *sub) else {
-                    continue;
-                };
-                let skipped = Reply::Skipped {
-                    stream: &stream,
-                    from: *from,
-                    to: *to,
-                };
-                q.insert_keep(*at, frame::text(&skipped.to_json()));
-                self.stats.skipped.inc();
-            }
+            let dropped = q.trim_segments(before / 2, |sub, from, to| {
+                let stream = self.subs.stream_of(conn.id, sub)?;
+                Some(frame::text(
+                    &Reply::Skipped {
+                        stream: &stream,
+                        from,
+                        to,
+                    }
+                    .to_json(),
+                ))
+            });
+            self.stats.skipped.add(dropped as u64);
             queued = queued - before + q.bytes();
             drop(q);
-            if !dropped.is_empty() {
+            if dropped > 0 {
                 conn.wake.notify();
             }
         }

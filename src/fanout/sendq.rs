@@ -1,14 +1,16 @@
 //! A connection's bounded send queue and the slow-consumer policy of PROTOCOL.md.
 //!
-//! Queued frames are references to shared buffers (a small prefix and the payload
-//! `Bytes`), never copies: a thousand stalled subscribers of one stream hold the same
-//! segment buffers. Pure data structure; the connection task drains it with `writev`, and
+//! Queued frames are references to shared buffers, never copies: a live segment is one
+//! pointer to the frame every viewer shares ([`Seg`]), so a thousand stalled subscribers of
+//! one stream hold the same segment buffers and 48 bytes each per queued segment. Pure data structure; the connection task drains it with `writev`, and
 //! with `sendfile` for payloads that sit in a payload file ([`SendQueue::front_file`]).
 //!
 //! Policy, in bytes against `limit`:
 //! - a live segment that would overflow the queue first drops that stream's oldest queued
 //!   segments (never a partially written frame, never an init segment), and a `skipped`
-//!   message takes the place of the first dropped one;
+//!   message takes the place of the first dropped one (a `skipped` of that stream still
+//!   unsent, with no segment of the stream after it, is extended instead: a viewer that
+//!   reads nothing holds one such message, not one per drop);
 //! - `get` replies and control messages are never dropped (`get` waits for room before it
 //!   is queued, see [`SendQueue::has_room_for`]);
 //! - in time: a live segment pushed while that stream's oldest queued segment has waited
@@ -29,6 +31,7 @@ use std::os::fd::RawFd;
 
 use bytes::Bytes;
 
+use crate::fanout::stream::Seg;
 use crate::origin::files::Body;
 use crate::sys::MAX_IOV;
 
@@ -39,20 +42,54 @@ pub enum Kind {
     Keep,
     /// A live segment of the subscription `sub` (0 is the init segment, never dropped).
     Segment { sub: u32, seq: u64 },
+    /// The `skipped` message of subscription `sub` for segments from `from` on: never
+    /// dropped; while unsent, a later drop of that subscription's next segments extends it
+    /// instead of queueing another message.
+    Skipped { sub: u32, from: u64 },
 }
 
-/// One queued frame: up to two shared parts.
-pub struct Out {
-    pub prefix: Bytes,
-    pub body: Body,
-    pub kind: Kind,
+/// One queued frame: 48 bytes whatever it carries.
+struct Out {
+    data: Data,
+    kind: Kind,
     /// When it was queued (live segments: for the lag bound).
-    pub queued: Instant,
+    queued: Instant,
+}
+
+/// A queued frame's bytes.
+enum Data {
+    /// A live segment: one pointer to the frame every viewer shares.
+    Seg(Seg),
+    /// A reply or message of this connection: its head and payload (a `get` reply's
+    /// payload is the cached object's shared buffer).
+    Own(Box<(Bytes, Body)>),
 }
 
 impl Out {
+    fn own(prefix: Bytes, body: Body, kind: Kind) -> Out {
+        Out {
+            data: Data::Own(Box::new((prefix, body))),
+            kind,
+            queued: Instant::now(),
+        }
+    }
+
+    fn prefix(&self) -> &Bytes {
+        match &self.data {
+            Data::Seg(seg) => &seg.prefix,
+            Data::Own(own) => &own.0,
+        }
+    }
+
+    fn body(&self) -> &Body {
+        match &self.data {
+            Data::Seg(seg) => &seg.payload,
+            Data::Own(own) => &own.1,
+        }
+    }
+
     fn len(&self) -> usize {
-        self.prefix.len() + self.body.len()
+        self.prefix().len() + self.body().len()
     }
 }
 
@@ -118,27 +155,21 @@ impl SendQueue {
 
     /// Queue a control message or `get` reply (never dropped).
     pub fn push_keep(&mut self, prefix: Bytes, body: impl Into<Body>) {
-        self.push(Out {
-            prefix,
-            body: body.into(),
-            kind: Kind::Keep,
-            queued: Instant::now(),
-        });
+        self.push(Out::own(prefix, body.into(), Kind::Keep));
     }
 
-    /// Queue a live segment of subscription `sub`, applying the drop policy. Returns the
-    /// range of sequence numbers dropped for room, if any; the caller builds the
-    /// `skipped` frame, which `mark_skipped` places where the first dropped segment was.
+    /// Queue live segment `seg` of subscription `sub`, applying the drop policy. When
+    /// segments are dropped for it, `skipped(from, to)` makes the `skipped` frame for them,
+    /// which goes where the first dropped segment was (or extends that subscription's
+    /// `skipped` still waiting to be sent). Returns whether segments were dropped.
     pub fn push_segment(
         &mut self,
         sub: u32,
-        seq: u64,
-        prefix: Bytes,
-        body: impl Into<Body>,
+        seg: Seg,
         now: Instant,
-    ) -> Option<(u64, u64, usize)> {
-        let body = body.into();
-        let len = prefix.len() + body.len();
+        skipped: impl FnOnce(u64, u64) -> Bytes,
+    ) -> bool {
+        let len = seg.len();
         let mut dropped: Option<(u64, u64, usize)> = None;
         // Index 0 may be partially written: never drop it.
         let first = usize::from(self.front_written > 0);
@@ -188,39 +219,76 @@ impl SendQueue {
                 }
             }
         }
+        let seq = seg.seq;
         self.push(Out {
-            prefix,
-            body,
+            data: Data::Seg(seg),
             kind: Kind::Segment { sub, seq },
             queued: now,
         });
         if self.bytes() > self.limit {
             self.over_since.get_or_insert(now);
         }
-        dropped
+        if let Some((from, to, at)) = dropped {
+            self.place_skipped(sub, from, to, at, |from, to| Some(skipped(from, to)));
+        }
+        dropped.is_some()
     }
 
-    /// Put the `skipped` frame at `at` (the position `push_segment` reported).
-    pub fn insert_keep(&mut self, at: usize, frame: Bytes) {
+    /// Queue the `skipped` frame for segments `from..=to` of `sub`, dropped from position
+    /// `at`. An unsent `skipped` of `sub` before `at` with no segment of `sub` between them
+    /// covers the segments just before these: it becomes one message for both ranges.
+    /// `make(from, to)` builds the frame (`None`: no message). Returns whether a frame was
+    /// inserted (rather than replaced or left out).
+    fn place_skipped(
+        &mut self,
+        sub: u32,
+        from: u64,
+        to: u64,
+        at: usize,
+        make: impl FnOnce(u64, u64) -> Option<Bytes>,
+    ) -> bool {
         let at = at.min(self.frames.len());
-        self.bytes += frame.len();
-        self.frames.insert(
-            at,
-            Out {
-                prefix: frame,
-                body: Body::default(),
-                kind: Kind::Keep,
-                queued: Instant::now(),
-            },
-        );
+        let first = usize::from(self.front_written > 0);
+        let mut earlier = None;
+        for i in (first..at).rev() {
+            match self.frames[i].kind {
+                Kind::Segment { sub: s, .. } if s == sub => break,
+                Kind::Skipped { sub: s, from } if s == sub => {
+                    earlier = Some((i, from));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let from = earlier.map_or(from, |(_, f)| f);
+        let Some(frame) = make(from, to) else {
+            return false;
+        };
+        let out = Out::own(frame, Body::default(), Kind::Skipped { sub, from });
+        self.bytes += out.len();
+        match earlier {
+            Some((i, _)) => {
+                let old = std::mem::replace(&mut self.frames[i], out);
+                self.bytes -= old.len();
+                false
+            }
+            None => {
+                self.frames.insert(at, out);
+                true
+            }
+        }
     }
 
     /// Drop the oldest live segments not yet started (never an init segment, never a
     /// partially written frame), subscription by subscription, until at most `target` bytes
-    /// are queued. Returns, per subscription that lost segments, the range dropped and
-    /// where the first one was, for the caller's `skipped` frame (placed with
-    /// [`SendQueue::insert_keep`], in the order returned).
-    pub fn trim_segments(&mut self, target: usize) -> Vec<(u32, u64, u64, usize)> {
+    /// are queued. Each subscription that lost segments gets a `skipped` frame from
+    /// `skipped(sub, from, to)` (`None`: none), placed as [`SendQueue::push_segment`]
+    /// places its own. Returns how many subscriptions lost segments.
+    pub fn trim_segments(
+        &mut self,
+        target: usize,
+        mut skipped: impl FnMut(u32, u64, u64) -> Option<Bytes>,
+    ) -> usize {
         let mut out: Vec<(u32, u64, u64, usize)> = Vec::new();
         let first = usize::from(self.front_written > 0);
         let mut i = first;
@@ -241,10 +309,13 @@ impl SendQueue {
         // Each `skipped` goes where its subscription's first dropped segment was; inserting
         // one moves the later positions by one.
         out.sort_by_key(|r| r.3);
-        for (n, r) in out.iter_mut().enumerate() {
-            r.3 += n;
+        let mut shift = 0;
+        for &(sub, from, to, at) in &out {
+            if self.place_skipped(sub, from, to, at + shift, |from, to| skipped(sub, from, to)) {
+                shift += 1;
+            }
         }
-        out
+        out.len()
     }
 
     /// Drop every queued segment of `sub` except a partially written one.
@@ -292,11 +363,11 @@ impl SendQueue {
         let mut n = 0;
         let mut skip = self.front_written;
         for out in &self.frames {
-            for (i, part) in [&out.prefix, &out.body.bytes].into_iter().enumerate() {
+            for (i, part) in [out.prefix(), &out.body().bytes].into_iter().enumerate() {
                 if part.is_empty() {
                     continue;
                 }
-                if i == 1 && files && out.body.file.is_some() {
+                if i == 1 && files && out.body().file.is_some() {
                     return (n, true);
                 }
                 if skip >= part.len() {
@@ -319,9 +390,9 @@ impl SendQueue {
     /// left.
     pub fn front_file(&self) -> Option<(RawFd, u64, usize)> {
         let front = self.frames.front()?;
-        let span = front.body.file.as_ref()?;
-        let sent = self.front_written.checked_sub(front.prefix.len())?;
-        let left = front.body.len() - sent;
+        let span = front.body().file.as_ref()?;
+        let sent = self.front_written.checked_sub(front.prefix().len())?;
+        let left = front.body().len() - sent;
         (left > 0).then(|| (span.file.fd(), span.offset + sent as u64, left))
     }
 
@@ -378,6 +449,25 @@ mod tests {
         Bytes::from(vec![1u8; n])
     }
 
+    /// Queue segment `seq` of `sub` (a `head`-byte prefix and `body`); returns the range
+    /// the `skipped` frame made for it covers, if segments were dropped.
+    fn push(
+        q: &mut SendQueue,
+        sub: u32,
+        seq: u64,
+        head: usize,
+        body: impl Into<Body>,
+        t: Instant,
+    ) -> Option<(u64, u64)> {
+        let mut range = None;
+        let seg = Seg::new(seq, 0, b(head), body.into());
+        q.push_segment(sub, seg, t, |from, to| {
+            range = Some((from, to));
+            b(5)
+        });
+        range
+    }
+
     fn seqs(q: &SendQueue) -> Vec<Kind> {
         q.frames.iter().map(|o| o.kind).collect()
     }
@@ -387,31 +477,104 @@ mod tests {
         let t = Instant::now();
         let lag = Duration::from_secs(1);
         let mut q = SendQueue::with_max_lag(1 << 20, lag);
-        assert_eq!(q.push_segment(1, 0, b(10), b(90), t), None); // init
-        assert_eq!(q.push_segment(1, 1, b(10), b(90), t), None);
+        assert_eq!(push(&mut q, 1, 0, 10, b(90), t), None); // init
+        assert_eq!(push(&mut q, 1, 1, 10, b(90), t), None);
         q.advance(50, t); // seq 0 partly written
-        assert_eq!(q.push_segment(1, 2, b(10), b(90), t), None);
+        assert_eq!(push(&mut q, 1, 2, 10, b(90), t), None);
         // Two at once are never dropped for each other.
-        assert_eq!(q.push_segment(1, 3, b(10), b(90), t), None);
-        assert_eq!(q.push_segment(2, 9, b(10), b(90), t), None);
+        assert_eq!(push(&mut q, 1, 3, 10, b(90), t), None);
+        assert_eq!(push(&mut q, 2, 9, 10, b(90), t), None);
         // Within the bound: kept.
-        assert_eq!(q.push_segment(1, 4, b(10), b(90), t + lag), None);
+        assert_eq!(push(&mut q, 1, 4, 10, b(90), t + lag), None);
         // Past it: 1..=4 go, the init (partly written) and the other stream stay.
-        let d = q.push_segment(1, 5, b(10), b(90), t + lag + Duration::from_millis(1));
-        assert_eq!(d, Some((1, 4, 1)));
+        let d = push(&mut q, 1, 5, 10, b(90), t + lag + Duration::from_millis(1));
+        assert_eq!(d, Some((1, 4)));
         assert_eq!(
             seqs(&q),
             vec![
                 Kind::Segment { sub: 1, seq: 0 },
+                Kind::Skipped { sub: 1, from: 1 },
                 Kind::Segment { sub: 2, seq: 9 },
                 Kind::Segment { sub: 1, seq: 5 },
             ]
         );
-        assert_eq!(q.bytes(), 300 - 50);
+        assert_eq!(q.bytes(), 300 + 5 - 50);
+        // Still unread a second later: 5 goes too, and the same message now says 1..=5.
+        let d = push(
+            &mut q,
+            1,
+            6,
+            10,
+            b(90),
+            t + lag * 2 + Duration::from_millis(2),
+        );
+        assert_eq!(d, Some((1, 5)));
+        assert_eq!(
+            seqs(&q),
+            vec![
+                Kind::Segment { sub: 1, seq: 0 },
+                Kind::Skipped { sub: 1, from: 1 },
+                Kind::Segment { sub: 2, seq: 9 },
+                Kind::Segment { sub: 1, seq: 6 },
+            ]
+        );
+        assert_eq!(q.bytes(), 300 + 5 - 50);
         // No bound: nothing dropped for time.
         let mut q = SendQueue::new(1 << 20);
-        q.push_segment(1, 1, b(10), b(90), t);
-        assert_eq!(q.push_segment(1, 2, b(10), b(90), t + lag * 10), None);
+        push(&mut q, 1, 1, 10, b(90), t);
+        assert_eq!(push(&mut q, 1, 2, 10, b(90), t + lag * 10), None);
+    }
+
+    /// A queued segment costs its viewer one entry; keep it small (a stalled viewer holds
+    /// a second of them).
+    #[test]
+    fn queue_entries_stay_small() {
+        assert!(
+            std::mem::size_of::<Out>() <= 48,
+            "{}",
+            std::mem::size_of::<Out>()
+        );
+    }
+
+    /// A viewer that reads nothing holds one `skipped` per stream, extended at each drop;
+    /// a segment of the stream kept between the two (an init) keeps the messages apart.
+    #[test]
+    fn an_unsent_skipped_is_extended_only_when_nothing_of_its_stream_follows() {
+        let t = Instant::now();
+        let lag = Duration::from_secs(1);
+        let late = |n: u32| t + lag * n + Duration::from_millis(u64::from(n));
+        let mut q = SendQueue::with_max_lag(1 << 20, lag);
+        push(&mut q, 1, 1, 10, b(90), t);
+        push(&mut q, 1, 2, 10, b(90), t);
+        assert_eq!(push(&mut q, 1, 3, 10, b(90), late(1)), Some((1, 2)));
+        assert_eq!(push(&mut q, 1, 4, 10, b(90), late(2)), Some((1, 3)));
+        assert_eq!(push(&mut q, 1, 5, 10, b(90), late(3)), Some((1, 4)));
+        assert_eq!(
+            seqs(&q),
+            vec![
+                Kind::Skipped { sub: 1, from: 1 },
+                Kind::Segment { sub: 1, seq: 5 },
+            ]
+        );
+        assert_eq!(q.bytes(), 5 + 100);
+        // Sent: the next drop gets a message of its own.
+        q.advance(5, late(3));
+        assert_eq!(push(&mut q, 1, 6, 10, b(90), late(4)), Some((5, 5)));
+        assert_eq!(q.advance(5 + 100, late(4)), 2);
+        // An init queued between: a message of its own too.
+        push(&mut q, 1, 7, 10, b(90), late(4));
+        push(&mut q, 1, 0, 10, b(90), late(4));
+        assert_eq!(push(&mut q, 1, 8, 10, b(90), late(5)), Some((7, 7)));
+        assert_eq!(push(&mut q, 1, 9, 10, b(90), late(6)), Some((8, 8)));
+        assert_eq!(
+            seqs(&q),
+            vec![
+                Kind::Skipped { sub: 1, from: 7 },
+                Kind::Segment { sub: 1, seq: 0 },
+                Kind::Skipped { sub: 1, from: 8 },
+                Kind::Segment { sub: 1, seq: 9 },
+            ]
+        );
     }
 
     #[test]
@@ -419,51 +582,69 @@ mod tests {
         let t = Instant::now();
         let mut q = SendQueue::new(1100);
         q.push_keep(b(10), Bytes::new());
-        assert_eq!(q.push_segment(1, 0, b(10), b(90), t), None); // init
-        assert_eq!(q.push_segment(1, 1, b(10), b(290), t), None);
-        assert_eq!(q.push_segment(2, 7, b(10), b(290), t), None);
-        assert_eq!(q.push_segment(1, 2, b(10), b(290), t), None);
+        assert_eq!(push(&mut q, 1, 0, 10, b(90), t), None); // init
+        assert_eq!(push(&mut q, 1, 1, 10, b(290), t), None);
+        assert_eq!(push(&mut q, 2, 7, 10, b(290), t), None);
+        assert_eq!(push(&mut q, 1, 2, 10, b(290), t), None);
         assert_eq!(q.bytes(), 1010);
         assert!(q.over_since().is_none());
         // Needs 300 more: drops seq 1 of sub 1; not the init, not sub 2.
-        let d = q.push_segment(1, 3, b(10), b(290), t);
-        assert_eq!(d, Some((1, 1, 2)));
+        let d = push(&mut q, 1, 3, 10, b(290), t);
+        assert_eq!(d, Some((1, 1)));
         assert!(q.over_since().is_some());
-        q.insert_keep(2, b(5));
         assert_eq!(
             seqs(&q),
             vec![
                 Kind::Keep,
                 Kind::Segment { sub: 1, seq: 0 },
-                Kind::Keep,
+                Kind::Skipped { sub: 1, from: 1 },
                 Kind::Segment { sub: 2, seq: 7 },
                 Kind::Segment { sub: 1, seq: 2 },
                 Kind::Segment { sub: 1, seq: 3 }
             ]
         );
         assert_eq!(q.bytes(), 10 + 100 + 5 + 300 + 300 + 300);
-        // Far over: every droppable segment of sub 1 goes, oldest first.
-        let d = q.push_segment(1, 4, b(10), b(990), t);
-        assert_eq!(d.map(|d| (d.0, d.1)), Some((2, 3)));
+        // Far over: every droppable segment of sub 1 goes, oldest first (2 and 3), and the
+        // `skipped` still unsent for 1 now covers 1..=3.
+        let d = push(&mut q, 1, 4, 10, b(990), t);
+        assert_eq!(d, Some((1, 3)));
+        assert_eq!(
+            seqs(&q),
+            vec![
+                Kind::Keep,
+                Kind::Segment { sub: 1, seq: 0 },
+                Kind::Skipped { sub: 1, from: 1 },
+                Kind::Segment { sub: 2, seq: 7 },
+                Kind::Segment { sub: 1, seq: 4 }
+            ]
+        );
+        assert_eq!(q.bytes(), 10 + 100 + 5 + 300 + 1000);
     }
 
     #[test]
     fn trimming_drops_the_oldest_segments_of_each_subscription() {
         let mut q = SendQueue::new(1 << 20);
         let t = Instant::now();
-        q.push_segment(1, 0, b(0), b(10), t); // init: kept
+        push(&mut q, 1, 0, 0, b(10), t); // init: kept
         for seq in 1..=3 {
-            q.push_segment(1, seq, b(0), b(100), t);
-            q.push_segment(2, seq, b(0), b(100), t);
+            push(&mut q, 1, seq, 0, b(100), t);
+            push(&mut q, 2, seq, 0, b(100), t);
         }
         q.push_keep(b(5), Bytes::new()); // a reply: kept
-        let dropped = q.trim_segments(250);
-        assert!(q.bytes() <= 250, "{}", q.bytes());
-        assert_eq!(dropped, vec![(1, 1, 2, 1), (2, 1, 2, 2)]);
+        let mut ranges = Vec::new();
+        let dropped = q.trim_segments(250, |sub, from, to| {
+            ranges.push((sub, from, to));
+            Some(b(5))
+        });
+        assert_eq!(dropped, 2);
+        assert_eq!(ranges, vec![(1, 1, 2), (2, 1, 2)]);
+        assert!(q.bytes() <= 250 + 10, "{}", q.bytes());
         assert_eq!(
             seqs(&q),
             vec![
                 Kind::Segment { sub: 1, seq: 0 },
+                Kind::Skipped { sub: 1, from: 1 },
+                Kind::Skipped { sub: 2, from: 1 },
                 Kind::Segment { sub: 1, seq: 3 },
                 Kind::Segment { sub: 2, seq: 3 },
                 Kind::Keep
@@ -475,9 +656,9 @@ mod tests {
     fn partial_front_is_never_dropped() {
         let t = Instant::now();
         let mut q = SendQueue::new(500);
-        q.push_segment(1, 1, b(10), b(390), t);
+        push(&mut q, 1, 1, 10, b(390), t);
         assert_eq!(q.advance(100, t), 0);
-        let d = q.push_segment(1, 2, b(10), b(390), t);
+        let d = push(&mut q, 1, 2, 10, b(390), t);
         assert_eq!(d, None);
         assert_eq!(q.len(), 2);
         assert_eq!(q.bytes(), 300 + 400);
@@ -487,8 +668,8 @@ mod tests {
         assert_eq!(parts[0].len(), 300);
         assert_eq!(q.advance(300, t), 1);
         // A third segment now drops seq 2 (no longer partial... it is unstarted).
-        let d = q.push_segment(1, 3, b(10), b(390), t);
-        assert_eq!(d.map(|d| (d.0, d.1)), Some((2, 2)));
+        let d = push(&mut q, 1, 3, 10, b(390), t);
+        assert_eq!(d, Some((2, 2)));
     }
 
     /// With files, a payload that has one is left out of the gathered parts (its head is the
@@ -507,8 +688,8 @@ mod tests {
         };
         let mut q = SendQueue::new(10_000);
         q.push_keep(b(5), Bytes::new());
-        q.push_segment(1, 1, b(10), with_file(), t);
-        q.push_segment(1, 2, b(10), b(50), t);
+        push(&mut q, 1, 1, 10, with_file(), t);
+        push(&mut q, 1, 2, 10, b(50), t);
         let gathered = |q: &SendQueue, files: bool| {
             let mut parts = [&[][..]; MAX_IOV];
             let (n, next) = q.gather(&mut parts, files);
@@ -535,9 +716,9 @@ mod tests {
     fn stall_clock() {
         let t = Instant::now();
         let mut q = SendQueue::new(100);
-        q.push_segment(1, 1, b(10), b(90), t);
+        push(&mut q, 1, 1, 10, b(90), t);
         assert!(q.over_since().is_none());
-        q.push_segment(1, 2, b(10), b(90), t);
+        push(&mut q, 1, 2, 10, b(90), t);
         assert!(q.over_since().is_some());
         assert!(!q.stalled(t + Duration::from_millis(10), Duration::from_secs(1)));
         assert!(q.stalled(t + Duration::from_secs(2), Duration::from_secs(1)));
@@ -545,7 +726,8 @@ mod tests {
         q.advance(10, t + Duration::from_secs(2));
         assert!(!q.stalled(t + Duration::from_millis(2500), Duration::from_secs(1)));
         assert!(q.stalled(t + Duration::from_secs(3), Duration::from_secs(1)));
-        q.advance(90, t);
+        // Seq 1 was dropped for room: its `skipped` (5 bytes) went first.
+        q.advance(95, t);
         assert!(q.over_since().is_none());
         assert!(q.is_empty());
     }
@@ -557,14 +739,14 @@ mod tests {
         assert!(q.has_room_for(1000)); // empty queue takes anything
         q.push_keep(b(10), b(990));
         assert!(!q.has_room_for(10));
-        q.push_segment(1, 1, b(10), b(10), t);
+        push(&mut q, 1, 1, 10, b(10), t);
         assert_eq!(q.len(), 2);
         q.remove_sub(1);
         assert_eq!(q.len(), 1);
         q.truncate_unstarted();
         assert!(q.is_empty());
         q.push_keep(b(10), b(100));
-        q.push_segment(1, 1, b(10), b(10), t);
+        push(&mut q, 1, 1, 10, b(10), t);
         q.push_keep(b(5), Bytes::new());
         q.drop_unstarted_segments();
         assert_eq!(seqs(&q), vec![Kind::Keep, Kind::Keep]);

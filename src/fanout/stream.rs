@@ -26,9 +26,14 @@ pub fn frame_prefix(obj: &Object, meta: &[u8]) -> Bytes {
 /// Segments kept in memory per stream for subscribers joining or catching up.
 const WINDOW: usize = 16;
 
-/// One segment ready to send: the frame prefix (head + meta) and the payload, both shared.
+/// One segment ready to send: the frame prefix (head + meta) and the payload, built once.
+/// Cloning it clones one pointer: every send queue that holds the segment holds that
+/// pointer (the fields are read through it, `seg.seq`, `seg.prefix`, ...).
 #[derive(Clone)]
-pub struct Seg {
+pub struct Seg(Arc<SegFrame>);
+
+/// What a [`Seg`] points to.
+pub struct SegFrame {
     pub seq: u64,
     /// When it became ready to send (unix µs; the meta's `ts`).
     pub ts: u64,
@@ -37,7 +42,25 @@ pub struct Seg {
     pub payload: Body,
 }
 
+impl std::ops::Deref for Seg {
+    type Target = SegFrame;
+
+    fn deref(&self) -> &SegFrame {
+        &self.0
+    }
+}
+
 impl Seg {
+    /// A segment from its parts.
+    pub fn new(seq: u64, ts: u64, prefix: Bytes, payload: Body) -> Seg {
+        Seg(Arc::new(SegFrame {
+            seq,
+            ts,
+            prefix,
+            payload,
+        }))
+    }
+
     /// Lay out the frame of `obj` as segment `seq` of `stream`, stamped now.
     pub fn build(stream: &str, seq: u64, obj: &Object) -> Seg {
         Seg::build_at(stream, seq, obj, now_micros())
@@ -54,14 +77,11 @@ impl Seg {
             content_type: obj.content_type.as_deref(),
             generation: obj.generation,
         };
-        Seg {
-            seq,
-            ts,
-            prefix: frame_prefix(obj, &meta_json(&meta)),
-            payload: obj.body(),
-        }
+        Seg::new(seq, ts, frame_prefix(obj, &meta_json(&meta)), obj.body())
     }
+}
 
+impl SegFrame {
     /// Bytes on the wire.
     pub fn len(&self) -> usize {
         self.prefix.len() + self.payload.len()

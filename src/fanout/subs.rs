@@ -193,7 +193,7 @@ impl<V: Viewer> Subscriptions<V> {
     }
 
     /// Hand a new segment to every caught-up local subscriber of `stream`. Hot path: per
-    /// subscriber, two `Bytes` clones and a queue push. Returns how many subscribers had
+    /// subscriber, one pointer clone and a queue push. Returns how many subscribers had
     /// segments dropped for it.
     pub fn deliver(&self, stream: &Stream, seg: &Seg) -> u64 {
         let by_stream = self.by_stream.borrow();

@@ -11,8 +11,8 @@
 //! [`ops`] (what each request does, against the narrow [`Context`]), [`tasks`] (the `get`
 //! and catch-up tasks); this file holds the connection's state and its one task.
 //!
-//! **Hot path** (`Conn::push_segment`, [`write_some`]): queueing a segment clones two
-//! `Bytes` handles (and its payload file's `Arc`), and writing is one `writev` over the
+//! **Hot path** (`Conn::push_segment`, [`write_some`]): queueing a segment clones one
+//! pointer to the segment's shared frame (a 48-byte queue entry), and writing is one `writev` over the
 //! queued parts. On a plain connection a payload that has a payload file leaves by
 //! `sendfile` after its head (`MSG_MORE`): no copy of it at all on the sending side.
 //! Otherwise (TLS, small payloads, `server.send_path = "writev"`) the `writev` is the one
@@ -284,24 +284,13 @@ impl Viewer for Conn {
             return false;
         }
         let mut q = self.queue.borrow_mut();
-        let dropped = q.push_segment(
-            sub.id,
-            seg.seq,
-            seg.prefix.clone(),
-            seg.payload.clone(),
-            Instant::now(),
-        );
-        if let Some((from, to, at)) = dropped {
-            let skipped = Reply::Skipped {
-                stream: &sub.stream.name,
-                from,
-                to,
-            };
-            q.insert_keep(at, frame::text(&skipped.to_json()));
-        }
+        let stream = &sub.stream.name;
+        let dropped = q.push_segment(sub.id, seg.clone(), Instant::now(), |from, to| {
+            frame::text(&Reply::Skipped { stream, from, to }.to_json())
+        });
         drop(q);
         self.wake.notify();
-        dropped.is_some()
+        dropped
     }
 }
 
