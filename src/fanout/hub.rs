@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use super::stream::{Seg, Stream};
 use crate::origin::cache::Cache;
+use crate::origin::watch::Changes;
 use crate::origin::{Object, OriginError};
 use crate::protocol::keys::{init_key, segment_key, segment_seq};
 
@@ -254,13 +255,13 @@ impl Hub {
         let mut woken = false;
         let mut changes = None;
         loop {
-            if changes.is_none() {
-                changes = origin.watch(&prefix);
+            // Until the stream's own directory is watched (it may not exist yet), ask again:
+            // the wake-up that ended the last wait may have been its creation.
+            if !changes.as_ref().is_some_and(|c: &Changes| c.exact) {
+                changes = origin.watch(&prefix).or(changes);
             }
             // Listen before listing, so a change during the listing is not missed.
-            let changed = changes
-                .as_ref()
-                .map(|e: &Arc<event_listener::Event>| e.listen());
+            let changed = changes.as_ref().map(|c| c.event.listen());
             let left = stream.idle.listen();
             let list_every = Duration::from_millis(self.list_ms.load(Ordering::Relaxed));
             // Where listing is billed, list at the start, while the stream has no segment

@@ -276,8 +276,8 @@ impl Origin for FsOrigin {
         "fs"
     }
 
-    fn watch(&self, prefix: &str) -> Option<Arc<event_listener::Event>> {
-        super::watch::DirWatcher::get()?.watch(&self.root.join(prefix))
+    fn watch(&self, prefix: &str) -> Option<super::watch::Changes> {
+        super::watch::DirWatcher::get()?.watch(&self.root, prefix)
     }
 
     fn unwatch(&self, prefix: &str) {

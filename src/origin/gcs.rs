@@ -894,8 +894,11 @@ impl Origin for GcsOrigin {
         true
     }
 
-    fn watch(&self, prefix: &str) -> Option<Arc<event_listener::Event>> {
-        Some(self.wakers.watch(prefix))
+    fn watch(&self, prefix: &str) -> Option<super::watch::Changes> {
+        Some(super::watch::Changes {
+            event: self.wakers.watch(prefix),
+            exact: true,
+        })
     }
 
     fn unwatch(&self, prefix: &str) {

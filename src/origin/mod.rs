@@ -194,7 +194,9 @@ pub trait Origin: Send + Sync + 'static {
 
     /// A wake-up raised when objects may have appeared under `prefix` (a stream), where the
     /// backend can tell (the local directory, through inotify). `None`: discovery polls.
-    fn watch(&self, _prefix: &str) -> Option<Arc<event_listener::Event>> {
+    /// A wake-up that is not [`watch::Changes::exact`] waits for the stream's directory to
+    /// appear: ask again after it fires.
+    fn watch(&self, _prefix: &str) -> Option<watch::Changes> {
         None
     }
 

@@ -3,8 +3,10 @@
 //! thread blocked reading it, a watch per live stream directory (added by the stream's
 //! poller, removed when the stream is released). A segment renamed into place wakes the
 //! poller at once instead of at its next poll, so discovery does not batch segments up to
-//! `poll_interval` apart. Polling stays as the fallback (a directory that does not exist
-//! yet, inotify limits, network filesystems that send no events).
+//! `poll_interval` apart. A stream directory that does not exist yet is waited for through
+//! its nearest existing ancestor under the storage root (a directory created or renamed
+//! there wakes the poller, which then watches the stream's own). Polling stays as the
+//! fallback (inotify limits, network filesystems that send no events).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,11 +15,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 use event_listener::Event;
 use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 
+/// A stream's wake-up ([`crate::origin::Origin::watch`]).
+pub struct Changes {
+    pub event: Arc<Event>,
+    /// Whether it watches the stream itself; `false` while it waits for the stream's
+    /// directory to appear: the poller asks again after each wake-up.
+    pub exact: bool,
+}
+
+/// A watched directory: its descriptor, the event its pollers listen to, what it is
+/// watched for.
+type Watch = (WatchDescriptor, Arc<Event>, WatchMask);
+
 /// The process's directory watcher.
 pub struct DirWatcher {
     watches: Mutex<Watches>,
-    /// Watched directory -> its descriptor and the event its poller listens to.
-    by_dir: Mutex<HashMap<String, (WatchDescriptor, Arc<Event>)>>,
+    /// Watched directory -> its descriptor, the event its pollers listen to, and what it is
+    /// watched for.
+    by_dir: Mutex<HashMap<String, Watch>>,
     /// Descriptor -> event, read by the inotify thread.
     by_wd: Arc<Mutex<HashMap<WatchDescriptor, Arc<Event>>>>,
 }
@@ -71,27 +86,56 @@ impl DirWatcher {
         })
     }
 
-    /// Wake-ups for files renamed into or written in `dir`; `None` if it cannot be watched
-    /// (yet: it may not exist).
-    pub fn watch(&self, dir: &Path) -> Option<Arc<Event>> {
+    /// Wake-ups for stream directory `root/prefix`: files renamed into or written in it.
+    /// While it does not exist, the wake-up is for directories created in its nearest
+    /// existing ancestor under `root` (not [`Changes::exact`]: ask again after it fires).
+    /// `None` if nothing can be watched.
+    pub fn watch(&self, root: &Path, prefix: &str) -> Option<Changes> {
+        let dir = root.join(prefix);
+        let files = WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE;
+        if let Some(event) = self.add(&dir, files) {
+            return Some(Changes { event, exact: true });
+        }
+        let dirs = WatchMask::CREATE | WatchMask::MOVED_TO;
+        let mut up = dir.parent();
+        while let Some(d) = up.filter(|d| d.starts_with(root)) {
+            if let Some(event) = self.add(d, dirs) {
+                return Some(Changes {
+                    event,
+                    exact: false,
+                });
+            }
+            up = d.parent();
+        }
+        None
+    }
+
+    /// Watch `dir` for `mask` (added to what it is watched for already); `None` if it
+    /// cannot be (it does not exist).
+    fn add(&self, dir: &Path, mask: WatchMask) -> Option<Arc<Event>> {
         let key = dir.to_string_lossy().into_owned();
         let mut by_dir = self.by_dir.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, event)) = by_dir.get(&key) {
-            return Some(event.clone());
+        if let Some((_, event, watched)) = by_dir.get(&key) {
+            if watched.contains(mask) {
+                return Some(event.clone());
+            }
         }
-        let mask = WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE | WatchMask::ONLYDIR;
         let wd = self
             .watches
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .add(dir, mask)
+            .add(dir, mask | WatchMask::MASK_ADD | WatchMask::ONLYDIR)
             .ok()?;
+        if let Some((_, event, watched)) = by_dir.get_mut(&key) {
+            *watched |= mask;
+            return Some(event.clone());
+        }
         let event = Arc::new(Event::new());
         self.by_wd
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(wd.clone(), event.clone());
-        by_dir.insert(key, (wd, event.clone()));
+        by_dir.insert(key, (wd, event.clone(), mask));
         Some(event)
     }
 
@@ -103,7 +147,7 @@ impl DirWatcher {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
-        if let Some((wd, _)) = removed {
+        if let Some((wd, ..)) = removed {
             self.by_wd
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -124,6 +168,20 @@ mod tests {
     use event_listener::Listener;
     use std::time::Duration;
 
+    /// Wait (at most 5 s) for `listener` to fire after `act`.
+    fn wakes(listener: event_listener::EventListener, act: impl FnOnce()) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            listener.wait();
+            let _ = tx.send(());
+        });
+        act();
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "no wake-up"
+        );
+    }
+
     #[test]
     fn a_rename_into_a_watched_directory_wakes_the_listener() {
         let Some(w) = DirWatcher::get() else {
@@ -131,21 +189,33 @@ mod tests {
         };
         let dir = std::env::temp_dir().join(format!("mediarelay-watch-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let event = w.watch(&dir).expect("watch an existing directory");
-        let listener = event.listen();
-        std::fs::write(dir.join(".tmp"), b"x").unwrap();
-        std::fs::rename(dir.join(".tmp"), dir.join("seg-0000000001.bin")).unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            listener.wait();
-            let _ = tx.send(());
+        let root = dir.parent().unwrap();
+        let prefix = dir.file_name().unwrap().to_str().unwrap();
+        let changes = w.watch(root, prefix).expect("watch an existing directory");
+        assert!(changes.exact);
+        wakes(changes.event.listen(), || {
+            std::fs::write(dir.join(".tmp"), b"x").unwrap();
+            std::fs::rename(dir.join(".tmp"), dir.join("seg-0000000001.bin")).unwrap();
         });
-        assert!(
-            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
-            "no wake-up"
-        );
         w.unwatch(&dir);
-        assert!(w.watch(&dir.join("missing")).is_none());
+        // A stream whose directory (and its parent) do not exist yet: each directory
+        // created on the way wakes the poller, then the stream's own is watched.
+        let (a, b) = (dir.join("a"), dir.join("a/b"));
+        let changes = w.watch(&dir, "a/b/").expect("watch the nearest ancestor");
+        assert!(!changes.exact);
+        wakes(changes.event.listen(), || std::fs::create_dir(&a).unwrap());
+        let changes = w.watch(&dir, "a/b/").expect("watch the parent");
+        assert!(!changes.exact);
+        wakes(changes.event.listen(), || std::fs::create_dir(&b).unwrap());
+        let changes = w.watch(&dir, "a/b/").expect("watch the stream's directory");
+        assert!(changes.exact);
+        wakes(changes.event.listen(), || {
+            std::fs::write(b.join("init.mp4"), b"x").unwrap();
+        });
+        // Nothing above the root is watched.
+        let gone = dir.join("gone");
+        assert!(w.watch(&gone, "x/").is_none());
+        w.unwatch(&b);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
