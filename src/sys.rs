@@ -88,6 +88,16 @@ pub fn set_unsent_limit(fd: RawFd, bytes: u32) -> io::Result<()> {
     })
 }
 
+/// Take the listening socket `fd` out of the listening state now (`shutdown(SHUT_RD)`):
+/// connections waiting in its backlog are reset, a pending `accept` fails, and the address
+/// is free at once. Closing it is not enough with io_uring: an `accept` still in flight
+/// holds the socket, listening, until the ring is torn down after the process has exited,
+/// and a relay restarted at once could not bind.
+pub fn stop_listening(fd: RawFd) -> io::Result<()> {
+    // SAFETY: plain shutdown on a descriptor the caller owns.
+    check(unsafe { libc::shutdown(fd, libc::SHUT_RD) })
+}
+
 /// Put the socket `fd` in non-blocking mode (for `sendfile`, which takes no flags).
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: plain fcntl calls on a descriptor the caller owns.

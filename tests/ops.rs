@@ -262,3 +262,66 @@ fn a_second_relay_on_the_same_address_is_refused() {
     let clients: Vec<Client> = (0..20).map(|_| first.ws(&t)).collect();
     assert_eq!(clients.len(), 20);
 }
+
+/// A relay stopped with SIGTERM frees its addresses before it exits: one started on them at
+/// once (a restart) binds them. (With io_uring an accept in flight kept a closed listener
+/// listening until after the process had exited, and a restart failed with "address in
+/// use" about one time in three.)
+#[test]
+fn a_relay_restarted_at_once_gets_its_addresses() {
+    let mut first = Relay::start(&[]);
+    let (listen, admin) = (first.addr, first.admin);
+    let t = first.issue("*", &[]);
+    drop(first.ws(&t));
+    first.signal("TERM");
+    assert_eq!(
+        first
+            .wait_exit(Duration::from_secs(20))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..5 {
+        let mut relay = std::process::Command::new(env!("CARGO_BIN_EXE_mediarelay"))
+            .args([
+                "serve",
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .arg("--storage")
+            .arg(dir.path().join("media"))
+            .arg("--tickets")
+            .arg(dir.path().join("tickets.json"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = relay.try_wait() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = relay.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("restart {round} exited with {status}: {err}");
+            }
+            if matches!(http_get(admin, "/readyz"), Ok((200, _))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "restart {round} never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Some traffic on both listeners, then stop it the same way.
+        assert!(std::net::TcpStream::connect(listen).is_ok());
+        std::process::Command::new("kill")
+            .args(["-TERM", &relay.id().to_string()])
+            .status()
+            .unwrap();
+        let status = relay.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "restart {round}");
+    }
+}

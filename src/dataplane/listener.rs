@@ -3,6 +3,7 @@
 //! its accept loop handing connections to the HTTP front end.
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -65,7 +66,10 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
             _ = core.stop_accepting.wait() => None,
         };
         match accepted {
-            None => return,
+            None => {
+                stop_listening(&listener);
+                return;
+            }
             Some(Ok((stream, peer))) => {
                 core.stats.accepted.inc();
                 monoio::spawn(contained(http::serve(core.clone(), stream, peer, which)));
@@ -75,7 +79,16 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
     }
 }
 
-/// Accept admin connections for as long as the worker runs.
+/// Stop `listener` listening now, so that the address is free when the process exits
+/// ([`crate::sys::stop_listening`]).
+pub fn stop_listening(listener: &TcpListener) {
+    if let Err(e) = crate::sys::stop_listening(listener.as_raw_fd()) {
+        tracing::debug!("shutdown of a listener: {e}");
+    }
+}
+
+/// Accept admin connections for as long as the worker runs (the worker stops the listener
+/// with [`crate::sys::stop_listening`] when it ends; the listener stays open until then).
 pub async fn accept_admin(core: Rc<Core>, listener: TcpListener) {
     loop {
         match listener.accept().await {

@@ -26,6 +26,7 @@ pub mod socket;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -294,6 +295,9 @@ async fn worker(
     if let Some(plain) = plain {
         monoio::spawn(accept_public(core.clone(), plain, false));
     }
+    // The admin task owns its listener for as long as the worker runs: the descriptor stays
+    // valid for the shutdown below.
+    let admin_fd = admin.as_ref().map(|a| a.as_raw_fd());
     if let Some(admin) = admin {
         monoio::spawn(accept_admin(core.clone(), admin));
     }
@@ -320,6 +324,11 @@ async fn worker(
         }
     }
     drain(&core, index).await;
+    if let Some(fd) = admin_fd {
+        if let Err(e) = crate::sys::stop_listening(fd) {
+            tracing::debug!("shutdown of the admin listener: {e}");
+        }
+    }
     Ok(())
 }
 
