@@ -177,7 +177,7 @@ pub struct ConnectionConfig {
     pub max_live_lag: Duration,
     /// Most bytes a connection's kernel socket buffer holds not yet sent
     /// (`TCP_NOTSENT_LOWAT`): beyond it the relay's own queue, and its lag bound, keep the
-    /// backlog. 0: the kernel's default (unbounded up to the send buffer).
+    /// backlog. Default 64 KiB; 0: the kernel's default (unbounded up to the send buffer).
     #[serde(deserialize_with = "bytesize")]
     pub socket_unsent: u64,
     /// How long a connection may stay over its send-queue limit before 4408.
@@ -308,7 +308,7 @@ impl Default for ConnectionConfig {
         Self {
             send_queue: 8 << 20,
             max_live_lag: Duration::from_secs(1),
-            socket_unsent: 0,
+            socket_unsent: 64 << 10,
             stall_timeout: Duration::from_secs(10),
             max_message: 4096,
             max_subscriptions: 16,
