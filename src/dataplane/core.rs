@@ -196,7 +196,7 @@ impl Core {
             }
             let mut q = conn.queue.borrow_mut();
             let before = q.bytes();
-            let dropped = q.trim_segments(before / 2, |sub, from, to| {
+            let messages = q.trim_segments(before / 2, |sub, from, to| {
                 let stream = self.subs.stream_of(conn.id, sub)?;
                 Some(frame::text(
                     &Reply::Skipped {
@@ -207,10 +207,11 @@ impl Core {
                     .to_json(),
                 ))
             });
-            self.stats.skipped.add(dropped as u64);
+            self.stats.skipped.add(messages as u64);
+            let trimmed = q.bytes() != before;
             queued = queued - before + q.bytes();
             drop(q);
-            if dropped > 0 {
+            if trimmed {
                 conn.wake.notify();
             }
         }

@@ -161,7 +161,8 @@ impl SendQueue {
     /// Queue live segment `seg` of subscription `sub`, applying the drop policy. When
     /// segments are dropped for it, `skipped(from, to)` makes the `skipped` frame for them,
     /// which goes where the first dropped segment was (or extends that subscription's
-    /// `skipped` still waiting to be sent). Returns whether segments were dropped.
+    /// `skipped` still waiting to be sent). Returns whether a `skipped` message was queued
+    /// (not when one already queued was extended).
     pub fn push_segment(
         &mut self,
         sub: u32,
@@ -228,10 +229,12 @@ impl SendQueue {
         if self.bytes() > self.limit {
             self.over_since.get_or_insert(now);
         }
-        if let Some((from, to, at)) = dropped {
-            self.place_skipped(sub, from, to, at, |from, to| Some(skipped(from, to)));
+        match dropped {
+            Some((from, to, at)) => {
+                self.place_skipped(sub, from, to, at, |from, to| Some(skipped(from, to)))
+            }
+            None => false,
         }
-        dropped.is_some()
     }
 
     /// Queue the `skipped` frame for segments `from..=to` of `sub`, dropped from position
@@ -283,7 +286,7 @@ impl SendQueue {
     /// partially written frame), subscription by subscription, until at most `target` bytes
     /// are queued. Each subscription that lost segments gets a `skipped` frame from
     /// `skipped(sub, from, to)` (`None`: none), placed as [`SendQueue::push_segment`]
-    /// places its own. Returns how many subscriptions lost segments.
+    /// places its own. Returns how many `skipped` messages it queued.
     pub fn trim_segments(
         &mut self,
         target: usize,
@@ -309,13 +312,15 @@ impl SendQueue {
         // Each `skipped` goes where its subscription's first dropped segment was; inserting
         // one moves the later positions by one.
         out.sort_by_key(|r| r.3);
-        let mut shift = 0;
+        let mut queued = 0;
         for &(sub, from, to, at) in &out {
-            if self.place_skipped(sub, from, to, at + shift, |from, to| skipped(sub, from, to)) {
-                shift += 1;
+            if self.place_skipped(sub, from, to, at + queued, |from, to| {
+                skipped(sub, from, to)
+            }) {
+                queued += 1;
             }
         }
-        out.len()
+        queued
     }
 
     /// Drop every queued segment of `sub` except a partially written one.

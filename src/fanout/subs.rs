@@ -17,7 +17,8 @@ use super::stream::{Seg, Stream};
 /// What receives live segments.
 pub trait Viewer: Sized {
     /// Queue `seg` for subscription `sub`. Returns true when older segments of that
-    /// stream were dropped to make room (a `skipped` was queued).
+    /// stream were dropped for it and a `skipped` message was queued (not when one still
+    /// unsent was extended).
     fn push_segment(&self, sub: &Sub<Self>, seg: &Seg) -> bool;
 }
 
@@ -176,8 +177,8 @@ impl<V: Viewer> Subscriptions<V> {
     }
 
     /// Hand a new or replaced init segment to every caught-up local subscriber of `stream`
-    /// (their next expected sequence number is unchanged). Returns how many had segments
-    /// dropped for it.
+    /// (their next expected sequence number is unchanged). Returns how many `skipped`
+    /// messages were queued for it.
     pub fn deliver_init(&self, stream: &Stream, seg: &Seg) -> u64 {
         let by_stream = self.by_stream.borrow();
         let Some(list) = by_stream.get(&stream.name) else {
@@ -193,8 +194,8 @@ impl<V: Viewer> Subscriptions<V> {
     }
 
     /// Hand a new segment to every caught-up local subscriber of `stream`. Hot path: per
-    /// subscriber, one pointer clone and a queue push. Returns how many subscribers had
-    /// segments dropped for it.
+    /// subscriber, one pointer clone and a queue push. Returns how many `skipped` messages
+    /// were queued for it.
     pub fn deliver(&self, stream: &Stream, seg: &Seg) -> u64 {
         let by_stream = self.by_stream.borrow();
         let Some(list) = by_stream.get(&stream.name) else {

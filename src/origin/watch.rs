@@ -27,6 +27,14 @@ pub struct Changes {
 /// watched for.
 type Watch = (WatchDescriptor, Arc<Event>, WatchMask);
 
+/// A directory's key in the watcher's map: `a/b/` and `a/b` are one directory.
+fn key_of(dir: &Path) -> String {
+    dir.components()
+        .collect::<std::path::PathBuf>()
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The process's directory watcher.
 pub struct DirWatcher {
     watches: Mutex<Watches>,
@@ -93,13 +101,17 @@ impl DirWatcher {
     pub fn watch(&self, root: &Path, prefix: &str) -> Option<Changes> {
         let dir = root.join(prefix);
         let files = WatchMask::MOVED_TO | WatchMask::CLOSE_WRITE;
-        if let Some(event) = self.add(&dir, files) {
+        if let Some(event) = self.add(&dir, files, true) {
             return Some(Changes { event, exact: true });
         }
         let dirs = WatchMask::CREATE | WatchMask::MOVED_TO;
         let mut up = dir.parent();
         while let Some(d) = up.filter(|d| d.starts_with(root)) {
-            if let Some(event) = self.add(d, dirs) {
+            if let Some(event) = self.add(d, dirs, false) {
+                // Made between the two attempts: no event would tell.
+                if let Some(event) = self.add(&dir, files, true) {
+                    return Some(Changes { event, exact: true });
+                }
                 return Some(Changes {
                     event,
                     exact: false,
@@ -111,12 +123,16 @@ impl DirWatcher {
     }
 
     /// Watch `dir` for `mask` (added to what it is watched for already); `None` if it
-    /// cannot be (it does not exist).
-    fn add(&self, dir: &Path, mask: WatchMask) -> Option<Arc<Event>> {
-        let key = dir.to_string_lossy().into_owned();
+    /// cannot be (it does not exist). `cached`: answer from what is known without asking
+    /// the kernel (a stream's own directory). Ancestors are asked every time: one removed
+    /// and made again has a new watch. One directory has one watch descriptor, whatever it
+    /// was asked for as (a stream's own, an ancestor of another stream): they share its
+    /// event.
+    fn add(&self, dir: &Path, mask: WatchMask, cached: bool) -> Option<Arc<Event>> {
+        let key = key_of(dir);
         let mut by_dir = self.by_dir.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, event, watched)) = by_dir.get(&key) {
-            if watched.contains(mask) {
+            if cached && watched.contains(mask) {
                 return Some(event.clone());
             }
         }
@@ -126,22 +142,27 @@ impl DirWatcher {
             .unwrap_or_else(|e| e.into_inner())
             .add(dir, mask | WatchMask::MASK_ADD | WatchMask::ONLYDIR)
             .ok()?;
-        if let Some((_, event, watched)) = by_dir.get_mut(&key) {
-            *watched |= mask;
-            return Some(event.clone());
-        }
-        let event = Arc::new(Event::new());
-        self.by_wd
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(wd.clone(), event.clone());
-        by_dir.insert(key, (wd, event.clone(), mask));
+        let mut by_wd = self.by_wd.lock().unwrap_or_else(|e| e.into_inner());
+        let event = by_wd
+            .entry(wd.clone())
+            .or_insert_with(|| Arc::new(Event::new()))
+            .clone();
+        let watched = match by_dir.get(&key) {
+            Some((old, _, watched)) if *old == wd => *watched | mask,
+            Some((old, ..)) => {
+                // The directory was made again: its old watch is gone.
+                by_wd.remove(old);
+                mask
+            }
+            None => mask,
+        };
+        by_dir.insert(key, (wd, event.clone(), watched));
         Some(event)
     }
 
     /// Stop watching `dir`.
     pub fn unwatch(&self, dir: &Path) {
-        let key = dir.to_string_lossy().into_owned();
+        let key = key_of(dir);
         let removed = self
             .by_dir
             .lock()
@@ -180,6 +201,35 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)).is_ok(),
             "no wake-up"
         );
+    }
+
+    /// A stream's directory that is also the ancestor another stream waits in is one watch
+    /// with one event, whichever was asked for first; when the stream lets its watch go,
+    /// the waiting one gets a working watch at its next ask.
+    #[test]
+    fn a_directory_watched_for_two_streams_is_one_watch() {
+        let Some(w) = DirWatcher::get() else {
+            return;
+        };
+        let root = std::env::temp_dir().join(format!("mediarelay-watch2-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("a")).unwrap();
+        let stream = w.watch(&root, "a/").unwrap();
+        let waiting = w.watch(&root, "a/b/").unwrap();
+        assert!(stream.exact && !waiting.exact);
+        assert!(Arc::ptr_eq(&stream.event, &waiting.event));
+        wakes(stream.event.listen(), || {
+            std::fs::write(root.join("a/init.mp4"), b"x").unwrap();
+        });
+        w.unwatch(&root.join("a/"));
+        let waiting = w.watch(&root, "a/b/").unwrap();
+        assert!(!waiting.exact);
+        wakes(waiting.event.listen(), || {
+            std::fs::create_dir(root.join("a/b")).unwrap();
+        });
+        assert!(w.watch(&root, "a/b/").unwrap().exact);
+        w.unwatch(&root.join("a/b"));
+        w.unwatch(&root.join("a"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

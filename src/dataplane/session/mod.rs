@@ -285,12 +285,12 @@ impl Viewer for Conn {
         }
         let mut q = self.queue.borrow_mut();
         let stream = &sub.stream.name;
-        let dropped = q.push_segment(sub.id, seg.clone(), Instant::now(), |from, to| {
+        let skipped = q.push_segment(sub.id, seg.clone(), Instant::now(), |from, to| {
             frame::text(&Reply::Skipped { stream, from, to }.to_json())
         });
         drop(q);
         self.wake.notify();
-        dropped
+        skipped
     }
 }
 
