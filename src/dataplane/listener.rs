@@ -3,7 +3,7 @@
 //! its accept loop handing connections to the HTTP front end.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -67,7 +67,7 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
         };
         match accepted {
             None => {
-                stop_listening(&listener);
+                stop_listening(listener.as_raw_fd());
                 return;
             }
             Some(Ok((stream, peer))) => {
@@ -79,16 +79,16 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
     }
 }
 
-/// Stop `listener` listening now, so that the address is free when the process exits
-/// ([`crate::sys::stop_listening`]).
-pub fn stop_listening(listener: &TcpListener) {
-    if let Err(e) = crate::sys::stop_listening(listener.as_raw_fd()) {
+/// Stop the listener `fd` listening now, so that the address is free when the process
+/// exits ([`crate::sys::stop_listening`]).
+pub fn stop_listening(fd: RawFd) {
+    if let Err(e) = crate::sys::stop_listening(fd) {
         tracing::debug!("shutdown of a listener: {e}");
     }
 }
 
 /// Accept admin connections for as long as the worker runs (the worker stops the listener
-/// with [`crate::sys::stop_listening`] when it ends; the listener stays open until then).
+/// with [`stop_listening`] when it ends; the listener stays open until then).
 pub async fn accept_admin(core: Rc<Core>, listener: TcpListener) {
     loop {
         match listener.accept().await {

@@ -34,7 +34,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use self::core::Core;
-use self::listener::{accept_admin, accept_public, ensure_unshared, listen, ListenError};
+use self::listener::{
+    accept_admin, accept_public, ensure_unshared, listen, stop_listening, ListenError,
+};
 use self::runtime::{block_on, yield_once, RuntimeError};
 use self::shared::Shared;
 use crate::config::Config;
@@ -325,9 +327,7 @@ async fn worker(
     }
     drain(&core, index).await;
     if let Some(fd) = admin_fd {
-        if let Err(e) = crate::sys::stop_listening(fd) {
-            tracing::debug!("shutdown of the admin listener: {e}");
-        }
+        stop_listening(fd);
     }
     Ok(())
 }

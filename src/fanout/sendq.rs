@@ -2,8 +2,9 @@
 //!
 //! Queued frames are references to shared buffers, never copies: a live segment is one
 //! pointer to the frame every viewer shares ([`Seg`]), so a thousand stalled subscribers of
-//! one stream hold the same segment buffers and 48 bytes each per queued segment. Pure data structure; the connection task drains it with `writev`, and
-//! with `sendfile` for payloads that sit in a payload file ([`SendQueue::front_file`]).
+//! one stream hold the same segment buffers and 48 bytes each per queued segment. Pure
+//! data structure; the connection task drains it with `writev`, and with `sendfile` for
+//! payloads that sit in a payload file ([`SendQueue::front_file`]).
 //!
 //! Policy, in bytes against `limit`:
 //! - a live segment that would overflow the queue first drops that stream's oldest queued
@@ -171,7 +172,6 @@ impl SendQueue {
         skipped: impl FnOnce(u64, u64) -> Bytes,
     ) -> bool {
         let len = seg.len();
-        let mut dropped: Option<(u64, u64, usize)> = None;
         // Index 0 may be partially written: never drop it.
         let first = usize::from(self.front_written > 0);
         let behind =
@@ -183,42 +183,15 @@ impl SendQueue {
                 .skip(first)
                 .find(|o| behind(o))
                 .is_some_and(|o| now.saturating_duration_since(o.queued) > self.max_lag);
+        // Jump to the newest: every unstarted segment of this stream goes. Otherwise (or
+        // then: nothing of the stream is left to drop) only what makes room.
+        let mut dropped = None;
         if too_late {
-            // Jump to the newest: every unstarted segment of this stream goes.
-            let mut i = first;
-            while i < self.frames.len() {
-                if let Kind::Segment { sub: s, seq: q } = self.frames[i].kind {
-                    if s == sub && q != 0 {
-                        if let Some(out) = self.frames.remove(i) {
-                            self.bytes -= out.len();
-                        }
-                        dropped = Some(match dropped {
-                            None => (q, q, i),
-                            Some((from, _, at)) => (from, q, at),
-                        });
-                        continue;
-                    }
-                }
-                i += 1;
-            }
+            dropped = self.drop_oldest_of(sub, |_| false);
         }
         if !self.has_room_for(len) {
             self.over_since.get_or_insert(now);
-            let mut i = first;
-            while i < self.frames.len() && self.bytes() + len > self.limit {
-                match self.frames[i].kind {
-                    Kind::Segment { sub: s, seq: q } if s == sub && q != 0 => {
-                        if let Some(out) = self.frames.remove(i) {
-                            self.bytes -= out.len();
-                        }
-                        dropped = Some(match dropped {
-                            None => (q, q, i),
-                            Some((from, _, at)) => (from, q, at),
-                        });
-                    }
-                    _ => i += 1,
-                }
-            }
+            dropped = dropped.or(self.drop_oldest_of(sub, |q| q.bytes() + len <= q.limit));
         }
         let seq = seg.seq;
         self.push(Out {
@@ -234,6 +207,35 @@ impl SendQueue {
                 self.place_skipped(sub, from, to, at, |from, to| Some(skipped(from, to)))
             }
             None => false,
+        }
+    }
+
+    /// Drop the unstarted segments of `sub` (never its init, never a partially written
+    /// frame), oldest first, until `enough`; returns the range dropped and the position of
+    /// the first one.
+    fn drop_oldest_of(
+        &mut self,
+        sub: u32,
+        enough: impl Fn(&SendQueue) -> bool,
+    ) -> Option<(u64, u64, usize)> {
+        let mut dropped = None;
+        let mut i = usize::from(self.front_written > 0);
+        while i < self.frames.len() && !enough(self) {
+            match self.frames[i].kind {
+                Kind::Segment { sub: s, seq } if s == sub && seq != 0 => {
+                    self.remove(i);
+                    dropped = Some(dropped.map_or((seq, seq, i), |(from, _, at)| (from, seq, at)));
+                }
+                _ => i += 1,
+            }
+        }
+        dropped
+    }
+
+    /// Remove the frame at `i` (not yet started).
+    fn remove(&mut self, i: usize) {
+        if let Some(out) = self.frames.remove(i) {
+            self.bytes -= out.len();
         }
     }
 
@@ -298,9 +300,7 @@ impl SendQueue {
         while i < self.frames.len() && self.bytes > target {
             match self.frames[i].kind {
                 Kind::Segment { sub, seq } if seq != 0 => {
-                    if let Some(f) = self.frames.remove(i) {
-                        self.bytes -= f.len();
-                    }
+                    self.remove(i);
                     match out.iter_mut().find(|(s, ..)| *s == sub) {
                         Some(range) => range.2 = seq,
                         None => out.push((sub, seq, seq, i)),
@@ -494,15 +494,19 @@ mod tests {
         // Past it: 1..=4 go, the init (partly written) and the other stream stay.
         let d = push(&mut q, 1, 5, 10, b(90), t + lag + Duration::from_millis(1));
         assert_eq!(d, Some((1, 4)));
-        assert_eq!(
-            seqs(&q),
+        // The init (partly written), one `skipped` for 1.., the other stream, the newest.
+        let kept = |newest| {
             vec![
                 Kind::Segment { sub: 1, seq: 0 },
                 Kind::Skipped { sub: 1, from: 1 },
                 Kind::Segment { sub: 2, seq: 9 },
-                Kind::Segment { sub: 1, seq: 5 },
+                Kind::Segment {
+                    sub: 1,
+                    seq: newest,
+                },
             ]
-        );
+        };
+        assert_eq!(seqs(&q), kept(5));
         assert_eq!(q.bytes(), 300 + 5 - 50);
         // Still unread a second later: 5 goes too, and the same message now says 1..=5.
         let d = push(
@@ -514,15 +518,7 @@ mod tests {
             t + lag * 2 + Duration::from_millis(2),
         );
         assert_eq!(d, Some((1, 5)));
-        assert_eq!(
-            seqs(&q),
-            vec![
-                Kind::Segment { sub: 1, seq: 0 },
-                Kind::Skipped { sub: 1, from: 1 },
-                Kind::Segment { sub: 2, seq: 9 },
-                Kind::Segment { sub: 1, seq: 6 },
-            ]
-        );
+        assert_eq!(seqs(&q), kept(6));
         assert_eq!(q.bytes(), 300 + 5 - 50);
         // No bound: nothing dropped for time.
         let mut q = SendQueue::new(1 << 20);

@@ -12,11 +12,11 @@
 //! and catch-up tasks); this file holds the connection's state and its one task.
 //!
 //! **Hot path** (`Conn::push_segment`, [`write_some`]): queueing a segment clones one
-//! pointer to the segment's shared frame (a 48-byte queue entry), and writing is one `writev` over the
-//! queued parts. On a plain connection a payload that has a payload file leaves by
-//! `sendfile` after its head (`MSG_MORE`): no copy of it at all on the sending side.
-//! Otherwise (TLS, small payloads, `server.send_path = "writev"`) the `writev` is the one
-//! copy of the payload, into the kernel. No allocation per subscriber per segment.
+//! pointer to the segment's shared frame (a 48-byte queue entry), and writing is one
+//! `writev` over the queued parts. On a plain connection a payload that has a payload file
+//! leaves by `sendfile` after its head (`MSG_MORE`): no copy of it at all on the sending
+//! side. Otherwise (TLS, small payloads, `server.send_path = "writev"`) the `writev` is the
+//! one copy of the payload, into the kernel. No allocation per subscriber per segment.
 
 mod context;
 mod ops;
