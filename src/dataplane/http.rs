@@ -11,7 +11,7 @@ use std::time::Instant;
 use monoio::net::TcpStream;
 
 use super::socket::{HandshakeFailure, Socket};
-use super::tls::version_label as tls_version_label;
+use super::tls::{version_label as tls_version_label, TlsConn};
 
 use super::core::Core;
 use super::head::{check_headers, check_lines, check_lines_from, origin_form, Framing, MAX_HEAD};
@@ -45,7 +45,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
     let timeout = core.shared.config().server.handshake_timeout;
     let stream = match (which, &core.shared.tls) {
         (Listener::PublicTls, Some(tls)) => {
-            let conn = match rustls::ServerConnection::new(tls.config()) {
+            let conn = match TlsConn::new(tls.config()) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("TLS connection: {e}");

@@ -1,23 +1,31 @@
 //! TLS on the public listener (PROTOCOL.md v1.1): the rustls server configuration made from
 //! `[tls]` (PEM certificate chain and key; TLS 1.3 and 1.2, ALPN `http/1.1`, ring as the
 //! crypto provider, session resumption with tickets), swapped whole on SIGHUP so new
-//! connections use the new certificate while open ones keep theirs.
+//! connections use the new certificate while open ones keep theirs; and each connection's
+//! record layer ([`TlsConn`], rustls's unbuffered API over buffers that exist only while
+//! bytes are in flight).
 //!
-//! The connection side is [`super::socket::Socket`]; this module only builds and holds the
-//! configuration.
+//! [`super::socket::Socket`] puts a [`TlsConn`] between its callers and the socket and does
+//! the readiness waits.
 
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::RawFd;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::server::ProducesTickets;
+use rustls::server::{ProducesTickets, ServerConnectionData};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncodeTlsData, EncryptError, WriteTraffic};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
+use crate::sys::{self, Io};
 
-/// Ciphertext a connection may hold unsent before it stops taking plaintext (the send
-/// queue keeps the rest, where the slow-consumer policy sees it).
-pub const PENDING_CIPHERTEXT: usize = 64 << 10;
+/// Plaintext a connection encrypts ahead of the socket in one write: a 64 KiB payload and
+/// its frame head go together. Until that is written it takes no more (the send queue keeps
+/// the rest, where the slow-consumer policy sees it).
+pub const ENCRYPT_AHEAD: usize = (64 << 10) + 1024;
 
 /// Why a certificate or key did not load, phrased for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -120,5 +128,694 @@ pub fn version_label(v: Option<rustls::ProtocolVersion>) -> &'static str {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
         _ => "other",
+    }
+}
+
+/// Room kept for one ciphertext read: a whole record of the largest size a peer may send
+/// (16 KiB of plaintext and its overhead).
+const READ_SIZE: usize = 16 * 1024 + 2048 + 5;
+
+/// Ciphertext a client may make the relay hold unprocessed: a handshake message joined
+/// from several records (rustls accepts up to 64 KiB) plus one more record.
+const MAX_INCOMING: usize = 0x10000 + READ_SIZE;
+
+/// Size of the buffers TLS connections read into and encrypt into: what
+/// [`ENCRYPT_AHEAD`] bytes of plaintext become, with room to spare.
+const BUFFER: usize = ENCRYPT_AHEAD + 4096;
+
+/// Buffers of this size a worker keeps for its connections, at most.
+const SPARE_BUFFERS: usize = 32;
+
+thread_local! {
+    /// This worker's spare ciphertext buffers, [`BUFFER`] bytes each, kept initialized: a
+    /// connection with bytes in flight takes one without an allocation or zeroing, and gives
+    /// it back when nothing is in flight any more.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Vec<u8> {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0; BUFFER])
+}
+
+fn give_buffer(buf: Vec<u8>) {
+    // Grown ones (a large handshake message) go back to the allocator.
+    if buf.len() == BUFFER {
+        SPARE.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_BUFFERS {
+                spare.push(buf);
+            }
+        });
+    }
+}
+
+/// Plaintext gathered into one record when a write has several small parts (a frame's
+/// head and a short message), instead of one record each.
+const COALESCE: usize = 4096;
+
+/// How a handshake step ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handshake {
+    Complete,
+    /// Wait for the socket to be readable, then step again.
+    WantRead,
+    /// Wait for the socket to be writable, then step again.
+    WantWrite,
+}
+
+/// What one call into rustls's state machine produced.
+enum Step {
+    /// Progress (plaintext read, records encoded): call again.
+    Again,
+    /// rustls needs more ciphertext.
+    NeedInput,
+    /// The connection may send application data (and needs input to go on reading).
+    Traffic,
+    /// The peer sent `close_notify`.
+    PeerClosed,
+}
+
+/// Ciphertext waiting to be written: `buf[at..end]`. `buf` is a worker's buffer while
+/// anything is in it (its length is what is initialized), empty otherwise.
+#[derive(Default)]
+struct Out {
+    buf: Vec<u8>,
+    at: usize,
+    end: usize,
+}
+
+impl Out {
+    /// Room for at least `n` more bytes at the end.
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = take_buffer();
+        }
+        if self.at == self.end {
+            self.at = 0;
+            self.end = 0;
+        }
+        if self.buf.len() - self.end < n {
+            self.buf.resize(self.end + n, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.at..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.at == self.end
+    }
+
+    /// Give the buffer back if nothing waits in it.
+    fn release(&mut self) {
+        if self.is_empty() && !self.buf.is_empty() {
+            give_buffer(std::mem::take(&mut self.buf));
+            self.at = 0;
+            self.end = 0;
+        }
+    }
+}
+
+/// One TLS connection's record layer, over rustls's unbuffered API: ciphertext is read
+/// into and written from buffers this struct owns, which exist only while bytes are in
+/// flight (an idle connection holds rustls's session state and nothing else; rustls's
+/// buffered connection kept a 4 KiB read buffer for its whole life).
+///
+/// Every method works on a non-blocking descriptor and reports `WouldBlock` for the caller
+/// to wait on ([`super::socket::Socket`] does the waiting).
+pub struct TlsConn {
+    conn: rustls::server::UnbufferedServerConnection,
+    /// Ciphertext read and not yet processed: `incoming[start..used]` (a worker's buffer
+    /// while anything is in it, empty otherwise).
+    incoming: Vec<u8>,
+    start: usize,
+    used: usize,
+    /// Plaintext decrypted and not yet read: `plain[plain_at..]`.
+    plain: Vec<u8>,
+    plain_at: usize,
+    out: Out,
+    peer_closed: bool,
+    close_notified: bool,
+}
+
+fn tls_error(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl TlsConn {
+    /// A server connection for `config`, before its handshake.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Result<TlsConn, rustls::Error> {
+        Ok(TlsConn {
+            conn: rustls::server::UnbufferedServerConnection::new(config)?,
+            incoming: Vec::new(),
+            start: 0,
+            used: 0,
+            plain: Vec::new(),
+            plain_at: 0,
+            out: Out::default(),
+            peer_closed: false,
+            close_notified: false,
+        })
+    }
+
+    /// The negotiated version, once the handshake has chosen one.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// Drive the handshake as far as the socket allows.
+    pub fn handshake(&mut self, fd: RawFd) -> Result<Handshake, String> {
+        loop {
+            match self.step(&mut []) {
+                Ok((Step::Again, _)) => continue,
+                Ok((Step::Traffic, _)) if !self.conn.is_handshaking() => {
+                    // Session tickets may wait in `out`: they go with the next flush.
+                    self.flush(fd).map_err(|e| e.to_string())?;
+                    return Ok(Handshake::Complete);
+                }
+                Ok((Step::NeedInput | Step::Traffic, _)) => {
+                    if !self.flush(fd).map_err(|e| e.to_string())? {
+                        return Ok(Handshake::WantWrite);
+                    }
+                    match self.read_socket(fd).map_err(|e| e.to_string())? {
+                        Io::Done(0) => return Err("closed during the handshake".into()),
+                        Io::Done(_) => continue,
+                        Io::WouldBlock => return Ok(Handshake::WantRead),
+                    }
+                }
+                Ok((Step::PeerClosed, _)) => return Err("closed during the handshake".into()),
+                Err(e) => {
+                    self.send_alert(fd);
+                    return Err(e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Read plaintext into `buf`: `Done(0)` at the end of the stream (`close_notify`, or
+    /// the socket closed without one).
+    pub fn recv(&mut self, fd: RawFd, buf: &mut [u8]) -> io::Result<Io> {
+        loop {
+            if self.plain_at < self.plain.len() {
+                let n = buf.len().min(self.plain.len() - self.plain_at);
+                buf[..n].copy_from_slice(&self.plain[self.plain_at..self.plain_at + n]);
+                self.plain_at += n;
+                if self.plain_at == self.plain.len() {
+                    self.plain = Vec::new();
+                    self.plain_at = 0;
+                }
+                return Ok(Io::Done(n));
+            }
+            if self.peer_closed {
+                return Ok(Io::Done(0));
+            }
+            match self.step(buf) {
+                Ok((_, copied)) if copied > 0 => return Ok(Io::Done(copied)),
+                Ok((Step::Again, _)) => {
+                    // Answers to post-handshake messages (key updates) go out at once.
+                    self.flush(fd)?;
+                }
+                Ok((Step::NeedInput | Step::Traffic, _)) => match self.read_socket(fd)? {
+                    Io::Done(0) => return Ok(Io::Done(0)),
+                    Io::Done(_) => {}
+                    Io::WouldBlock => {
+                        // Nothing in flight: the read buffer goes until bytes arrive.
+                        self.release_incoming();
+                        return Ok(Io::WouldBlock);
+                    }
+                },
+                Ok((Step::PeerClosed, _)) => self.peer_closed = true,
+                Err(e) => {
+                    self.send_alert(fd);
+                    return Err(tls_error(e));
+                }
+            }
+        }
+    }
+
+    /// Encrypt the start of `parts`, at most [`ENCRYPT_AHEAD`] bytes of plaintext,
+    /// once everything encrypted before has been written: how many bytes were taken
+    /// (encrypted, and written as far as the socket took them), or `WouldBlock`.
+    pub fn write(&mut self, fd: RawFd, parts: &[&[u8]]) -> io::Result<Io> {
+        if !self.flush(fd)? {
+            return Ok(Io::WouldBlock);
+        }
+        let taken = self.with_traffic(|w, out| encrypt_parts(w, out, parts))??;
+        self.flush(fd)?;
+        Ok(if taken == 0 && parts.iter().any(|p| !p.is_empty()) {
+            Io::WouldBlock
+        } else {
+            Io::Done(taken)
+        })
+    }
+
+    /// Write ciphertext that waits: `Ok(true)` when none is left.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
+        while !self.out.is_empty() {
+            match sys::writev(fd, &[self.out.pending()], false)? {
+                Io::Done(n) => self.out.at += n,
+                Io::WouldBlock => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether ciphertext waits to be written.
+    pub fn pending_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Free the write buffer if nothing waits in it (the caller has nothing more to send
+    /// for now).
+    pub fn release(&mut self) {
+        self.out.release();
+    }
+
+    fn release_incoming(&mut self) {
+        if self.start == self.used && !self.incoming.is_empty() {
+            give_buffer(std::mem::take(&mut self.incoming));
+            self.start = 0;
+            self.used = 0;
+        }
+    }
+
+    /// Queue `close_notify` (once); [`TlsConn::flush`] sends it.
+    pub fn close_notify(&mut self) {
+        if std::mem::replace(&mut self.close_notified, true) {
+            return;
+        }
+        let _ = self.with_traffic(|w, out| loop {
+            match w.queue_close_notify(out.room(64)) {
+                Ok(n) => {
+                    out.end += n;
+                    break;
+                }
+                Err(EncryptError::InsufficientSize(s)) => {
+                    out.room(s.required_size);
+                }
+                Err(_) => break,
+            }
+        });
+    }
+
+    /// One call into rustls with the ciphertext read so far; plaintext it yields goes to
+    /// `dest` (how much is returned) and what does not fit to `plain`.
+    fn step(&mut self, dest: &mut [u8]) -> Result<(Step, usize), rustls::Error> {
+        let status = self
+            .conn
+            .process_tls_records(&mut self.incoming[self.start..self.used]);
+        let discard = status.discard;
+        let mut copied = 0;
+        let step = match status.state {
+            Err(e) => Err(e),
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(record) = r.next_record() {
+                    let payload = record?.payload;
+                    let n = (dest.len() - copied).min(payload.len());
+                    dest[copied..copied + n].copy_from_slice(&payload[..n]);
+                    copied += n;
+                    self.plain.extend_from_slice(&payload[n..]);
+                }
+                Ok(Step::Again)
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                encode(&mut e, &mut self.out);
+                Ok(Step::Again)
+            }
+            // The records are in `out`, which is written in order by `flush`.
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                Ok(Step::Again)
+            }
+            Ok(ConnectionState::BlockedHandshake) => Ok(Step::NeedInput),
+            Ok(ConnectionState::WriteTraffic(_)) => Ok(Step::Traffic),
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Ok(Step::PeerClosed),
+            // Early data is not enabled; anything else is not expected of a server.
+            Ok(other) => Err(rustls::Error::General(format!(
+                "unexpected TLS state {other:?}"
+            ))),
+        };
+        self.start += discard;
+        Ok((step?, copied))
+    }
+
+    /// Run `f` with the connection in its write-traffic state (records rustls wants sent
+    /// first are encoded into `out`, plaintext it has decrypted goes to `plain`).
+    fn with_traffic<R>(
+        &mut self,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Out) -> R,
+    ) -> io::Result<R> {
+        loop {
+            let status = self.conn.process_tls_records(&mut []);
+            match status.state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => return Ok(f(&mut w, &mut self.out)),
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut self.out),
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    while let Some(record) = r.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        self.plain.extend_from_slice(record.payload);
+                    }
+                }
+                Ok(ConnectionState::PeerClosed) => self.peer_closed = true,
+                Ok(state) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        format!("TLS connection cannot send ({state:?})"),
+                    ))
+                }
+                Err(e) => return Err(tls_error(e)),
+            }
+        }
+    }
+
+    /// Read ciphertext from the socket after what is there.
+    fn read_socket(&mut self, fd: RawFd) -> io::Result<Io> {
+        if self.used - self.start >= MAX_INCOMING {
+            return Err(tls_error("TLS message too large"));
+        }
+        if self.incoming.is_empty() {
+            self.incoming = take_buffer();
+        }
+        if self.start == self.used {
+            self.start = 0;
+            self.used = 0;
+        }
+        if self.incoming.len() - self.used < READ_SIZE {
+            // Move what is left of a record to the front; grow only for a large handshake
+            // message.
+            self.incoming.copy_within(self.start..self.used, 0);
+            self.used -= self.start;
+            self.start = 0;
+            if self.incoming.len() - self.used < READ_SIZE {
+                self.incoming.resize(self.used + READ_SIZE, 0);
+            }
+        }
+        let r = sys::recv(fd, &mut self.incoming[self.used..])?;
+        if let Io::Done(n) = r {
+            self.used += n;
+        }
+        Ok(r)
+    }
+
+    /// After an error: send the alert rustls queued, best effort.
+    fn send_alert(&mut self, fd: RawFd) {
+        let status = self.conn.process_tls_records(&mut []);
+        if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
+            encode(&mut e, &mut self.out);
+        }
+        let _ = self.flush(fd);
+    }
+}
+
+/// Copy a record rustls made (handshake, alert, ticket, key update) into `out`.
+fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Out) {
+    let mut need = 0;
+    loop {
+        match e.encode(out.room(need)) {
+            Ok(n) => {
+                out.end += n;
+                return;
+            }
+            Err(EncodeError::InsufficientSize(s)) => need = s.required_size,
+            Err(EncodeError::AlreadyEncoded) => return,
+        }
+    }
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        self.out.at = self.out.end;
+        self.out.release();
+        self.start = self.used;
+        self.release_incoming();
+    }
+}
+
+/// Encrypt parts into `out` up to [`ENCRYPT_AHEAD`] bytes of plaintext; small
+/// neighbouring parts share a record.
+fn encrypt_parts(
+    w: &mut WriteTraffic<'_, ServerConnectionData>,
+    out: &mut Out,
+    parts: &[&[u8]],
+) -> io::Result<usize> {
+    let mut taken = 0;
+    let mut small = [0u8; COALESCE];
+    let mut small_len = 0;
+    for part in parts {
+        let left = ENCRYPT_AHEAD - taken - small_len;
+        if left == 0 {
+            break;
+        }
+        if part.len() <= COALESCE - small_len && part.len() <= left {
+            small[small_len..small_len + part.len()].copy_from_slice(part);
+            small_len += part.len();
+            continue;
+        }
+        if small_len > 0 {
+            encrypt(w, out, &small[..small_len])?;
+            taken += small_len;
+            small_len = 0;
+        }
+        let left = ENCRYPT_AHEAD - taken;
+        let chunk = &part[..part.len().min(left)];
+        encrypt(w, out, chunk)?;
+        taken += chunk.len();
+        if chunk.len() < part.len() {
+            return Ok(taken);
+        }
+    }
+    if small_len > 0 {
+        encrypt(w, out, &small[..small_len])?;
+        taken += small_len;
+    }
+    Ok(taken)
+}
+
+/// Encrypt one piece of plaintext (as many records as it needs) into `out`.
+fn encrypt(
+    w: &mut WriteTraffic<'_, ServerConnectionData>,
+    out: &mut Out,
+    plaintext: &[u8],
+) -> io::Result<()> {
+    // A record adds at most 29 bytes (TLS 1.2's explicit nonce and tag; 22 with TLS 1.3).
+    let mut need = plaintext.len() + (plaintext.len() / (16 * 1024) + 1) * 32;
+    loop {
+        match w.encrypt(plaintext, out.room(need)) {
+            Ok(n) => {
+                out.end += n;
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(s)) => need = s.required_size,
+            Err(e) => return Err(tls_error(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// A relay-side [`TlsConn`] and a rustls client over a socket pair, both non-blocking,
+    /// with a certificate made for the test and the relay's own configuration.
+    struct Pair {
+        server: TlsConn,
+        server_sock: UnixStream,
+        client: rustls::ClientConnection,
+        client_sock: UnixStream,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            std::fs::write(&cert, made.cert.pem()).unwrap();
+            std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+            let tls = Tls::load(&TlsConfig {
+                cert: Some(cert),
+                key: Some(key),
+            })
+            .unwrap()
+            .unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(made.cert.der().clone()).unwrap();
+            let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let client = rustls::ClientConnection::new(
+                Arc::new(client_config),
+                "localhost".try_into().unwrap(),
+            )
+            .unwrap();
+            let (server_sock, client_sock) = UnixStream::pair().unwrap();
+            server_sock.set_nonblocking(true).unwrap();
+            client_sock.set_nonblocking(true).unwrap();
+            Pair {
+                server: TlsConn::new(tls.config()).unwrap(),
+                server_sock,
+                client,
+                client_sock,
+                _dir: dir,
+            }
+        }
+
+        fn fd(&self) -> RawFd {
+            self.server_sock.as_raw_fd()
+        }
+
+        /// Move the client's ciphertext both ways as far as the sockets allow; returns the
+        /// plaintext the client received.
+        fn pump_client(&mut self) -> Vec<u8> {
+            while self.client.wants_write() {
+                if self.client.write_tls(&mut self.client_sock).is_err() {
+                    break;
+                }
+            }
+            let mut got = Vec::new();
+            loop {
+                match self.client.read_tls(&mut self.client_sock) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        self.client.process_new_packets().unwrap();
+                        let mut buf = [0u8; 8192];
+                        loop {
+                            match self.client.reader().read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            got
+        }
+
+        fn handshake(&mut self) {
+            for _ in 0..100 {
+                self.pump_client();
+                let step = self.server.handshake(self.fd()).unwrap();
+                if step == Handshake::Complete && !self.client.is_handshaking() {
+                    // The session tickets that followed.
+                    self.pump_client();
+                    return;
+                }
+            }
+            panic!("the handshake did not complete");
+        }
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn records_cross_both_ways_and_no_buffer_stays_behind() {
+        let mut p = Pair::new();
+        p.handshake();
+        assert_eq!(
+            p.server.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+
+        // Client to relay: two writes (several records), read 1,000 bytes at a time, so
+        // that most records are read in pieces.
+        let sent = [bytes(40_000, 1), b"a short one".to_vec()].concat();
+        p.client.writer().write_all(&sent[..40_000]).unwrap();
+        p.client.writer().write_all(&sent[40_000..]).unwrap();
+        p.pump_client();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1000];
+        loop {
+            match p.server.recv(p.fd(), &mut buf).unwrap() {
+                Io::Done(0) => panic!("end of stream"),
+                Io::Done(n) => got.extend_from_slice(&buf[..n]),
+                Io::WouldBlock => break,
+            }
+        }
+        assert!(got == sent, "the relay read what the client sent");
+        assert!(p.server.incoming.is_empty() && p.server.plain.is_empty());
+
+        // Relay to client: a frame head, a short message and a payload larger than one
+        // write takes, in as many writes as it needs.
+        let payload = bytes(300_001, 7);
+        let parts: [&[u8]; 3] = [b"\x82\x7f", b"{\"meta\":1}", &payload];
+        let expected: Vec<u8> = parts.concat();
+        let mut at = 0;
+        let mut received = Vec::new();
+        while at < expected.len() {
+            match p.server.write(p.fd(), &[&expected[at..]]).unwrap() {
+                Io::Done(n) => {
+                    assert!(n <= ENCRYPT_AHEAD);
+                    at += n;
+                }
+                Io::WouldBlock => {}
+            }
+            received.extend(p.pump_client());
+        }
+        while !p.server.flush(p.fd()).unwrap() {
+            received.extend(p.pump_client());
+        }
+        received.extend(p.pump_client());
+        assert!(received == expected, "the client read what the relay wrote");
+        assert!(
+            !p.server.out.buf.is_empty(),
+            "the write buffer stays while in use"
+        );
+        p.server.release();
+        assert!(p.server.out.buf.is_empty() && !p.server.pending_output());
+
+        // Both close: the client sees close_notify, the relay the end of the stream.
+        p.server.close_notify();
+        assert!(p.server.flush(p.fd()).unwrap());
+        p.pump_client();
+        assert!(p.client.process_new_packets().unwrap().peer_has_closed());
+        p.client.send_close_notify();
+        p.pump_client();
+        assert!(matches!(
+            p.server.recv(p.fd(), &mut buf).unwrap(),
+            Io::Done(0)
+        ));
+    }
+
+    #[test]
+    fn small_parts_share_a_record() {
+        let mut p = Pair::new();
+        p.handshake();
+        p.server.release();
+        let parts: [&[u8]; 3] = [b"\x81\x05", b"hello", &[]];
+        assert!(matches!(
+            p.server.write(p.fd(), &parts).unwrap(),
+            Io::Done(7)
+        ));
+        let mut wire = [0u8; 256];
+        let n = (&p.client_sock).read(&mut wire).unwrap();
+        // One TLS 1.3 record: 5 bytes of header, 7 of plaintext, its type byte, a 16-byte tag.
+        assert_eq!(n, 5 + 7 + 1 + 16);
+    }
+
+    #[test]
+    fn plain_http_is_not_a_handshake() {
+        let mut p = Pair::new();
+        (&p.client_sock)
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert!(p.server.handshake(p.fd()).is_err());
     }
 }

@@ -199,3 +199,70 @@ def test_revocation_and_header_tickets_over_tls(tls_relay):
                     assert '"ticket_revoked"' in msg
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
         assert time.time() - started < 3
+
+
+def read_http_response(s):
+    """Status code and body of one HTTP/1.1 answer (Content-Length or none) from `s`."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed before the answer's head: {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    while len(body) < length:
+        body += s.recv(65536)
+    return int(lines[0].split()[1]), body[:length]
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+def test_ingest_over_tls_takes_large_chunked_bodies_on_one_connection(tls_relay, version):
+    # Bodies of many TLS records, sent in pieces that do not line up with records, two
+    # requests on one kept-alive connection: what arrives is stored byte for byte.
+    r = tls_relay
+    t = r.issue("*", "--publish", "up/*")
+    blobs = [os.urandom(1_000_003), os.urandom(70_001)]
+    ctx = client_context(r, version)
+    with socket.create_connection(("127.0.0.1", r.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            for i, blob in enumerate(blobs):
+                s.sendall((f"PUT /ingest/up/b{i}.bin HTTP/1.1\r\nHost: x\r\n"
+                           f"Authorization: Bearer {t}\r\n"
+                           "Transfer-Encoding: chunked\r\n\r\n").encode())
+                for at in range(0, len(blob), 23_456):
+                    piece = blob[at:at + 23_456]
+                    s.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+                s.sendall(b"0\r\n\r\n")
+                status, _ = read_http_response(s)
+                assert status == 201
+    for i, blob in enumerate(blobs):
+        with open(os.path.join(r.media, "up", f"b{i}.bin"), "rb") as f:
+            assert f.read() == blob
+    with wss(r, t, version) as ws:
+        ws.send('{"op":"get","id":1,"key":"up/b0.bin"}')
+        meta, payload = media(ws.recv(timeout=5))
+        assert payload == blobs[0]
+
+
+def test_a_tls13_session_is_resumed_with_a_ticket(tls_relay):
+    r = tls_relay
+    ctx = client_context(r, ssl.TLSVersion.TLSv1_3)
+
+    def handshake(session=None):
+        with socket.create_connection(("127.0.0.1", r.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                # The tickets come after the handshake: an answer read makes sure they did.
+                s.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+                status, _ = read_http_response(s)
+                assert status == 404
+                return s.session, s.session_reused
+
+    first, reused = handshake()
+    assert not reused and first is not None and first.has_ticket
+    _, reused = handshake(first)
+    assert reused

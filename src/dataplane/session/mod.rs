@@ -481,6 +481,9 @@ async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<
                 break true;
             }
             // 5. Wait for input, socket room, a wake-up or the timer.
+            if !write_blocked && conn.queue.borrow().is_empty() {
+                sock.quiet();
+            }
             if !read_armed {
                 read_wait.set(stream.readable(false));
                 read_armed = true;
