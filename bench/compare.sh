@@ -22,7 +22,8 @@
 # mixed: 900 [100] normal + 50 slow + 50 stalled, 64 KiB at 25/s; connect: 20,000 [2,000]
 # upgrades. fanout-half and fanout-1m-light run on every WebSocket server except NestJS,
 # the others on every WebSocket server (vod on nginx too). Then, per round, the wss-*
-# workloads, iperf3 and loopback-1m.
+# workloads (wss-idle: 10,000 idle TLS connections on mediarelay and uWebSockets.js SSLApp),
+# iperf3 and loopback-1m.
 # Every configuration runs --runs times (default 3), servers alternating (the order
 # rotates each round), each server restarted at the start of every round. Writes raw
 # reports to bench/results/ (one JSON line per run, with "client": mediarelay-load or
@@ -241,10 +242,10 @@ stop_all() {
 # --- workloads -------------------------------------------------------------------------
 if [ "$quick" = 1 ]; then
   subs=100 idle_n=500 vod_count=400 fan64_count=50 fan1m_count=20 light_count=6 connect_n=2000 mixed_subs=100 iperf_t=1 loop_mb=256
-  wss_vod_count=$vod_count wss_vod_secs=${WSS_VOD_SECS:-3} wss_fan_secs=${WSS_FANOUT_SECS:-3} wss_connect_n=${WSS_CONNECT_N:-300}
+  wss_vod_count=$vod_count wss_vod_secs=${WSS_VOD_SECS:-3} wss_fan_secs=${WSS_FANOUT_SECS:-3} wss_connect_n=${WSS_CONNECT_N:-300} wss_idle_n=500
 else
   subs=1000 idle_n=15000 vod_count=20000 fan64_count=250 fan1m_count=100 light_count=20 connect_n=20000 mixed_subs=900 iperf_t=5 loop_mb=2048
-  wss_vod_count=1000000 wss_vod_secs=${WSS_VOD_SECS:-20} wss_fan_secs=${WSS_FANOUT_SECS:-20} wss_connect_n=${WSS_CONNECT_N:-6000}
+  wss_vod_count=1000000 wss_vod_secs=${WSS_VOD_SECS:-20} wss_fan_secs=${WSS_FANOUT_SECS:-20} wss_connect_n=${WSS_CONNECT_N:-6000} wss_idle_n=10000
 fi
 proto_of() { [ "$1" = nest ] && echo socketio || echo relay; }
 
@@ -313,7 +314,7 @@ run_clients() {
 
 wanted() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 # The TLS workloads: all of them in a full run, only a tiny wss-vod-64k in --quick (unless --only).
-wss_workloads=(wss-vod-1m wss-vod-64k wss-fanout-64k wss-fanout-half wss-connect wss-connect-resume)
+wss_workloads=(wss-idle wss-vod-1m wss-vod-64k wss-fanout-64k wss-fanout-half wss-connect wss-connect-resume)
 wanted_wss() {
   if [ -z "$only" ] && [ "$quick" = 1 ]; then [ "$1" = wss-vod-64k ]; else wanted "$1"; fi
 }
@@ -406,6 +407,11 @@ for run in $(seq 1 "$runs"); do
     for s in mediarelay nginx uws; do "start_tls_$s"; done
     tls_args=(--tls --ca "$work/tls/ca.pem" --servername localhost)
     warm "${wss_ws_servers[@]}"
+    if wanted_wss wss-idle; then
+      for s in $(rotate "$run" "${wss_ws_servers[@]}"); do
+        run_load wss-idle "$s" "$run" idle --connections "$wss_idle_n" --hold 2
+      done
+    fi
     for w in wss-vod-1m wss-vod-64k; do
       wanted_wss "$w" || continue
       prefix=vod/large/; [ "$w" = wss-vod-64k ] && prefix=vod/small/

@@ -87,6 +87,10 @@ WORKLOADS = {
         ("client_cpu_us_per_handshake", "load client CPU us/handshake", 1, True),
         ("handshake_ms.p99", "handshake p99 ms", 1, True),
     ]),
+    "wss-idle": ("idle authenticated connections over TLS (wss://)", [
+        ("connections", "connections", 1, False),
+        ("server_kib_per_connection", "server KiB/connection", 1, True),
+    ]),
     "wss-vod-1m": ("vod over TLS (wss://; nginx: https:// with --http), 100 connections x 2 in flight, cached 1 MiB objects", [
         ("received_bytes_per_s", "GB/s", 1e-9, False),
         ("server_cpu_seconds_per_gb", "server CPU-s/GB", 1, True),
@@ -325,6 +329,25 @@ def main():
         hs = med("connect", client, "mediarelay", "handshakes_per_s")
         if hs is not None:
             check(">= 20,000 upgrades/s with the ticket check", client, hs >= 20000, f"{fmt(hs)}/s")
+    # Issue 13 (wss): measured with mediarelay-load only.
+    client = "mediarelay-load"
+    for wl, plain in [("wss-vod-1m", "vod-1m"), ("wss-vod-64k", "vod-64k")]:
+        m_cpu = med(wl, client, "mediarelay", "server_cpu_seconds_per_gb")
+        p_cpu = med(plain, client, "mediarelay", "server_cpu_seconds_per_gb")
+        if None not in (m_cpu, p_cpu):
+            check(f"{wl}: CPU-s/GB <= 2 x mediarelay's plain-text {plain}", client, m_cpu <= 2 * p_cpu,
+                  f"{fmt(m_cpu)} vs {fmt(2 * p_cpu)} (x{m_cpu / p_cpu:.2f})")
+        for peer in ["nginx", "uws"]:
+            p_cpu = med(wl, client, peer, "server_cpu_seconds_per_gb")
+            if None not in (m_cpu, p_cpu):
+                check(f"{wl}: CPU-s/GB <= {NAMES[peer]}'s", client, m_cpu <= p_cpu, f"{fmt(m_cpu)} vs {fmt(p_cpu)}")
+    hs = med("wss-connect", client, "mediarelay", "handshakes_per_s")
+    if hs is not None:
+        check(">= 3,000 full TLS 1.3 handshakes + ticket checks/s", client, hs >= 3000, f"{fmt(hs)}/s")
+    m_idle, p_idle = med("wss-idle", client, "mediarelay", "server_kib_per_connection"), med("idle", client, "mediarelay", "server_kib_per_connection")
+    if m_idle is not None:
+        plain = f", plain text {fmt(p_idle)} KiB" if p_idle is not None else ""
+        check("wss-idle: KiB per idle TLS connection (reported next to plain text)", client, "info", f"{fmt(m_idle)} KiB{plain}")
     for client in clients:
         for p in ["iperf3-P1", "iperf3-P4"]:
             v = med(p, client, "iperf3", "received_bytes_per_s")
