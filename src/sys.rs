@@ -358,6 +358,15 @@ pub fn open_file_limit() -> Option<u64> {
     (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
 }
 
+/// Give the memory the allocator (mimalloc, the global allocator) holds free on the calling
+/// thread back to the system: free pages are decommitted now rather than when the thread
+/// next allocates.
+pub fn return_free_memory() {
+    // SAFETY: mi_collect only walks and trims the calling thread's own heap (and returns
+    // free arena memory); it takes no pointer and may be called at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
