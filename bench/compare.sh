@@ -8,11 +8,11 @@
 #   and over TLS (the wss-* workloads): mediarelay --tls-cert/--tls-key vs nginx `ssl`
 #   (vod over HTTPS) and uWebSockets.js SSLApp, on a test CA + EC P-256 certificate made here
 # Two load clients (--clients, default both): mediarelay-load (Rust) drives everything;
-# wsload (bench/wsload/, Node.js + ws) repeats each run of vod-1m, vod-64k, fanout-64k,
+# wsload (bench/wsload/, Node.js + ws) repeats each run of idle, vod-1m, vod-64k, fanout-64k,
 # fanout-1m, fanout-half and fanout-1m-light right after mediarelay-load's, with the same
 # parameters (vod on nginx: wsload --http). wsload speaks no socket.io, so NestJS is only
-# measured with mediarelay-load; idle, mixed, connect and the wss-* workloads are
-# mediarelay-load only (--clients picks the clients of the six above only).
+# measured with mediarelay-load; mixed, connect and the wss-* workloads are
+# mediarelay-load only (--clients picks the clients of the seven above only).
 # mediarelay (writev) takes part in every plain workload mediarelay takes part in (idle,
 # vod, fanout, mixed, connect), not in the wss-* ones.
 # Workloads (full; --quick in brackets): idle 15,000 connections [500]; vod-1m, vod-64k:
@@ -359,7 +359,7 @@ for run in $(seq 1 "$runs"); do
   fi
   if wanted idle; then
     for s in $(rotate "$run" "${ws_servers[@]}"); do
-      run_load idle "$s" "$run" idle --connections "$idle_n" --hold 2
+      run_clients idle "$s" "$run" idle --connections "$idle_n" --hold 2
     done
   fi
   for w in vod-1m vod-64k; do
