@@ -233,6 +233,13 @@ start_tls_uws() {
   wait_port "${tls_port[uws]}"
 }
 
+restart() { # SERVER: stop its processes and start it again
+  local p
+  for p in ${server_pids[$1]//,/ }; do kill "$p" 2>/dev/null || true; done
+  for p in ${server_pids[$1]//,/ }; do wait "$p" 2>/dev/null || true; done
+  "start_$1"
+}
+
 stop_all() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -359,7 +366,12 @@ for run in $(seq 1 "$runs"); do
   fi
   if wanted idle; then
     for s in $(rotate "$run" "${ws_servers[@]}"); do
-      run_clients idle "$s" "$run" idle --connections "$idle_n" --hold 2
+      client_wanted mediarelay-load && run_load idle "$s" "$run" idle --connections "$idle_n" --hold 2
+      if client_wanted wsload && [ "$s" != nest ]; then
+        # idle is measured from the server's RSS before the run: a fresh process for each client.
+        restart "$s"
+        run_wsload idle "$s" "$run" idle --connections "$idle_n" --hold 2
+      fi
     done
   fi
   for w in vod-1m vod-64k; do
