@@ -523,7 +523,11 @@ pub(super) async fn write_all(stream: &Socket, mut data: &[u8]) -> bool {
         let step = if data.is_empty() {
             // Everything taken: with TLS, wait until the encrypted bytes are out too.
             match stream.flush() {
-                Ok(true) => return true,
+                Ok(true) => {
+                    // A whole answer is out: TLS gives its write buffer back.
+                    stream.quiet();
+                    return true;
+                }
                 Ok(false) => Ok(Io::WouldBlock),
                 Err(e) => Err(e),
             }

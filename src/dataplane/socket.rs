@@ -3,12 +3,14 @@
 //!
 //! With TLS, a [`TlsConn`] (rustls's unbuffered API) sits between those calls and the
 //! socket: `recv` reads ciphertext from the socket and returns plaintext; `writev` encrypts
-//! plaintext into the connection's outgoing buffer (the one copy TLS needs) and writes it to
-//! the socket as far as it takes it. At most [`super::tls::ENCRYPT_AHEAD`] bytes of
+//! plaintext into the connection's outgoing buffer (rustls seals a copy of it in its own
+//! record buffer, then copies the record there) and writes it to the socket as far as it
+//! takes it. At most [`super::tls::ENCRYPT_AHEAD`] bytes of
 //! plaintext are encrypted ahead; beyond that `writev` reports the socket full, so the send
 //! queue (and its slow-consumer policy) keeps the rest. Both buffers exist only while bytes
-//! are in flight: the read buffer goes when a read finds the socket empty, the write buffer
-//! when its owner says it has nothing more to send ([`Socket::quiet`]).
+//! are in flight: the read buffer goes when a read finds the socket empty with no partial
+//! record held, the write buffer when its owner says it has nothing more to send
+//! ([`Socket::quiet`]).
 //!
 //! A plain connection also sends payloads that sit in a payload file with `sendfile`
 //! ([`Socket::sendfile`]): the frame's head goes first with `MSG_MORE`, then the kernel

@@ -155,14 +155,17 @@ thread_local! {
 
 fn take_buffer() -> Vec<u8> {
     SPARE
-        .with(|s| s.borrow_mut().pop())
+        .try_with(|s| s.borrow_mut().pop())
+        .ok()
+        .flatten()
         .unwrap_or_else(|| vec![0; BUFFER])
 }
 
 fn give_buffer(buf: Vec<u8>) {
-    // Grown ones (a large handshake message) go back to the allocator.
+    // Grown ones (a large handshake message) go back to the allocator, and so does
+    // everything while the thread ends.
     if buf.len() == BUFFER {
-        SPARE.with(|s| {
+        let _ = SPARE.try_with(|s| {
             let mut spare = s.borrow_mut();
             if spare.len() < SPARE_BUFFERS {
                 spare.push(buf);
@@ -197,8 +200,9 @@ enum Step {
     PeerClosed,
 }
 
-/// Ciphertext waiting to be written: `buf[at..end]`. `buf` is a worker's buffer while
-/// anything is in it (its length is what is initialized), empty otherwise.
+/// Ciphertext waiting to be written: `buf[at..end]`. `buf` is a worker's buffer (its length
+/// is what is initialized) from the first record encrypted until [`Out::release`], which
+/// the owner calls when it has nothing more to send.
 #[derive(Default)]
 struct Out {
     buf: Vec<u8>,
@@ -241,19 +245,24 @@ impl Out {
 }
 
 /// One TLS connection's record layer, over rustls's unbuffered API: ciphertext is read
-/// into and written from buffers this struct owns, which exist only while bytes are in
-/// flight (an idle connection holds rustls's session state and nothing else; rustls's
-/// buffered connection kept a 4 KiB read buffer for its whole life).
+/// into and written from buffers taken from the worker while bytes are in flight. The read
+/// buffer goes back when a read (or a handshake step) finds the socket empty with no partial
+/// record held, the write buffer when the owner calls [`TlsConn::release`] (the session
+/// when its queue is empty, the HTTP front end after each answer). An idle connection so
+/// holds rustls's session state and nothing else; rustls's buffered connection kept a 4 KiB
+/// read buffer for its whole life.
 ///
 /// Every method works on a non-blocking descriptor and reports `WouldBlock` for the caller
 /// to wait on ([`super::socket::Socket`] does the waiting).
 pub struct TlsConn {
     conn: rustls::server::UnbufferedServerConnection,
     /// Ciphertext read and not yet processed: `incoming[start..used]` (a worker's buffer
-    /// while anything is in it, empty otherwise).
+    /// from a read until [`TlsConn::release_incoming`]).
     incoming: Vec<u8>,
     start: usize,
     used: usize,
+    /// How much of `incoming` has held bytes since it was taken.
+    dirty: usize,
     /// Plaintext decrypted and not yet read: `plain[plain_at..]`.
     plain: Vec<u8>,
     plain_at: usize,
@@ -274,6 +283,7 @@ impl TlsConn {
             incoming: Vec::new(),
             start: 0,
             used: 0,
+            dirty: 0,
             plain: Vec::new(),
             plain_at: 0,
             out: Out::default(),
@@ -293,8 +303,10 @@ impl TlsConn {
             match self.step(&mut []) {
                 Ok((Step::Again, _)) => continue,
                 Ok((Step::Traffic, _)) if !self.conn.is_handshaking() => {
-                    // Session tickets may wait in `out`: they go with the next flush.
-                    self.flush(fd).map_err(|e| e.to_string())?;
+                    // The last flight (TLS 1.2's Finished, TLS 1.3's tickets) goes first.
+                    if !self.flush(fd).map_err(|e| e.to_string())? {
+                        return Ok(Handshake::WantWrite);
+                    }
                     return Ok(Handshake::Complete);
                 }
                 Ok((Step::NeedInput | Step::Traffic, _)) => {
@@ -304,8 +316,17 @@ impl TlsConn {
                     match self.read_socket(fd).map_err(|e| e.to_string())? {
                         Io::Done(0) => return Err("closed during the handshake".into()),
                         Io::Done(_) => continue,
-                        Io::WouldBlock => return Ok(Handshake::WantRead),
+                        Io::WouldBlock => {
+                            // A client that connects and waits holds no read buffer.
+                            self.release_incoming();
+                            return Ok(Handshake::WantRead);
+                        }
                     }
+                }
+                Ok((Step::PeerClosed, _)) if !self.conn.is_handshaking() => {
+                    // Finished, data and close_notify in one go: the data is read first.
+                    self.peer_closed = true;
+                    return Ok(Handshake::Complete);
                 }
                 Ok((Step::PeerClosed, _)) => return Err("closed during the handshake".into()),
                 Err(e) => {
@@ -397,9 +418,12 @@ impl TlsConn {
 
     fn release_incoming(&mut self) {
         if self.start == self.used && !self.incoming.is_empty() {
+            // rustls decrypts in place: what was read is plaintext, not for the next holder.
+            self.incoming[..self.dirty].fill(0);
             give_buffer(std::mem::take(&mut self.incoming));
             self.start = 0;
             self.used = 0;
+            self.dirty = 0;
         }
     }
 
@@ -469,26 +493,52 @@ impl TlsConn {
         &mut self,
         f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Out) -> R,
     ) -> io::Result<R> {
+        let mut f = Some(f);
         loop {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state {
-                Ok(ConnectionState::WriteTraffic(mut w)) => return Ok(f(&mut w, &mut self.out)),
-                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut self.out),
-                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            // The ciphertext held goes in too: rustls may be holding part of a handshake
+            // message in it (and panics on an empty buffer then).
+            let status = self
+                .conn
+                .process_tls_records(&mut self.incoming[self.start..self.used]);
+            let discard = status.discard;
+            let done = match status.state {
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    f.take().map(|f| Ok(f(&mut w, &mut self.out)))
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut e, &mut self.out);
+                    None
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    None
+                }
                 Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    let mut failed = None;
                     while let Some(record) = r.next_record() {
-                        let record = record.map_err(tls_error)?;
-                        self.plain.extend_from_slice(record.payload);
+                        match record {
+                            Ok(record) => self.plain.extend_from_slice(record.payload),
+                            Err(e) => {
+                                failed = Some(Err(tls_error(e)));
+                                break;
+                            }
+                        }
                     }
+                    failed
                 }
-                Ok(ConnectionState::PeerClosed) => self.peer_closed = true,
-                Ok(state) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotConnected,
-                        format!("TLS connection cannot send ({state:?})"),
-                    ))
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    None
                 }
-                Err(e) => return Err(tls_error(e)),
+                Ok(state) => Some(Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("TLS connection cannot send ({state:?})"),
+                ))),
+                Err(e) => Some(Err(tls_error(e))),
+            };
+            self.start += discard;
+            if let Some(done) = done {
+                return done;
             }
         }
     }
@@ -518,16 +568,21 @@ impl TlsConn {
         let r = sys::recv(fd, &mut self.incoming[self.used..])?;
         if let Io::Done(n) = r {
             self.used += n;
+            self.dirty = self.dirty.max(self.used);
         }
         Ok(r)
     }
 
     /// After an error: send the alert rustls queued, best effort.
     fn send_alert(&mut self, fd: RawFd) {
-        let status = self.conn.process_tls_records(&mut []);
+        let status = self
+            .conn
+            .process_tls_records(&mut self.incoming[self.start..self.used]);
+        let discard = status.discard;
         if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
             encode(&mut e, &mut self.out);
         }
+        self.start += discard;
         let _ = self.flush(fd);
     }
 }
@@ -808,6 +863,64 @@ mod tests {
         let n = (&p.client_sock).read(&mut wire).unwrap();
         // One TLS 1.3 record: 5 bytes of header, 7 of plaintext, its type byte, a 16-byte tag.
         assert_eq!(n, 5 + 7 + 1 + 16);
+    }
+
+    #[test]
+    fn malformed_handshakes_fail_without_a_panic() {
+        // A ClientHello announcing 128 KiB, and the start of a handshake message followed by
+        // an alert record: rustls holds part of a message in our buffer when it fails.
+        let inputs: [&[u8]; 2] = [
+            b"\x16\x03\x01\x00\x04\x01\x02\x00\x00",
+            b"\x16\x03\x01\x00\x01\x01\x15\x03\x01\x00\x02\x02\x28",
+        ];
+        for input in inputs {
+            let mut p = Pair::new();
+            (&p.client_sock).write_all(input).unwrap();
+            assert!(p.server.handshake(p.fd()).is_err());
+        }
+    }
+
+    #[test]
+    fn a_connection_that_sends_nothing_holds_no_read_buffer() {
+        let mut p = Pair::new();
+        assert_eq!(p.server.handshake(p.fd()).unwrap(), Handshake::WantRead);
+        assert!(p.server.incoming.is_empty());
+        // The first flight, then the client goes quiet: the buffer goes back.
+        p.pump_client();
+        assert_eq!(p.server.handshake(p.fd()).unwrap(), Handshake::WantRead);
+        assert!(p.server.incoming.is_empty());
+    }
+
+    #[test]
+    fn a_partial_record_held_after_the_handshake_does_not_stop_writes() {
+        // A TLS 1.3 KeyUpdate record without its last byte waits in our buffer for the
+        // rest; writing (and close_notify) meanwhile goes on, and the rest completes it.
+        let mut p = Pair::new();
+        p.handshake();
+        p.client.refresh_traffic_keys().unwrap();
+        let mut wire = Vec::new();
+        while p.client.wants_write() {
+            p.client.write_tls(&mut wire).unwrap();
+        }
+        // The KeyUpdate is one encrypted record: send all of it but its last byte.
+        (&p.client_sock).write_all(&wire[..wire.len() - 1]).unwrap();
+        let mut buf = [0u8; 64];
+        assert!(matches!(
+            p.server.recv(p.fd(), &mut buf).unwrap(),
+            Io::WouldBlock
+        ));
+        assert!(matches!(
+            p.server.write(p.fd(), &[b"after"]).unwrap(),
+            Io::Done(5)
+        ));
+        p.server.close_notify();
+        assert!(p.server.flush(p.fd()).unwrap());
+        (&p.client_sock).write_all(&wire[wire.len() - 1..]).unwrap();
+        assert_eq!(p.pump_client(), b"after");
+        assert!(matches!(
+            p.server.recv(p.fd(), &mut buf).unwrap(),
+            Io::WouldBlock
+        ));
     }
 
     #[test]

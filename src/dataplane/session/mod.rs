@@ -478,6 +478,7 @@ async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<
                 && conn.pending_gets() == 0
                 && ctx.subscription_count(&conn) == 0
             {
+                sock.quiet();
                 break true;
             }
             // 5. Wait for input, socket room, a wake-up or the timer.
