@@ -196,50 +196,78 @@ enum Step {
     NeedInput,
     /// The connection may send application data (and needs input to go on reading).
     Traffic,
-    /// The peer sent `close_notify`.
+    /// The peer sent `close_notify` (reported once).
     PeerClosed,
+    /// Both sides have sent `close_notify`.
+    Closed,
 }
 
-/// Ciphertext waiting to be written: `buf[at..end]`. `buf` is a worker's buffer (its length
-/// is what is initialized) from the first record encrypted until [`Out::release`], which
-/// the owner calls when it has nothing more to send.
+/// Bytes held for one direction of a connection: `buf[start..end]`. `buf` is a worker's
+/// buffer (its length is what is initialized) from the first byte put in until
+/// [`Window::release`], empty otherwise.
 #[derive(Default)]
-struct Out {
+struct Window {
     buf: Vec<u8>,
-    at: usize,
+    start: usize,
     end: usize,
+    /// How much of `buf` has held bytes since it was taken.
+    dirty: usize,
 }
 
-impl Out {
-    /// Room for at least `n` more bytes at the end.
+impl Window {
+    /// Room for at least `n` more bytes at the end: a worker's buffer if there is none,
+    /// what is held moved to the front if the end is short, grown only past the buffer.
     fn room(&mut self, n: usize) -> &mut [u8] {
         if self.buf.is_empty() {
             self.buf = take_buffer();
         }
-        if self.at == self.end {
-            self.at = 0;
-            self.end = 0;
-        }
         if self.buf.len() - self.end < n {
-            self.buf.resize(self.end + n, 0);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < n {
+                self.buf.resize(self.end + n, 0);
+            }
         }
         &mut self.buf[self.end..]
     }
 
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.at..self.end]
+    /// `n` bytes were put in the room.
+    fn commit(&mut self, n: usize) {
+        self.end += n;
+        self.dirty = self.dirty.max(self.end);
+    }
+
+    /// The bytes held.
+    fn held(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
+    }
+
+    /// `n` bytes from the start are done with.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
     }
 
     fn is_empty(&self) -> bool {
-        self.at == self.end
+        self.start == self.end
     }
 
-    /// Give the buffer back if nothing waits in it.
-    fn release(&mut self) {
+    /// Give the buffer back if nothing is held in it; `wipe`: zero what it held first.
+    fn release(&mut self, wipe: bool) {
         if self.is_empty() && !self.buf.is_empty() {
+            if wipe {
+                self.buf[..self.dirty].fill(0);
+            }
             give_buffer(std::mem::take(&mut self.buf));
-            self.at = 0;
-            self.end = 0;
+            *self = Window::default();
         }
     }
 }
@@ -256,17 +284,14 @@ impl Out {
 /// to wait on ([`super::socket::Socket`] does the waiting).
 pub struct TlsConn {
     conn: rustls::server::UnbufferedServerConnection,
-    /// Ciphertext read and not yet processed: `incoming[start..used]` (a worker's buffer
-    /// from a read until [`TlsConn::release_incoming`]).
-    incoming: Vec<u8>,
-    start: usize,
-    used: usize,
-    /// How much of `incoming` has held bytes since it was taken.
-    dirty: usize,
+    /// Ciphertext read and not yet processed (rustls decrypts it in place: wiped before
+    /// the buffer goes back).
+    incoming: Window,
     /// Plaintext decrypted and not yet read: `plain[plain_at..]`.
     plain: Vec<u8>,
     plain_at: usize,
-    out: Out,
+    /// Ciphertext waiting to be written.
+    out: Window,
     peer_closed: bool,
     close_notified: bool,
 }
@@ -280,13 +305,10 @@ impl TlsConn {
     pub fn new(config: Arc<rustls::ServerConfig>) -> Result<TlsConn, rustls::Error> {
         Ok(TlsConn {
             conn: rustls::server::UnbufferedServerConnection::new(config)?,
-            incoming: Vec::new(),
-            start: 0,
-            used: 0,
-            dirty: 0,
+            incoming: Window::default(),
             plain: Vec::new(),
             plain_at: 0,
-            out: Out::default(),
+            out: Window::default(),
             peer_closed: false,
             close_notified: false,
         })
@@ -300,7 +322,7 @@ impl TlsConn {
     /// Drive the handshake as far as the socket allows.
     pub fn handshake(&mut self, fd: RawFd) -> Result<Handshake, String> {
         loop {
-            match self.step(&mut []) {
+            match self.step(&mut [], |_, _| {}) {
                 Ok((Step::Again, _)) => continue,
                 Ok((Step::Traffic, _)) if !self.conn.is_handshaking() => {
                     // The last flight (TLS 1.2's Finished, TLS 1.3's tickets) goes first.
@@ -318,17 +340,19 @@ impl TlsConn {
                         Io::Done(_) => continue,
                         Io::WouldBlock => {
                             // A client that connects and waits holds no read buffer.
-                            self.release_incoming();
+                            self.incoming.release(true);
                             return Ok(Handshake::WantRead);
                         }
                     }
                 }
-                Ok((Step::PeerClosed, _)) if !self.conn.is_handshaking() => {
+                Ok((Step::PeerClosed | Step::Closed, _)) if !self.conn.is_handshaking() => {
                     // Finished, data and close_notify in one go: the data is read first.
                     self.peer_closed = true;
                     return Ok(Handshake::Complete);
                 }
-                Ok((Step::PeerClosed, _)) => return Err("closed during the handshake".into()),
+                Ok((Step::PeerClosed | Step::Closed, _)) => {
+                    return Err("closed during the handshake".into())
+                }
                 Err(e) => {
                     self.send_alert(fd);
                     return Err(e.to_string());
@@ -354,7 +378,7 @@ impl TlsConn {
             if self.peer_closed {
                 return Ok(Io::Done(0));
             }
-            match self.step(buf) {
+            match self.step(buf, |_, _| {}) {
                 Ok((_, copied)) if copied > 0 => return Ok(Io::Done(copied)),
                 Ok((Step::Again, _)) => {
                     // Answers to post-handshake messages (key updates) go out at once.
@@ -365,11 +389,11 @@ impl TlsConn {
                     Io::Done(_) => {}
                     Io::WouldBlock => {
                         // Nothing in flight: the read buffer goes until bytes arrive.
-                        self.release_incoming();
+                        self.incoming.release(true);
                         return Ok(Io::WouldBlock);
                     }
                 },
-                Ok((Step::PeerClosed, _)) => self.peer_closed = true,
+                Ok((Step::PeerClosed | Step::Closed, _)) => self.peer_closed = true,
                 Err(e) => {
                     self.send_alert(fd);
                     return Err(tls_error(e));
@@ -397,8 +421,8 @@ impl TlsConn {
     /// Write ciphertext that waits: `Ok(true)` when none is left.
     pub fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
         while !self.out.is_empty() {
-            match sys::writev(fd, &[self.out.pending()], false)? {
-                Io::Done(n) => self.out.at += n,
+            match sys::writev(fd, &[self.out.held()], false)? {
+                Io::Done(n) => self.out.consume(n),
                 Io::WouldBlock => return Ok(false),
             }
         }
@@ -413,18 +437,7 @@ impl TlsConn {
     /// Free the write buffer if nothing waits in it (the caller has nothing more to send
     /// for now).
     pub fn release(&mut self) {
-        self.out.release();
-    }
-
-    fn release_incoming(&mut self) {
-        if self.start == self.used && !self.incoming.is_empty() {
-            // rustls decrypts in place: what was read is plaintext, not for the next holder.
-            self.incoming[..self.dirty].fill(0);
-            give_buffer(std::mem::take(&mut self.incoming));
-            self.start = 0;
-            self.used = 0;
-            self.dirty = 0;
-        }
+        self.out.release(false);
     }
 
     /// Queue `close_notify` (once); [`TlsConn::flush`] sends it.
@@ -432,40 +445,43 @@ impl TlsConn {
         if std::mem::replace(&mut self.close_notified, true) {
             return;
         }
-        let _ = self.with_traffic(|w, out| loop {
-            match w.queue_close_notify(out.room(64)) {
-                Ok(n) => {
-                    out.end += n;
-                    break;
-                }
-                Err(EncryptError::InsufficientSize(s)) => {
-                    out.room(s.required_size);
-                }
-                Err(_) => break,
+        let _ = self.with_traffic(|w, out| {
+            let mut need = 64;
+            while let Err(EncryptError::InsufficientSize(s)) =
+                w.queue_close_notify(out.room(need)).map(|n| out.commit(n))
+            {
+                need = s.required_size;
             }
         });
     }
 
-    /// One call into rustls with the ciphertext read so far; plaintext it yields goes to
-    /// `dest` (how much is returned) and what does not fit to `plain`.
-    fn step(&mut self, dest: &mut [u8]) -> Result<(Step, usize), rustls::Error> {
-        let status = self
-            .conn
-            .process_tls_records(&mut self.incoming[self.start..self.used]);
+    /// One call into rustls with the ciphertext held (always: rustls may hold part of a
+    /// handshake message in it, and fails on an empty buffer then). Records rustls makes go
+    /// to `out`; decrypted plaintext to `dest` (how much is returned) and what does not fit
+    /// to `plain`; in the write-traffic state, `write` runs.
+    fn step(
+        &mut self,
+        dest: &mut [u8],
+        write: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Window),
+    ) -> Result<(Step, usize), rustls::Error> {
+        let status = self.conn.process_tls_records(self.incoming.held());
         let discard = status.discard;
         let mut copied = 0;
         let step = match status.state {
             Err(e) => Err(e),
-            Ok(ConnectionState::ReadTraffic(mut r)) => {
-                while let Some(record) = r.next_record() {
-                    let payload = record?.payload;
-                    let n = (dest.len() - copied).min(payload.len());
-                    dest[copied..copied + n].copy_from_slice(&payload[..n]);
-                    copied += n;
-                    self.plain.extend_from_slice(&payload[n..]);
+            Ok(ConnectionState::ReadTraffic(mut r)) => loop {
+                match r.next_record() {
+                    None => break Ok(Step::Again),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(record)) => {
+                        let payload = record.payload;
+                        let n = (dest.len() - copied).min(payload.len());
+                        dest[copied..copied + n].copy_from_slice(&payload[..n]);
+                        copied += n;
+                        self.plain.extend_from_slice(&payload[n..]);
+                    }
                 }
-                Ok(Step::Again)
-            }
+            },
             Ok(ConnectionState::EncodeTlsData(mut e)) => {
                 encode(&mut e, &mut self.out);
                 Ok(Step::Again)
@@ -476,124 +492,75 @@ impl TlsConn {
                 Ok(Step::Again)
             }
             Ok(ConnectionState::BlockedHandshake) => Ok(Step::NeedInput),
-            Ok(ConnectionState::WriteTraffic(_)) => Ok(Step::Traffic),
-            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => Ok(Step::PeerClosed),
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                write(&mut w, &mut self.out);
+                Ok(Step::Traffic)
+            }
+            Ok(ConnectionState::PeerClosed) => Ok(Step::PeerClosed),
+            Ok(ConnectionState::Closed) => Ok(Step::Closed),
             // Early data is not enabled; anything else is not expected of a server.
             Ok(other) => Err(rustls::Error::General(format!(
                 "unexpected TLS state {other:?}"
             ))),
         };
-        self.start += discard;
+        self.incoming.consume(discard);
         Ok((step?, copied))
     }
 
     /// Run `f` with the connection in its write-traffic state (records rustls wants sent
-    /// first are encoded into `out`, plaintext it has decrypted goes to `plain`).
+    /// first go to `out` before it, plaintext it decrypts to `plain`).
     fn with_traffic<R>(
         &mut self,
-        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Out) -> R,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Window) -> R,
     ) -> io::Result<R> {
         let mut f = Some(f);
+        let mut done = None;
         loop {
-            // The ciphertext held goes in too: rustls may be holding part of a handshake
-            // message in it (and panics on an empty buffer then).
-            let status = self
-                .conn
-                .process_tls_records(&mut self.incoming[self.start..self.used]);
-            let discard = status.discard;
-            let done = match status.state {
-                Ok(ConnectionState::WriteTraffic(mut w)) => {
-                    f.take().map(|f| Ok(f(&mut w, &mut self.out)))
-                }
-                Ok(ConnectionState::EncodeTlsData(mut e)) => {
-                    encode(&mut e, &mut self.out);
-                    None
-                }
-                Ok(ConnectionState::TransmitTlsData(t)) => {
-                    t.done();
-                    None
-                }
-                Ok(ConnectionState::ReadTraffic(mut r)) => {
-                    let mut failed = None;
-                    while let Some(record) = r.next_record() {
-                        match record {
-                            Ok(record) => self.plain.extend_from_slice(record.payload),
-                            Err(e) => {
-                                failed = Some(Err(tls_error(e)));
-                                break;
-                            }
-                        }
+            let step = self.step(&mut [], |w, out| done = f.take().map(|f| f(w, out)));
+            match step.map_err(tls_error)? {
+                (Step::Traffic, _) => {
+                    if let Some(done) = done {
+                        return Ok(done);
                     }
-                    failed
                 }
-                Ok(ConnectionState::PeerClosed) => {
-                    self.peer_closed = true;
-                    None
+                (Step::Again, _) => {}
+                (Step::PeerClosed, _) => self.peer_closed = true,
+                (Step::NeedInput | Step::Closed, _) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "TLS connection cannot send",
+                    ))
                 }
-                Ok(state) => Some(Err(io::Error::new(
-                    io::ErrorKind::NotConnected,
-                    format!("TLS connection cannot send ({state:?})"),
-                ))),
-                Err(e) => Some(Err(tls_error(e))),
-            };
-            self.start += discard;
-            if let Some(done) = done {
-                return done;
             }
         }
     }
 
-    /// Read ciphertext from the socket after what is there.
+    /// Read ciphertext from the socket after what is held.
     fn read_socket(&mut self, fd: RawFd) -> io::Result<Io> {
-        if self.used - self.start >= MAX_INCOMING {
+        if self.incoming.len() >= MAX_INCOMING {
             return Err(tls_error("TLS message too large"));
         }
-        if self.incoming.is_empty() {
-            self.incoming = take_buffer();
-        }
-        if self.start == self.used {
-            self.start = 0;
-            self.used = 0;
-        }
-        if self.incoming.len() - self.used < READ_SIZE {
-            // Move what is left of a record to the front; grow only for a large handshake
-            // message.
-            self.incoming.copy_within(self.start..self.used, 0);
-            self.used -= self.start;
-            self.start = 0;
-            if self.incoming.len() - self.used < READ_SIZE {
-                self.incoming.resize(self.used + READ_SIZE, 0);
-            }
-        }
-        let r = sys::recv(fd, &mut self.incoming[self.used..])?;
+        let r = sys::recv(fd, self.incoming.room(READ_SIZE))?;
         if let Io::Done(n) = r {
-            self.used += n;
-            self.dirty = self.dirty.max(self.used);
+            self.incoming.commit(n);
         }
         Ok(r)
     }
 
     /// After an error: send the alert rustls queued, best effort.
     fn send_alert(&mut self, fd: RawFd) {
-        let status = self
-            .conn
-            .process_tls_records(&mut self.incoming[self.start..self.used]);
-        let discard = status.discard;
-        if let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state {
-            encode(&mut e, &mut self.out);
-        }
-        self.start += discard;
+        let _ = self.step(&mut [], |_, _| {});
         let _ = self.flush(fd);
     }
 }
 
 /// Copy a record rustls made (handshake, alert, ticket, key update) into `out`.
-fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Out) {
+fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Window) {
     let mut need = 0;
     loop {
         match e.encode(out.room(need)) {
             Ok(n) => {
-                out.end += n;
+                out.commit(n);
                 return;
             }
             Err(EncodeError::InsufficientSize(s)) => need = s.required_size,
@@ -604,10 +571,10 @@ fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Out) {
 
 impl Drop for TlsConn {
     fn drop(&mut self) {
-        self.out.at = self.out.end;
-        self.out.release();
-        self.start = self.used;
-        self.release_incoming();
+        for (window, wipe) in [(&mut self.incoming, true), (&mut self.out, false)] {
+            window.consume(window.len());
+            window.release(wipe);
+        }
     }
 }
 
@@ -615,7 +582,7 @@ impl Drop for TlsConn {
 /// neighbouring parts share a record.
 fn encrypt_parts(
     w: &mut WriteTraffic<'_, ServerConnectionData>,
-    out: &mut Out,
+    out: &mut Window,
     parts: &[&[u8]],
 ) -> io::Result<usize> {
     let mut taken = 0;
@@ -654,7 +621,7 @@ fn encrypt_parts(
 /// Encrypt one piece of plaintext (as many records as it needs) into `out`.
 fn encrypt(
     w: &mut WriteTraffic<'_, ServerConnectionData>,
-    out: &mut Out,
+    out: &mut Window,
     plaintext: &[u8],
 ) -> io::Result<()> {
     // A record adds at most 29 bytes (TLS 1.2's explicit nonce and tag; 22 with TLS 1.3).
@@ -662,7 +629,7 @@ fn encrypt(
     loop {
         match w.encrypt(plaintext, out.room(need)) {
             Ok(n) => {
-                out.end += n;
+                out.commit(n);
                 return Ok(());
             }
             Err(EncryptError::InsufficientSize(s)) => need = s.required_size,
@@ -805,7 +772,7 @@ mod tests {
             }
         }
         assert!(got == sent, "the relay read what the client sent");
-        assert!(p.server.incoming.is_empty() && p.server.plain.is_empty());
+        assert!(p.server.incoming.buf.is_empty() && p.server.plain.is_empty());
 
         // Relay to client: a frame head, a short message and a payload larger than one
         // write takes, in as many writes as it needs.
@@ -884,11 +851,11 @@ mod tests {
     fn a_connection_that_sends_nothing_holds_no_read_buffer() {
         let mut p = Pair::new();
         assert_eq!(p.server.handshake(p.fd()).unwrap(), Handshake::WantRead);
-        assert!(p.server.incoming.is_empty());
+        assert!(p.server.incoming.buf.is_empty());
         // The first flight, then the client goes quiet: the buffer goes back.
         p.pump_client();
         assert_eq!(p.server.handshake(p.fd()).unwrap(), Handshake::WantRead);
-        assert!(p.server.incoming.is_empty());
+        assert!(p.server.incoming.buf.is_empty());
     }
 
     #[test]

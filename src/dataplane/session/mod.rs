@@ -15,8 +15,9 @@
 //! pointer to the segment's shared frame (a 48-byte queue entry), and writing is one
 //! `writev` over the queued parts. On a plain connection a payload that has a payload file
 //! leaves by `sendfile` after its head (`MSG_MORE`): no copy of it at all on the sending
-//! side. Otherwise (TLS, small payloads, `server.send_path = "writev"`) the `writev` is the
-//! one copy of the payload, into the kernel. No allocation per subscriber per segment.
+//! side. Otherwise (small payloads, `server.send_path = "writev"`) the `writev` is the one
+//! copy of the payload, into the kernel; TLS encrypts it first (`super::tls`). No
+//! allocation per subscriber per segment.
 
 mod context;
 mod ops;
@@ -465,6 +466,10 @@ async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<
                 timer = None;
                 timer_at = None;
             }
+            // Nothing left to send for now: TLS gives its write buffer back.
+            if !write_blocked && conn.queue.borrow().is_empty() {
+                sock.quiet();
+            }
             // 4. Quiet, and nothing at all to do: park (the task ends, a small wait remains).
             if conn.park_asked.get()
                 && timer.is_none()
@@ -478,13 +483,9 @@ async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<
                 && conn.pending_gets() == 0
                 && ctx.subscription_count(&conn) == 0
             {
-                sock.quiet();
                 break true;
             }
             // 5. Wait for input, socket room, a wake-up or the timer.
-            if !write_blocked && conn.queue.borrow().is_empty() {
-                sock.quiet();
-            }
             if !read_armed {
                 read_wait.set(stream.readable(false));
                 read_armed = true;
