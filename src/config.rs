@@ -175,9 +175,11 @@ pub struct ConnectionConfig {
     /// new one arrives skips to the newest (0: only the byte bound applies).
     #[serde(deserialize_with = "duration")]
     pub max_live_lag: Duration,
-    /// Most bytes a connection's kernel socket buffer holds not yet sent
-    /// (`TCP_NOTSENT_LOWAT`): beyond it the relay's own queue, and its lag bound, keep the
-    /// backlog. Default 64 KiB; 0: the kernel's default (unbounded up to the send buffer).
+    /// Most bytes a subscribing connection's kernel socket buffer holds not yet sent
+    /// (`TCP_NOTSENT_LOWAT`, set at its first subscription): beyond it the relay's own
+    /// queue, and its lag bound, keep the backlog. A connection that only `get`s keeps the
+    /// kernel's default. Default 64 KiB; 0: the kernel's default (unbounded up to the send
+    /// buffer).
     #[serde(deserialize_with = "bytesize")]
     pub socket_unsent: u64,
     /// How long a connection may stay over its send-queue limit before 4408.

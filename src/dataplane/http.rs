@@ -393,14 +393,6 @@ async fn upgrade(
         return;
     }
     core.stats.upgrade("ok");
-    // What the kernel may hold unsent for this viewer: beyond it the send queue's lag bound
-    // decides (0: the kernel's default).
-    let unsent = core.shared.config().connection.socket_unsent;
-    if unsent > 0 {
-        if let Err(e) = crate::sys::set_unsent_limit(stream.fd(), unsent as u32) {
-            tracing::debug!("TCP_NOTSENT_LOWAT: {e}");
-        }
-    }
     let conn = core.admit(id, record);
     tracing::debug!(conn = conn.id, uid = %conn.ticket.borrow().uid, %peer, "connected");
     // The connection lives on in tasks of its own, so everything the handshake used (this

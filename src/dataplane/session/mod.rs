@@ -131,6 +131,22 @@ pub struct Conn {
     pub closed: Cell<bool>,
     /// The relay is draining: answer the `get`s in flight, take no new requests, then 1001.
     pub draining: Cell<bool>,
+    /// Whether the kernel's unsent bytes for this connection are bounded yet.
+    unsent_bound: Cell<UnsentBound>,
+}
+
+/// The kernel's unsent bytes on a connection (`connection.socket_unsent`, `TCP_NOTSENT_LOWAT`).
+/// Only live segments need a bound: beyond it the send queue's lag bound decides what a
+/// lagging viewer skips. A connection that only `get`s keeps the kernel's default, so an
+/// object leaves in a few large `sendfile`s instead of one per bound's worth of bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsentBound {
+    /// The kernel's default: no subscription yet, or the setting is 0.
+    Kernel,
+    /// To be set before the connection's next write.
+    Wanted(u32),
+    /// Set (it stays for the connection's life).
+    Set,
 }
 
 impl Conn {
@@ -160,6 +176,32 @@ impl Conn {
             close_req: Cell::new(None),
             closed: Cell::new(false),
             draining: Cell::new(false),
+            unsent_bound: Cell::new(UnsentBound::Kernel),
+        }
+    }
+
+    /// The connection follows a stream: bound the kernel's unsent bytes to `limit` before
+    /// its next write (0: keep the kernel's default). Only the first call counts.
+    pub fn bound_unsent(&self, limit: u64) {
+        if limit > 0 && self.unsent_bound.get() == UnsentBound::Kernel {
+            let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+            self.unsent_bound.set(UnsentBound::Wanted(limit));
+        }
+    }
+
+    /// Where the connection's unsent bound stands.
+    pub fn unsent_bound(&self) -> UnsentBound {
+        self.unsent_bound.get()
+    }
+
+    /// The bound to set on the socket now, once.
+    fn take_unsent_bound(&self) -> Option<u32> {
+        match self.unsent_bound.get() {
+            UnsentBound::Wanted(limit) => {
+                self.unsent_bound.set(UnsentBound::Set);
+                Some(limit)
+            }
+            UnsentBound::Kernel | UnsentBound::Set => None,
         }
     }
 
@@ -400,7 +442,13 @@ async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<
         let stall_timeout = ctx.config().connection.stall_timeout;
 
         loop {
-            // 1. Write what we can.
+            // 1. Write what we can (a first subscription bounds the kernel's unsent bytes
+            // before its segments go out).
+            if let Some(limit) = conn.take_unsent_bound() {
+                if let Err(e) = sys::set_unsent_limit(sock.fd(), limit) {
+                    tracing::debug!("TCP_NOTSENT_LOWAT: {e}");
+                }
+            }
             if !write_blocked && (!conn.queue.borrow().is_empty() || sock.pending_output()) {
                 match write_some(&sock, &conn, ctx.stats()) {
                     Ok(true) => write_blocked = true,

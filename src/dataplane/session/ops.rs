@@ -102,7 +102,9 @@ fn handle<C: Context>(
                     "too many different streams in a minute",
                 ));
             }
-            ctx.subscribe(conn, id, &stream, from)
+            ctx.subscribe(conn, id, &stream, from)?;
+            conn.bound_unsent(limits.socket_unsent);
+            Ok(())
         }
         Request::Refresh { id, ticket } => {
             ctx.refresh(conn, id, ticket);
@@ -266,6 +268,33 @@ mod tests {
         assert_eq!(*ctx.gets_started.borrow(), 1);
         // Counted when answered, by the task: not yet.
         assert_eq!(ctx.stats.requests(Op::Get, Ok(())), 0);
+    }
+
+    #[test]
+    fn only_a_subscription_bounds_the_kernels_unsent_bytes() {
+        use super::super::UnsentBound;
+        let ctx = Recorder::default();
+        let c = conn(&["vod/*", "live/*"]);
+        assert!(send(&ctx, &c, r#"{"op":"get","id":1,"key":"vod/a"}"#).is_empty());
+        assert_eq!(c.unsent_bound(), UnsentBound::Kernel);
+        // A refused subscription bounds nothing.
+        let r = send(&ctx, &c, r#"{"op":"subscribe","id":2,"stream":"other/a"}"#);
+        assert_eq!(error_code(&r), Some("forbidden"));
+        assert_eq!(c.unsent_bound(), UnsentBound::Kernel);
+        assert!(send(&ctx, &c, r#"{"op":"subscribe","id":3,"stream":"live/a"}"#).is_empty());
+        let limit = ctx.config.connection.socket_unsent;
+        assert_eq!(c.unsent_bound(), UnsentBound::Wanted(limit as u32));
+
+        // With the setting at 0 a subscriber keeps the kernel's default.
+        let mut config = Config::default();
+        config.connection.socket_unsent = 0;
+        let ctx = Recorder {
+            config: Arc::new(config),
+            ..Recorder::default()
+        };
+        let c = conn(&["live/*"]);
+        assert!(send(&ctx, &c, r#"{"op":"subscribe","id":1,"stream":"live/a"}"#).is_empty());
+        assert_eq!(c.unsent_bound(), UnsentBound::Kernel);
     }
 
     #[test]
