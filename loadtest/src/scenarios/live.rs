@@ -13,7 +13,7 @@
 //! (p50 .. max; the server's clock starts when it has the segment ready to send), the
 //! end-to-end lag from the moment the producer renamed the segment into place (what a viewer
 //! sees: it includes the server's discovery and fetch, and any backlog it holds before it
-//! stamps `ts`; for `ingest`, from the last byte of the PUT written), handshake latency, `skipped` messages, errors and close codes by kind, and
+//! stamps `ts`; for `ingest`, from the moment the PUT's last byte is written), handshake latency, `skipped` messages, errors and close codes by kind, and
 //! with `--server-pid` the server's CPU seconds per GB delivered.
 
 use std::collections::BTreeMap;
@@ -210,7 +210,7 @@ struct Publisher {
 }
 
 impl Publisher {
-    /// PUT `body` as `key`; `sent` is called once the last byte is written. Returns the
+    /// PUT `body` as `key`; `sent` is called just before the last byte is written. Returns the
     /// status. One reconnect when the kept-alive connection was closed.
     fn put(&mut self, key: &str, body: &[u8], sent: impl Fn()) -> anyhow::Result<u16> {
         use std::io::{BufRead, Read, Write};
@@ -230,9 +230,18 @@ impl Publisher {
                 self.ticket,
                 body.len()
             );
+            // The clock starts just before the last byte is handed to the kernel: the relay
+            // cannot have the whole body before then. (Stamped after the write instead, a
+            // segment the relay fanned out while the write call was still returning had no
+            // stamp yet, and its fastest deliveries fell out of the histogram.)
+            let (most, last) = body.split_at(body.len().saturating_sub(1));
             let wrote = s
                 .write_all(head.as_bytes())
-                .and_then(|()| s.write_all(body));
+                .and_then(|()| s.write_all(most))
+                .and_then(|()| {
+                    sent();
+                    s.write_all(last)
+                });
             if let Err(e) = wrote {
                 self.conn = None;
                 if attempt == 0 {
@@ -240,7 +249,6 @@ impl Publisher {
                 }
                 return Err(e.into());
             }
-            sent();
             let mut r = std::io::BufReader::new(&*s);
             let mut line = String::new();
             let mut status = 0u16;
@@ -437,7 +445,7 @@ pub fn run_with(
             let name = segment_name(seq, "bin");
             if let Some(p) = publishers.get_mut(s) {
                 let key = format!("{}/{name}", stream_name(&a, s));
-                // Stamped when the last byte is written: ingest-to-viewer latency.
+                // Stamped as the last byte is written: ingest-to-viewer latency.
                 let stamp = || {
                     if let Some(at) = sh.written(s, i) {
                         at.store(now_micros(), Ordering::Relaxed);
