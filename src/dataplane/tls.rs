@@ -238,6 +238,26 @@ impl Window {
         self.dirty = self.dirty.max(self.end);
     }
 
+    /// Put bytes in with `put`, which writes into the room it is given and returns how many,
+    /// or fails; `needs` reads from a failure the room that would do (`None`: a real
+    /// failure, returned). Starts with room for `need` bytes.
+    fn fill<E>(
+        &mut self,
+        mut need: usize,
+        mut put: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        needs: impl Fn(&E) -> Option<usize>,
+    ) -> Result<(), E> {
+        loop {
+            match put(self.room(need)) {
+                Ok(n) => {
+                    self.commit(n);
+                    return Ok(());
+                }
+                Err(e) => need = needs(&e).ok_or(e)?,
+            }
+        }
+    }
+
     /// The bytes held.
     fn held(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.end]
@@ -445,14 +465,8 @@ impl TlsConn {
         if std::mem::replace(&mut self.close_notified, true) {
             return;
         }
-        let _ = self.with_traffic(|w, out| {
-            let mut need = 64;
-            while let Err(EncryptError::InsufficientSize(s)) =
-                w.queue_close_notify(out.room(need)).map(|n| out.commit(n))
-            {
-                need = s.required_size;
-            }
-        });
+        let _ = self
+            .with_traffic(|w, out| out.fill(64, |room| w.queue_close_notify(room), encrypt_needs));
     }
 
     /// One call into rustls with the ciphertext held (always: rustls may hold part of a
@@ -554,18 +568,24 @@ impl TlsConn {
     }
 }
 
-/// Copy a record rustls made (handshake, alert, ticket, key update) into `out`.
+/// Copy a record rustls made (handshake, alert, ticket, key update) into `out` (once:
+/// `AlreadyEncoded` after that).
 fn encode(e: &mut EncodeTlsData<'_, ServerConnectionData>, out: &mut Window) {
-    let mut need = 0;
-    loop {
-        match e.encode(out.room(need)) {
-            Ok(n) => {
-                out.commit(n);
-                return;
-            }
-            Err(EncodeError::InsufficientSize(s)) => need = s.required_size,
-            Err(EncodeError::AlreadyEncoded) => return,
-        }
+    let _ = out.fill(
+        0,
+        |room| e.encode(room),
+        |err| match err {
+            EncodeError::InsufficientSize(s) => Some(s.required_size),
+            EncodeError::AlreadyEncoded => None,
+        },
+    );
+}
+
+/// The room an encryption that failed for want of it needs.
+fn encrypt_needs(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        EncryptError::EncryptExhausted => None,
     }
 }
 
@@ -625,17 +645,9 @@ fn encrypt(
     plaintext: &[u8],
 ) -> io::Result<()> {
     // A record adds at most 29 bytes (TLS 1.2's explicit nonce and tag; 22 with TLS 1.3).
-    let mut need = plaintext.len() + (plaintext.len() / (16 * 1024) + 1) * 32;
-    loop {
-        match w.encrypt(plaintext, out.room(need)) {
-            Ok(n) => {
-                out.commit(n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(s)) => need = s.required_size,
-            Err(e) => return Err(tls_error(e)),
-        }
-    }
+    let need = plaintext.len() + (plaintext.len() / (16 * 1024) + 1) * 32;
+    out.fill(need, |room| w.encrypt(plaintext, room), encrypt_needs)
+        .map_err(tls_error)
 }
 
 #[cfg(test)]
