@@ -486,7 +486,9 @@ for run in $(seq 1 "$runs"); do
 done
 stop_all
 
-machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
+# TCP's congestion control is part of the machine: with BBR and no fq qdisc every server's
+# loopback figures are bimodal (tuning.md, "TCP congestion control").
+machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r), TCP $(cat /proc/sys/net/ipv4/tcp_congestion_control 2>/dev/null || echo unknown)"
 wsload_v=""
 client_wanted wsload && wsload_v=", wsload: ws $(node -p 'require("./bench/wsload/node_modules/ws/package.json").version' 2>/dev/null || echo '?')"
 versions="mediarelay $(git describe --always --dirty 2>/dev/null || echo '?'), nginx $(nginx -v 2>&1 | cut -d/ -f2), node $(node --version), iperf3 $(iperf3 --version | head -1 | awk '{print $2}'), $(openssl version | awk '{print $1, $2}') (nginx)$wsload_v"
