@@ -319,6 +319,54 @@ fn chunked_bodies_expect_continue_and_keep_alive() {
 }
 
 #[test]
+fn refusals_without_a_body_keep_the_connection_for_the_next_request() {
+    let r = Relay::start(&[]);
+    let publisher = r.issue("*", &["--publish", "vod/*"]);
+    let mut s = connect(r.addr);
+    // Each refused request is answered once, and the connection goes on with the next one,
+    // pipelined behind it: a bad key (400), no ticket (401), a key outside the ticket's
+    // publish rights (403), a DELETE of nothing (404), then one that passes.
+    let requests = format!(
+        "DELETE /ingest/vod/../x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\n\r\n\
+         DELETE /ingest/vod/a HTTP/1.1\r\nHost: x\r\n\r\n\
+         PUT /ingest/live/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\nContent-Length: 0\r\n\r\n\
+         DELETE /ingest/vod/none HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\n\r\n\
+         PUT /ingest/vod/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publisher}\r\nContent-Length: 2\r\n\r\nok"
+    );
+    s.write_all(requests.as_bytes()).unwrap();
+    let answers: Vec<(u16, String)> = (0..5)
+        .map(|_| {
+            let resp = read_resp(&mut s);
+            let code = if resp.status < 300 {
+                String::new()
+            } else {
+                error_of(&resp)
+            };
+            (resp.status, code)
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            (400, "bad_request".to_string()),
+            (401, "ticket_missing".to_string()),
+            (403, "forbidden".to_string()),
+            (404, "not_found".to_string()),
+            (201, String::new()),
+        ]
+    );
+    assert_eq!(std::fs::read(r.media().join("vod/a")).unwrap(), b"ok");
+    // Nothing more: each request was answered once.
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut more = [0u8; 1];
+    assert!(
+        !matches!(s.read(&mut more), Ok(1)),
+        "an answer nobody asked for"
+    );
+}
+
+#[test]
 fn a_body_cut_off_stores_and_publishes_nothing() {
     let r = Relay::start(&[("MEDIARELAY_HANDSHAKE_TIMEOUT", "1s")]);
     let publisher = r.issue("*", &["--publish", "live/*"]);

@@ -113,6 +113,9 @@ pub async fn serve(
     head_len: usize,
 ) -> bool {
     let has_body = req.framing != Framing::None;
+    // The request is taken whatever its answer: a kept-alive connection goes on with what
+    // follows it.
+    buf.drain(..head_len);
     // Before the body is read, an error answer ends the connection (the body, or part of
     // it, may be on its way).
     let early_keep = req.keep_alive && !has_body;
@@ -150,7 +153,6 @@ pub async fn serve(
     if !record.covers_publish(&key) {
         return fail("forbidden", 403).await;
     }
-    buf.drain(..head_len);
     let origin = core.shared.cache.origin().clone();
     if !req.put {
         let (status, result) = match origin.delete(&key).await {
