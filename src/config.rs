@@ -66,13 +66,23 @@ pub struct ServerConfig {
     /// Most WebSocket connections the relay holds; the next upgrade gets 503 `overloaded`.
     /// 0: the process's open-file limit less 256.
     pub max_connections: usize,
-    /// A connection that has sent nothing for this long is pinged.
+    /// A connection that has sent nothing for this long is pinged (at most half of
+    /// `idle_timeout`: see [`ServerConfig::ping_after`]).
     #[serde(deserialize_with = "duration")]
     pub ping_interval: Duration,
     /// A connection that has sent nothing (not even a pong) for this long is closed with
     /// 4402 (`idle_timeout`).
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// How long a connection stays silent before it is pinged: `ping_interval`, but at most
+    /// half of `idle_timeout`, so that a client that answers pings is never closed as idle
+    /// (setting only `idle_timeout` below the default ping interval is valid).
+    pub fn ping_after(&self) -> Duration {
+        self.ping_interval.min(self.idle_timeout / 2)
+    }
 }
 
 /// `[storage]`: the origin, discovery and the segment cache.
@@ -494,19 +504,17 @@ impl Config {
         if self.connection.max_message < 125 || self.connection.max_message > 1 << 20 {
             return bad("connection.max_message", "must be between 125 B and 1 MiB");
         }
-        if self.server.idle_timeout <= self.server.ping_interval
-            || self.server.ping_interval < Duration::from_millis(100)
-        {
-            return bad(
-                "server.idle_timeout",
-                "must be longer than server.ping_interval (at least 100ms)",
-            );
+        if self.server.ping_interval < Duration::from_millis(100) {
+            return bad("server.ping_interval", "must be at least 100ms");
+        }
+        if self.server.idle_timeout < Duration::from_millis(200) {
+            return bad("server.idle_timeout", "must be at least 200ms");
         }
         if self.connection.max_requests_per_sec == 0 {
             return bad("connection.max_requests_per_sec", "must be at least 1");
         }
-        if self.connection.send_queue < 64 << 10 {
-            return bad("connection.send_queue", "must be at least 64 KiB");
+        if self.connection.send_queue < 1 << 10 {
+            return bad("connection.send_queue", "must be at least 1 KiB");
         }
         if self.storage.poll_interval < Duration::from_millis(10) {
             return bad("storage.poll_interval", "must be at least 10ms");
@@ -708,6 +716,38 @@ mod tests {
         let c = Config::load(None, env, &[]).unwrap();
         assert_eq!(c.connection.max_pending_gets, 3);
         assert_eq!(c.tickets.lookup_timeout, Duration::from_millis(750));
+    }
+
+    #[test]
+    fn each_contract_setting_alone_starts_a_relay() {
+        // Test suites set one of PROTOCOL.md's settings at a time, to small values.
+        for (name, value) in [
+            ("MEDIARELAY_IDLE_TIMEOUT", "2s"),
+            ("MEDIARELAY_PING_INTERVAL", "5m"),
+            ("MEDIARELAY_SEND_QUEUE", "4096"),
+            ("MEDIARELAY_MAX_OBJECT_SIZE", "4096"),
+            ("MEDIARELAY_MAX_CONNECTIONS", "2"),
+            ("MEDIARELAY_EXPIRING_NOTICE", "1s"),
+            ("MEDIARELAY_MAX_PENDING_GETS", "1"),
+            ("MEDIARELAY_POLL_INTERVAL", "50ms"),
+            ("MEDIARELAY_LOOKUP_TIMEOUT", "100ms"),
+        ] {
+            let c = Config::load(None, vec![(name.into(), value.into())], &[]);
+            assert!(c.is_ok(), "{name}={value}: {c:?}");
+        }
+        // A ping interval not below the idle timeout pings at half of it, so a client that
+        // answers pings stays.
+        let c = Config::load(
+            None,
+            vec![("MEDIARELAY_IDLE_TIMEOUT".into(), "2s".into())],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.ping_after(), Duration::from_secs(1));
+        assert_eq!(
+            Config::default().server.ping_after(),
+            Duration::from_secs(30)
+        );
     }
 
     #[test]

@@ -66,10 +66,20 @@ impl Raw {
 
 #[test]
 fn silent_connections_are_pinged_then_closed_with_4402() {
-    let r = Relay::start(&[
+    pinged_then_closed(&[
         ("MEDIARELAY_PING_INTERVAL", "500ms"),
         ("MEDIARELAY_IDLE_TIMEOUT", "1500ms"),
     ]);
+}
+
+#[test]
+fn an_idle_timeout_below_the_ping_interval_still_pings() {
+    // Only the idle timeout, under the default 30 s ping interval: pings come at half of it.
+    pinged_then_closed(&[("MEDIARELAY_IDLE_TIMEOUT", "1500ms")]);
+}
+
+fn pinged_then_closed(env: &[(&str, &str)]) {
+    let r = Relay::start(env);
     let t = r.issue("*", &[]);
     let start = Instant::now();
     let mut silent = Raw::connect(r.addr, &t);

@@ -167,7 +167,7 @@ impl Core {
         let instant = Instant::now();
         let config = self.shared.config();
         let notice = config.tickets.expiring_notice;
-        let (ping_after, idle_after) = (config.server.ping_interval, config.server.idle_timeout);
+        let (ping_after, idle_after) = (config.server.ping_after(), config.server.idle_timeout);
         let mut queued = 0u64;
         for (_, conn) in self.conns.borrow().iter() {
             queued += conn.queue.borrow().bytes() as u64;
