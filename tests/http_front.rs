@@ -36,6 +36,40 @@ fn health_ready_metrics_and_errors() {
     assert!(body.contains("method_not_allowed"));
     let (s, _) = raw_http(r.addr, b"DELETE /ws HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(s, 405);
+    // With a body (only ingest takes one) the path and method still decide: 404, 405, and
+    // 400 only for a body on a request that is otherwise good.
+    for (req, status, code) in [
+        (
+            &b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"[..],
+            404,
+            "not_found",
+        ),
+        (
+            b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            b"PUT /readyz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+            400,
+            "bad_request",
+        ),
+    ] {
+        let started = Instant::now();
+        let (s, body) = raw_http(r.addr, req).unwrap();
+        assert_eq!(
+            (s, body),
+            (status, format!("{{\"error\":\"{code}\"}}")),
+            "{}",
+            String::from_utf8_lossy(req)
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
     let (s, body) = raw_http(r.addr, b"\x16\x03\x01garbage\r\n\r\n").unwrap();
     assert_eq!(s, 400);
     assert!(body.contains("bad_request"));

@@ -161,13 +161,29 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
             }
             continue;
         }
+        let allowed = method == "GET" || (method == "HEAD" && route != Route::Ws);
         if framing != Framing::None {
-            // Only ingest takes a body.
-            error(&stream, 400, "bad_request", false).await;
+            // Only ingest takes a body: answer what the path and method get anyway (400 for
+            // a body where the request is otherwise good), then close without reading it.
+            match route {
+                Route::NotFound => error(&stream, 404, "not_found", false).await,
+                _ if !allowed => {
+                    respond(
+                        &stream,
+                        405,
+                        "application/json",
+                        br#"{"error":"method_not_allowed"}"#,
+                        &[("Allow", "GET")],
+                        false,
+                    )
+                    .await;
+                }
+                _ => error(&stream, 400, "bad_request", false).await,
+            }
+            linger_close(&stream).await;
             return;
         }
-        if route != Route::NotFound && method != "GET" && !(method == "HEAD" && route != Route::Ws)
-        {
+        if route != Route::NotFound && !allowed {
             respond(
                 &stream,
                 405,
