@@ -145,9 +145,13 @@ fn close_code_for(raw: &[u8], env: &[(&str, &str)]) -> Option<u16> {
 
 #[test]
 fn bad_frames_get_their_close_codes() {
-    // Binary frames are not part of v1.
+    // Binary frames are not part of v1, small or over the message size limit.
     assert_eq!(
         close_code_for(&frame(true, 2, b"\x00\x01"), &[]),
+        Some(1003)
+    );
+    assert_eq!(
+        close_code_for(&frame(true, 2, &vec![0u8; 5000]), &[]),
         Some(1003)
     );
     // Invalid UTF-8 in a text frame.

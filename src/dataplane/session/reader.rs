@@ -110,6 +110,11 @@ impl Reader {
             let len = match frame::frame_len(&buf[at..], max) {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
+                // A binary frame is refused for what it is (1003), whatever its size.
+                Err(CloseCode::TooBig) if buf[at] & 0x0f == 0x2 && !ctx.echo() => {
+                    conn.request_close(CloseReq::code(CloseCode::UnsupportedData));
+                    break;
+                }
                 Err(code) => {
                     conn.request_close(CloseReq::code(code));
                     break;
