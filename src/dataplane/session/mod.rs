@@ -273,7 +273,8 @@ impl Conn {
         })
     }
 
-    /// `get`s waiting for an answer.
+    /// `get`s waiting for an answer, the one being answered included (it may be waiting for
+    /// room in the send queue).
     pub fn pending_gets(&self) -> usize {
         self.requests
             .borrow()
@@ -286,13 +287,22 @@ impl Conn {
         self.requests().pending_gets.push_back((id, key));
     }
 
-    /// The next `get` to answer.
+    /// The next `get` to answer; it stays counted in [`Conn::pending_gets`] until
+    /// [`Conn::get_answered`].
     pub fn next_get(&self) -> Option<(u32, String)> {
         self.requests
-            .borrow_mut()
-            .as_mut()?
+            .borrow()
+            .as_ref()?
             .pending_gets
-            .pop_front()
+            .front()
+            .cloned()
+    }
+
+    /// The `get` from [`Conn::next_get`] is answered (its reply or error is queued).
+    pub fn get_answered(&self) {
+        if let Some(r) = self.requests.borrow_mut().as_mut() {
+            r.pending_gets.pop_front();
+        }
     }
 
     /// Whether `get`s are being answered.

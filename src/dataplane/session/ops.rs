@@ -319,6 +319,13 @@ mod tests {
         }
         let r = send(&ctx, &c, r#"{"op":"get","id":999,"key":"k"}"#);
         assert_eq!(error_code(&r), Some("rate_limited"));
+        // The get being answered (it may wait for room) still counts until it is answered.
+        assert_eq!(c.next_get().map(|(id, _)| id), Some(0));
+        let r = send(&ctx, &c, r#"{"op":"get","id":1000,"key":"k"}"#);
+        assert_eq!(error_code(&r), Some("rate_limited"));
+        c.get_answered();
+        assert!(send(&ctx, &c, r#"{"op":"get","id":1001,"key":"k"}"#).is_empty());
+        assert_eq!(c.next_get().map(|(id, _)| id), Some(1));
     }
 
     #[test]

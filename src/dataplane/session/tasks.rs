@@ -61,6 +61,7 @@ pub async fn serve_gets<C: Context>(ctx: Rc<C>, cache: Arc<Cache>, conn: Rc<Conn
                 conn.push_error(Some(id), e.code(), &e.to_string());
             }
         }
+        conn.get_answered();
     }
     conn.get_task.set(false);
     if conn.draining.get() {
