@@ -222,6 +222,10 @@ mod tests {
             "a".repeat(64)
         );
         assert_eq!(parse(good.as_bytes()).unwrap().len(), 1);
+        // A record's fields that the contract does not list are ignored.
+        let extra = good.replace("\"uid\":\"u\"", "\"uid\":\"u\",\"note\":\"from the CMS\"");
+        assert_ne!(extra, good);
+        assert_eq!(parse(extra.as_bytes()).unwrap()[0].1.uid, "u");
         let upper = good.replace(&"a".repeat(64), &"A".repeat(64));
         assert!(parse(upper.as_bytes()).is_err());
     }

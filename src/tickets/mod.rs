@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 /// A ticket id: the SHA-256 of the ticket string.
 pub type TicketId = [u8; 32];
 
-/// What a ticket grants, as stored (PROTOCOL.md's ticket table).
+/// What a ticket grants, as stored (PROTOCOL.md's ticket table). Fields the table does not
+/// list are ignored, so the systems that write tickets may keep their own beside them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct TicketRecord {
     /// The user it was issued to.
     pub uid: String,
