@@ -551,3 +551,53 @@ fn a_viewer_that_falls_behind_in_time_skips_to_the_newest() {
     );
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
 }
+
+/// A send queue smaller than one segment (the contract's sizes start at `4096`): each
+/// segment still goes out whole, and one that finds the queue full replaces the queued one
+/// behind `skipped`.
+#[test]
+fn a_send_queue_smaller_than_a_segment_sends_whole_frames() {
+    let r = Relay::start(&[
+        ("MEDIARELAY_SEND_QUEUE", "4096"),
+        ("MEDIARELAY_MAX_LIVE_LAG", "0s"),
+        ("MEDIARELAY_POLL_INTERVAL", "20ms"),
+    ]);
+    let s = "live/small";
+    let t = r.issue(s, &[]);
+    let mut c = r.ws(&t);
+    c.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(c.json()["op"], "subscribed");
+    // More than both sockets' buffers can hold while the viewer reads nothing.
+    let max_buffer = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .unwrap_or(8 << 20)
+    };
+    let n = ((max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) * 2 / (1 << 20) + 10).max(30);
+    for seq in 1..=n {
+        r.put(&seg_key(s, seq), &seg(seq, 1 << 20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut seqs, mut skipped) = (Vec::new(), Vec::new());
+    while seqs.last() != Some(&n) {
+        match c.recv() {
+            Got::Media(m, p) => {
+                assert_eq!(p.len(), 1 << 20, "never a partial frame");
+                seqs.push(m["seq"].as_u64().unwrap());
+            }
+            Got::Json(v) => {
+                assert_eq!(v["op"], "skipped", "{v}");
+                skipped.push((v["from"].as_u64().unwrap(), v["to"].as_u64().unwrap()));
+            }
+            Got::Closed(code) => panic!("closed: {code:?}"),
+        }
+    }
+    assert!(!skipped.is_empty(), "nothing was dropped: {seqs:?}");
+    let mut all = seqs.clone();
+    for (from, to) in &skipped {
+        all.extend(*from..=*to);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=n).collect::<Vec<_>>(), "{seqs:?} {skipped:?}");
+}
