@@ -63,6 +63,46 @@ fn get_hit_miss_forbidden_and_bad_keys() {
     assert_eq!(origin, 4.0);
 }
 
+/// PROTOCOL.md: a client that asks for more than its queue allows waits, and its other
+/// requests wait behind it.
+#[test]
+fn requests_wait_behind_gets_that_wait_for_room() {
+    let r = Relay::start(&[("MEDIARELAY_SEND_QUEUE", "4096")]);
+    let object: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 249) as u8).collect();
+    r.put("vod/big", &object);
+    let t = r.issue("*", &[]);
+    let mut c = r.ws(&t);
+    // More MiB than both sockets hold while the client reads nothing (and under the 64
+    // gets that may wait).
+    let max_buffer = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .unwrap_or(8 << 20)
+    };
+    let n = ((max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) / (1 << 20) + 10).min(60);
+    for id in 1..=n {
+        c.send(json!({"op":"get","id":id,"key":"vod/big"}));
+    }
+    c.send(json!({"op":"unsubscribe","id":n + 1,"stream":"live/a"}));
+    c.send(json!({"op":"get","id":n + 2,"key":"vod/big"}));
+    let mut order = Vec::new();
+    while order.len() < n as usize + 2 {
+        match c.recv() {
+            Got::Media(m, body) => {
+                assert_eq!(body.len(), object.len());
+                order.push(m["id"].as_u64().unwrap());
+            }
+            Got::Json(v) => {
+                assert_eq!(v["op"], "unsubscribed", "{v}");
+                order.push(v["id"].as_u64().unwrap());
+            }
+            Got::Closed(code) => panic!("closed: {code:?}"),
+        }
+    }
+    assert_eq!(order, (1..=n + 2).collect::<Vec<_>>());
+}
+
 #[test]
 fn long_segments_and_big_numbers_are_answered_plainly() {
     let r = Relay::start(&[]);

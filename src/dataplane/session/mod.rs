@@ -42,7 +42,7 @@ use super::notify::Notify;
 use crate::dataplane::socket::Socket;
 use crate::fanout::sendq::SendQueue;
 use crate::fanout::{Seg, Viewer};
-use crate::protocol::{CloseCode, ErrorCode, Reason, Reply};
+use crate::protocol::{CloseCode, ErrorCode, Reason, Reply, Request};
 use crate::sys::{self, Io, MAX_IOV};
 use crate::tickets::{TicketId, TicketRecord};
 use crate::ws::frame;
@@ -91,8 +91,27 @@ struct Requests {
     /// Streams subscribed to in the last minute (a hash of the name, when): bounds how many
     /// different streams one connection makes the relay discover.
     recent_streams: Vec<(u64, Instant)>,
-    /// `get`s waiting for an answer, in order: (request id, key).
-    pending_gets: VecDeque<(u32, String)>,
+    /// Requests waiting for an answer, in order: `get`s, and the requests that came behind
+    /// a waiting `get` (PROTOCOL.md: they wait behind it).
+    waiting: VecDeque<Waiting>,
+    /// How many of `waiting` are `get`s (the one being answered included).
+    gets: usize,
+}
+
+/// A request waiting its turn.
+enum Waiting {
+    /// A `get` (request id, key).
+    Get(u32, String),
+    /// Another request that came while a `get` waited: run when its turn comes.
+    Later(Request),
+}
+
+/// What the `get` task does next (see [`Conn::next_request`]).
+pub enum Next {
+    /// Answer a `get`, then call [`Conn::get_answered`].
+    Get(u32, String),
+    /// Run a request that waited behind `get`s.
+    Later(Request),
 }
 
 /// State shared by a connection's tasks and its worker. Its subscriptions are not here:
@@ -276,32 +295,52 @@ impl Conn {
     /// `get`s waiting for an answer, the one being answered included (it may be waiting for
     /// room in the send queue).
     pub fn pending_gets(&self) -> usize {
+        self.requests.borrow().as_ref().map_or(0, |r| r.gets)
+    }
+
+    /// Whether requests wait for the `get` task (a later request waits behind them).
+    pub fn requests_waiting(&self) -> bool {
         self.requests
             .borrow()
             .as_ref()
-            .map_or(0, |r| r.pending_gets.len())
+            .is_some_and(|r| !r.waiting.is_empty())
     }
 
     /// Queue `get` request `id` of `key` for the `get` task.
     pub fn push_get(&self, id: u32, key: String) {
-        self.requests().pending_gets.push_back((id, key));
+        let mut r = self.requests();
+        r.waiting.push_back(Waiting::Get(id, key));
+        r.gets += 1;
     }
 
-    /// The next `get` to answer; it stays counted in [`Conn::pending_gets`] until
-    /// [`Conn::get_answered`].
-    pub fn next_get(&self) -> Option<(u32, String)> {
-        self.requests
-            .borrow()
-            .as_ref()?
-            .pending_gets
-            .front()
-            .cloned()
+    /// Queue another request behind the waiting `get`s.
+    pub fn push_later(&self, request: Request) {
+        self.requests().waiting.push_back(Waiting::Later(request));
     }
 
-    /// The `get` from [`Conn::next_get`] is answered (its reply or error is queued).
+    /// What the `get` task does next (call it once per turn). A `get` stays counted in
+    /// [`Conn::pending_gets`] until [`Conn::get_answered`]; a later request leaves the
+    /// queue now.
+    pub fn next_request(&self) -> Option<Next> {
+        let mut requests = self.requests.borrow_mut();
+        let r = requests.as_mut()?;
+        match r.waiting.front_mut()? {
+            // The key moves out: the entry only counts from here on.
+            Waiting::Get(id, key) => Some(Next::Get(*id, std::mem::take(key))),
+            Waiting::Later(_) => match r.waiting.pop_front() {
+                Some(Waiting::Later(request)) => Some(Next::Later(request)),
+                _ => None,
+            },
+        }
+    }
+
+    /// The `get` from [`Conn::next_request`] is answered (its reply or error is queued).
     pub fn get_answered(&self) {
         if let Some(r) = self.requests.borrow_mut().as_mut() {
-            r.pending_gets.pop_front();
+            if let Some(Waiting::Get(..)) = r.waiting.front() {
+                r.waiting.pop_front();
+                r.gets -= 1;
+            }
         }
     }
 
@@ -538,7 +577,7 @@ async fn run<C: Context>(ctx: Rc<C>, conn: Rc<Conn>, sock: Socket, pending: Vec<
                 && !sock.pending_output()
                 && reader.is_empty()
                 && !conn.get_task_running()
-                && conn.pending_gets() == 0
+                && !conn.requests_waiting()
                 && ctx.subscription_count(&conn) == 0
             {
                 break true;
@@ -663,7 +702,8 @@ fn write_some(
 fn finish<C: Context>(ctx: &C, conn: &Conn) {
     conn.closed.set(true);
     if let Some(r) = conn.requests.borrow_mut().as_mut() {
-        r.pending_gets.clear();
+        r.waiting.clear();
+        r.gets = 0;
     }
     conn.room.notify();
     ctx.closed(conn);

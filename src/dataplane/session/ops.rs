@@ -15,19 +15,8 @@ use crate::protocol::{self, CloseCode, ErrorCode, Op, Reply, Request, RequestErr
 /// Act on one complete text message.
 pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMut) {
     let request = protocol::parse(&mut payload);
-    let (op, id) = match &request {
-        Request::Get { id, .. } => (Op::Get, Some(*id)),
-        Request::Subscribe { id, .. } => (Op::Subscribe, Some(*id)),
-        Request::Unsubscribe { id, .. } => (Op::Unsubscribe, Some(*id)),
-        Request::Refresh { id, .. } => (Op::Refresh, Some(*id)),
-        Request::Bad { id, .. } => (Op::Bad, *id),
-    };
-    if conn.draining.get() {
-        let e = RequestError::new(ErrorCode::Unavailable, "the relay is shutting down");
-        return conn.push_error(id, e.code, &e.message);
-    }
-    let config = ctx.config();
-    let per_sec = config.connection.max_requests_per_sec;
+    let (op, id) = op_and_id(&request);
+    let per_sec = ctx.config().connection.max_requests_per_sec;
     if let Err(flooding) = conn.note_request(per_sec, Instant::now()) {
         ctx.stats().request(op, Err(ErrorCode::RateLimited));
         if flooding {
@@ -35,6 +24,39 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
         }
         return conn.push_error(id, ErrorCode::RateLimited, "too many requests per second");
     }
+    // A `get` waiting for room holds the requests behind it (PROTOCOL.md, slow consumers):
+    // they run in their turn, from the `get` task. (More `get`s join the same queue; a
+    // message that is not a request is answered at once.)
+    if matches!(op, Op::Subscribe | Op::Unsubscribe | Op::Refresh) && conn.requests_waiting() {
+        return conn.push_later(request);
+    }
+    run(ctx, conn, op, id, request);
+}
+
+/// Run a request that waited behind `get`s, now that its turn has come.
+pub(super) fn waited<C: Context>(ctx: &C, conn: &Rc<Conn>, request: Request) {
+    let (op, id) = op_and_id(&request);
+    run(ctx, conn, op, id, request);
+}
+
+fn op_and_id(request: &Request) -> (Op, Option<u32>) {
+    match request {
+        Request::Get { id, .. } => (Op::Get, Some(*id)),
+        Request::Subscribe { id, .. } => (Op::Subscribe, Some(*id)),
+        Request::Unsubscribe { id, .. } => (Op::Unsubscribe, Some(*id)),
+        Request::Refresh { id, .. } => (Op::Refresh, Some(*id)),
+        Request::Bad { id, .. } => (Op::Bad, *id),
+    }
+}
+
+/// Run one request and count it; an error is answered with an `error` reply. A draining
+/// relay takes no new request.
+fn run<C: Context>(ctx: &C, conn: &Rc<Conn>, op: Op, id: Option<u32>, request: Request) {
+    if conn.draining.get() {
+        let e = RequestError::new(ErrorCode::Unavailable, "the relay is shutting down");
+        return conn.push_error(id, e.code, &e.message);
+    }
+    let config = ctx.config();
     let result = handle(ctx, conn, &config, request);
     // A queued `get` or a `refresh` under way is counted when it is answered (by its
     // task), not here.
@@ -221,6 +243,11 @@ mod tests {
     /// Send `text`; return the JSON replies queued.
     fn send(ctx: &Recorder, conn: &Rc<Conn>, text: &str) -> Vec<serde_json::Value> {
         message(ctx, conn, BytesMut::from(text.as_bytes()));
+        written(conn)
+    }
+
+    /// The text frames queued on `conn`, taken off its queue.
+    fn written(conn: &Rc<Conn>) -> Vec<serde_json::Value> {
         let mut q = conn.queue.borrow_mut();
         let mut wire = Vec::new();
         while !q.is_empty() {
@@ -277,6 +304,7 @@ mod tests {
         let c = conn(&["vod/*", "live/*"]);
         assert!(send(&ctx, &c, r#"{"op":"get","id":1,"key":"vod/a"}"#).is_empty());
         assert_eq!(c.unsent_bound(), UnsentBound::Kernel);
+        c.get_answered();
         // A refused subscription bounds nothing.
         let r = send(&ctx, &c, r#"{"op":"subscribe","id":2,"stream":"other/a"}"#);
         assert_eq!(error_code(&r), Some("forbidden"));
@@ -320,12 +348,16 @@ mod tests {
         let r = send(&ctx, &c, r#"{"op":"get","id":999,"key":"k"}"#);
         assert_eq!(error_code(&r), Some("rate_limited"));
         // The get being answered (it may wait for room) still counts until it is answered.
-        assert_eq!(c.next_get().map(|(id, _)| id), Some(0));
+        let get_id = |next: Option<super::super::Next>| match next {
+            Some(super::super::Next::Get(id, _)) => Some(id),
+            _ => None,
+        };
+        assert_eq!(get_id(c.next_request()), Some(0));
         let r = send(&ctx, &c, r#"{"op":"get","id":1000,"key":"k"}"#);
         assert_eq!(error_code(&r), Some("rate_limited"));
         c.get_answered();
         assert!(send(&ctx, &c, r#"{"op":"get","id":1001,"key":"k"}"#).is_empty());
-        assert_eq!(c.next_get().map(|(id, _)| id), Some(1));
+        assert_eq!(get_id(c.next_request()), Some(1));
     }
 
     #[test]
@@ -458,6 +490,49 @@ mod tests {
             send(&ctx, &c, r#"{"op":"unsubscribe","id":9,"stream":"s"}"#);
         }
         assert_eq!(c.close_req.get(), Some(CloseReq::code(CloseCode::Policy)));
+    }
+
+    #[test]
+    fn requests_behind_a_waiting_get_wait_their_turn() {
+        use super::super::Next;
+        let ctx = Recorder::default();
+        let c = conn(&["*"]);
+        // Nothing waits: answered at once.
+        let r = send(&ctx, &c, r#"{"op":"unsubscribe","id":1,"stream":"s"}"#);
+        assert_eq!(r[0]["op"], "unsubscribed");
+        assert!(send(&ctx, &c, r#"{"op":"get","id":2,"key":"k"}"#).is_empty());
+        // Behind the get: no reply yet, nor for a get after it.
+        assert!(send(&ctx, &c, r#"{"op":"unsubscribe","id":3,"stream":"s"}"#).is_empty());
+        assert!(send(&ctx, &c, r#"{"op":"subscribe","id":4,"stream":"live/a"}"#).is_empty());
+        assert!(send(&ctx, &c, r#"{"op":"get","id":5,"key":"k"}"#).is_empty());
+        assert!(ctx.subs.borrow().is_empty());
+        assert_eq!(c.pending_gets(), 2);
+        // The get task's turns, in order.
+        let mut order = Vec::new();
+        while let Some(next) = c.next_request() {
+            match next {
+                Next::Get(id, _) => {
+                    order.push(id);
+                    c.get_answered();
+                }
+                Next::Later(request) => {
+                    let id = op_and_id(&request).1.unwrap();
+                    waited(&ctx, &c, request);
+                    // Its own reply, if it has one here (`subscribed` comes from the
+                    // subscription's task).
+                    for reply in written(&c) {
+                        assert_eq!(reply["id"], id);
+                    }
+                    order.push(id);
+                }
+            }
+        }
+        assert_eq!(order, [2, 3, 4, 5]);
+        assert_eq!(ctx.subs.borrow().len(), 1);
+        assert_eq!(c.pending_gets(), 0);
+        // The queue is empty again: answered at once.
+        let r = send(&ctx, &c, r#"{"op":"unsubscribe","id":6,"stream":"s"}"#);
+        assert_eq!(r[0]["id"], 6);
     }
 
     #[test]

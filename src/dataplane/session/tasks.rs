@@ -1,12 +1,12 @@
-//! The short-lived tasks of a connection: answering its `get`s in order, and catching a
-//! new subscription up from its start point to the live edge. Both wait for room in the
+//! The short-lived tasks of a connection: answering its `get`s in order (with the requests
+//! that came behind them), and catching a new subscription up from its start point to the live edge. Both wait for room in the
 //! send queue (a client that reads slowly paces them; nothing is dropped) and end when
 //! their work is done or the connection closes.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{CloseReq, Conn, Context, Sub};
+use super::{ops, CloseReq, Conn, Context, Next, Sub};
 use crate::fanout::stream::frame_prefix;
 use crate::fanout::{Seg, Viewer};
 use crate::origin::cache::Cache;
@@ -31,14 +31,20 @@ async fn wait_room(conn: &Conn, len: usize) -> bool {
     }
 }
 
-/// Answer the connection's `get`s in order; exits when none are left.
+/// Answer the connection's `get`s in order, and run the requests that came behind them in
+/// their turn; exits when none are left.
 pub async fn serve_gets<C: Context>(ctx: Rc<C>, cache: Arc<Cache>, conn: Rc<Conn>) {
-    loop {
-        let next = conn.next_get();
-        let Some((id, key)) = next else { break };
+    while let Some(next) = conn.next_request() {
         if conn.closed.get() {
             break;
         }
+        let (id, key) = match next {
+            Next::Get(id, key) => (id, key),
+            Next::Later(request) => {
+                ops::waited(&*ctx, &conn, request);
+                continue;
+            }
+        };
         match cache.get(&key).await {
             Ok(obj) => {
                 let meta = GetMeta {
