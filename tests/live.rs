@@ -150,6 +150,57 @@ fn a_late_or_replaced_init_segment_reaches_live_subscribers() {
     assert_eq!(d.media().1, b"INIT-B!");
 }
 
+/// A subscriber still catching up when the init is replaced gets the new init before the
+/// first segment made with it, and the old one before the older segments.
+#[test]
+fn a_replaced_init_reaches_a_subscriber_catching_up() {
+    let r = Relay::start(&[
+        ("MEDIARELAY_SEND_QUEUE", "4096"),
+        ("MEDIARELAY_POLL_INTERVAL", "20ms"),
+    ]);
+    let s = "live/restart";
+    let t = r.issue("live/*", &[]);
+    // More MiB than both sockets hold, so a reader that reads nothing stays behind.
+    let max_buffer = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .unwrap_or(8 << 20)
+    };
+    let n = (max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) / (1 << 20) + 10;
+    r.put(&format!("{s}/init.mp4"), b"INIT-A");
+    for seq in 1..=n {
+        r.put(&seg_key(s, seq), &seg(seq, 1 << 20));
+    }
+    let mut slow = r.ws(&t);
+    slow.send(json!({"op":"subscribe","id":1,"stream":s,"from":"start"}));
+    assert_eq!(slow.json()["seq"], 1);
+    // A live viewer shows when the relay has the new init and the next segment.
+    let mut live = r.ws(&t);
+    live.send(json!({"op":"subscribe","id":1,"stream":s}));
+    assert_eq!(live.json()["op"], "subscribed");
+    assert_eq!(live.media().1, b"INIT-A");
+    while live.media().0["seq"] != n {}
+    r.put(&format!("{s}/init.mp4"), b"INIT-B");
+    r.put(&seg_key(s, n + 1), &seg(n + 1, 1 << 20));
+    assert_eq!(live.media().1, b"INIT-B");
+    assert_eq!(live.media().0["seq"], n + 1);
+    // Now the slow one reads: A, 1..=n, B, n + 1.
+    let mut got = Vec::new();
+    while got.last() != Some(&(n + 1).to_string()) {
+        let (m, p) = slow.media();
+        got.push(match m["seq"].as_u64() {
+            Some(0) => String::from_utf8(p).unwrap(),
+            _ => m["seq"].to_string(),
+        });
+    }
+    let mut want = vec!["INIT-A".to_string()];
+    want.extend((1..=n).map(|q| q.to_string()));
+    want.push("INIT-B".to_string());
+    want.push((n + 1).to_string());
+    assert_eq!(got, want);
+}
+
 #[test]
 fn streams_nobody_follows_and_nothing_fills_cost_nothing() {
     let r = Relay::start(&[("MEDIARELAY_MAX_STREAMS_PER_MINUTE", "1000")]);

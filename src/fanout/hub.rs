@@ -520,7 +520,7 @@ impl Hub {
                 {
                     return false;
                 }
-                st.init = Some(seg.clone());
+                st.set_init(seg.clone());
             }
             self.send_to_workers(&stream, |s| WorkerMsg::Init(s, seg.clone()));
             return true;
@@ -628,7 +628,11 @@ impl Hub {
             return;
         }
         let seg = Seg::build(&stream.name, 0, &obj);
-        stream.state.lock().unwrap_or_else(|e| e.into_inner()).init = Some(seg.clone());
+        stream
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_init(seg.clone());
         if !first {
             tracing::debug!(stream = %stream.name, "init segment replaced");
             for (w, tx) in self.inboxes.iter().enumerate() {

@@ -51,6 +51,11 @@ impl std::ops::Deref for Seg {
 }
 
 impl Seg {
+    /// Whether `other` is this very segment (the same shared frame).
+    pub fn same(&self, other: &Seg) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// A segment from its parts.
     pub fn new(seq: u64, ts: u64, prefix: Bytes, payload: Body) -> Seg {
         Seg(Arc::new(SegFrame {
@@ -103,6 +108,10 @@ pub fn now_micros() -> u64 {
 #[derive(Default)]
 pub(super) struct StreamState {
     pub(super) init: Option<Seg>,
+    /// The first seq the current init segment goes with: the one after the newest published
+    /// when it appeared or was replaced (a subscriber catching up from older segments gets
+    /// it before that seq, not before the segments made with the init it replaced).
+    pub(super) init_since: u64,
     /// Every segment discovered: seq → key.
     pub(super) index: BTreeMap<u64, Arc<str>>,
     /// The newest published segments.
@@ -112,6 +121,14 @@ pub(super) struct StreamState {
     /// The `ts` each segment was first sent with, so a segment read again for a
     /// subscriber catching up carries the same stamp as for everyone else.
     pub(super) stamps: BTreeMap<u64, u64>,
+}
+
+impl StreamState {
+    /// A new or replaced init segment: it goes with the segments after the newest.
+    pub(super) fn set_init(&mut self, seg: Seg) {
+        self.init = Some(seg);
+        self.init_since = self.newest + 1;
+    }
 }
 
 /// A live stream, shared by all workers.
@@ -172,6 +189,13 @@ impl Stream {
             }
             l.await;
         }
+    }
+
+    /// The init segment that goes before media segment `seq`: the current one, once `seq`
+    /// has reached the segments published after it appeared.
+    pub fn init_for(&self, seq: u64) -> Option<Seg> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.init.clone().filter(|_| seq >= st.init_since)
     }
 
     /// First sequence number for a subscription starting `from`.

@@ -36,6 +36,20 @@ pub struct Sub<V> {
     pub live: Cell<bool>,
     /// Cleared on unsubscribe or close.
     pub active: Cell<bool>,
+    /// The init segment last queued for this subscriber.
+    pub init: RefCell<Option<Seg>>,
+}
+
+impl<V> Sub<V> {
+    /// Note that `init` is queued for this subscriber; false when it already was.
+    pub fn init_queued(&self, init: &Seg) -> bool {
+        let mut cur = self.init.borrow_mut();
+        if cur.as_ref().is_some_and(|c| c.same(init)) {
+            return false;
+        }
+        *cur = Some(init.clone());
+        true
+    }
 }
 
 /// Subscriptions sharing a stream or a viewer.
@@ -116,6 +130,7 @@ impl<V: Viewer> Subscriptions<V> {
             next_seq: Cell::new(0),
             live: Cell::new(false),
             active: Cell::new(true),
+            init: RefCell::new(None),
         });
         self.by_stream
             .borrow_mut()
@@ -177,8 +192,9 @@ impl<V: Viewer> Subscriptions<V> {
     }
 
     /// Hand a new or replaced init segment to every caught-up local subscriber of `stream`
-    /// (their next expected sequence number is unchanged). Returns how many `skipped`
-    /// messages were queued for it.
+    /// that does not have it yet (their next expected sequence number is unchanged; one
+    /// still catching up gets it from its task, before the segments it goes with). Returns
+    /// how many `skipped` messages were queued for it.
     pub fn deliver_init(&self, stream: &Stream, seg: &Seg) -> u64 {
         let by_stream = self.by_stream.borrow();
         let Some(list) = by_stream.get(&stream.name) else {
@@ -187,7 +203,9 @@ impl<V: Viewer> Subscriptions<V> {
         let mut skips = 0;
         for sub in list.iter().filter(|s| s.live.get() && s.active.get()) {
             if let Some(viewer) = sub.viewer.upgrade() {
-                skips += u64::from(viewer.push_segment(sub, seg));
+                if sub.init_queued(seg) {
+                    skips += u64::from(viewer.push_segment(sub, seg));
+                }
             }
         }
         skips

@@ -98,6 +98,7 @@ pub async fn catch_up<C: Context>(
         seq: start.seq,
     });
     if let Some(init) = &start.init {
+        sub.init_queued(init);
         count_skip(&*ctx, conn.push_segment(&sub, init));
     }
     loop {
@@ -106,7 +107,9 @@ pub async fn catch_up<C: Context>(
         }
         let seg = match sub.stream.next_at(sub.next_seq.get()) {
             None => {
-                // Caught up: from here on the inbox pushes each new segment.
+                // Caught up: from here on the inbox pushes each new segment (and each new
+                // init; one that came while catching up goes first).
+                init_before(&*ctx, &conn, &sub, sub.next_seq.get());
                 sub.live.set(true);
                 return;
             }
@@ -125,8 +128,19 @@ pub async fn catch_up<C: Context>(
             return;
         }
         if seg.seq >= sub.next_seq.get() {
+            init_before(&*ctx, &conn, &sub, seg.seq);
             count_skip(&*ctx, conn.push_segment(&sub, &seg));
             sub.next_seq.set(seg.seq + 1);
+        }
+    }
+}
+
+/// Queue the stream's init segment before media segment `seq` when it goes with `seq` and
+/// this subscriber does not have it yet (it appeared or was replaced while catching up).
+fn init_before<C: Context>(ctx: &C, conn: &Conn, sub: &Sub, seq: u64) {
+    if let Some(init) = sub.stream.init_for(seq) {
+        if sub.init_queued(&init) {
+            count_skip(ctx, conn.push_segment(sub, &init));
         }
     }
 }
