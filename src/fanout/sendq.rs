@@ -20,10 +20,11 @@
 //!   instead of a full queue behind it (segments queued together, as when discovery finds
 //!   two at once, are never dropped for each other);
 //! - the queue is *over its limit* from the moment a push finds it full until writing brings
-//!   it down to half the limit. A connection that is over its limit and has had no byte
-//!   accepted by its socket for the stall timeout is *stalled* and closed with 4408
-//!   ([`SendQueue::stall_deadline`]); a slow reader that keeps reading is never closed, it
-//!   only gets `skipped`.
+//!   it down to half the limit. A connection that is over its limit and whose socket has
+//!   taken neither a whole frame nor [`PROGRESS_BYTES`] for the stall timeout is *stalled*
+//!   and closed with 4408 ([`SendQueue::stall_deadline`]); a slow reader that keeps reading
+//!   is never closed, it only gets `skipped`, while one that takes a few bytes now and then
+//!   to stay open is closed like one that takes none.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,6 +36,10 @@ use bytes::Bytes;
 use crate::fanout::stream::Seg;
 use crate::origin::files::Body;
 use crate::sys::MAX_IOV;
+
+/// Bytes taken by the socket that count as progress for the stall clock even when no frame
+/// completes (a large `get` reply to a slow reader).
+pub const PROGRESS_BYTES: usize = 64 << 10;
 
 /// What a queued frame is, for the drop policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,8 +109,10 @@ pub struct SendQueue {
     /// Longest a live segment may wait before newer ones replace it (zero: no bound).
     max_lag: Duration,
     over_since: Option<Instant>,
-    /// Last time the socket accepted bytes.
+    /// Last time the socket took a whole frame or [`PROGRESS_BYTES`].
     last_progress: Option<Instant>,
+    /// Bytes the socket took since `last_progress` (less than [`PROGRESS_BYTES`]).
+    taken: usize,
 }
 
 impl SendQueue {
@@ -125,6 +132,7 @@ impl SendQueue {
             max_lag,
             over_since: None,
             last_progress: None,
+            taken: 0,
         }
     }
 
@@ -404,9 +412,7 @@ impl SendQueue {
     /// Account for `written` bytes having gone to the socket. Returns the number of
     /// frames completed.
     pub fn advance(&mut self, written: usize, now: Instant) -> usize {
-        if written > 0 {
-            self.last_progress = Some(now);
-        }
+        self.taken = self.taken.saturating_add(written);
         let mut written = written;
         let mut done = 0;
         while let Some(front) = self.frames.front() {
@@ -421,6 +427,10 @@ impl SendQueue {
             self.frames.pop_front();
             done += 1;
         }
+        if done > 0 || self.taken >= PROGRESS_BYTES {
+            self.last_progress = Some(now);
+            self.taken = 0;
+        }
         if self.bytes() <= self.limit / 2 {
             self.over_since = None;
         }
@@ -428,7 +438,8 @@ impl SendQueue {
     }
 
     /// When the connection counts as stalled if nothing changes: `timeout` after the later
-    /// of going over the limit and the last write progress. `None` while under the limit.
+    /// of going over the limit and the last progress (a whole frame or [`PROGRESS_BYTES`]
+    /// taken by the socket). `None` while under the limit.
     pub fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
         let over = self.over_since?;
         let since = self.last_progress.map_or(over, |p| p.max(over));
@@ -723,14 +734,35 @@ mod tests {
         assert!(q.over_since().is_some());
         assert!(!q.stalled(t + Duration::from_millis(10), Duration::from_secs(1)));
         assert!(q.stalled(t + Duration::from_secs(2), Duration::from_secs(1)));
-        // Progress on the socket restarts the clock, even while still over the limit.
-        q.advance(10, t + Duration::from_secs(2));
+        // A few bytes that complete no frame are no progress.
+        assert_eq!(q.advance(3, t + Duration::from_millis(1500)), 0);
+        assert!(q.stalled(t + Duration::from_secs(2), Duration::from_secs(1)));
+        // A whole frame taken restarts the clock, even while still over the limit.
+        q.advance(7, t + Duration::from_secs(2));
         assert!(!q.stalled(t + Duration::from_millis(2500), Duration::from_secs(1)));
         assert!(q.stalled(t + Duration::from_secs(3), Duration::from_secs(1)));
         // Seq 1 was dropped for room: its `skipped` (5 bytes) went first.
         q.advance(95, t);
         assert!(q.over_since().is_none());
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_large_frame_taken_slowly_is_progress() {
+        let t = Instant::now();
+        let mut q = SendQueue::new(100);
+        q.push_keep(b(10), b(4 * PROGRESS_BYTES));
+        push(&mut q, 1, 1, 10, b(90), t);
+        assert!(q.over_since().is_some());
+        assert_eq!(
+            q.advance(PROGRESS_BYTES - 1, t + Duration::from_millis(900)),
+            0
+        );
+        assert!(q.stalled(t + Duration::from_secs(1), Duration::from_secs(1)));
+        // Together the bytes taken reach PROGRESS_BYTES: the clock restarts.
+        assert_eq!(q.advance(1, t + Duration::from_secs(1)), 0);
+        assert!(!q.stalled(t + Duration::from_millis(1900), Duration::from_secs(1)));
+        assert!(q.stalled(t + Duration::from_secs(2), Duration::from_secs(1)));
     }
 
     #[test]
