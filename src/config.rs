@@ -164,7 +164,8 @@ pub struct TicketsConfig {
     pub snapshot_file: PathBuf,
     /// Firestore: documents per listing page.
     pub page_size: u32,
-    /// Firestore: how long an upgrade waits for a point lookup of an unknown ticket.
+    /// How long an upgrade waits for a point lookup of an unknown ticket (Firestore, or the
+    /// ticket file re-read).
     #[serde(deserialize_with = "duration")]
     pub lookup_timeout: Duration,
     /// Firestore: how long a ticket found missing is not looked up again.

@@ -67,6 +67,25 @@ fn refusals_before_upgrade() {
     assert!(log.contains("tester"), "uid should be logged");
 }
 
+/// A ticket written to the ticket file a moment before its first use is accepted at once,
+/// whenever the relay's next periodic re-read would come.
+#[test]
+fn a_ticket_issued_a_moment_ago_is_accepted_at_once() {
+    let r = Relay::builder()
+        .config("[tickets]\nreload_interval = \"1h\"\n")
+        .start();
+    for uid in ["a", "b"] {
+        let t = issue(&r.tickets(), "*", &["--uid", uid]);
+        let mut c = r.ws(&t);
+        c.send(json!({"op":"unsubscribe","id":1,"stream":"s"}));
+        assert_eq!(c.json()["op"], "unsubscribed");
+    }
+    assert_eq!(
+        upgrade(&r, "Authorization: Bearer never-issued\r\n", ""),
+        (401, r#"{"error":"ticket_invalid"}"#.into())
+    );
+}
+
 #[test]
 fn failed_attempts_are_rate_limited_per_ip() {
     let r = Relay::start(&[]);

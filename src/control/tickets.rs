@@ -1,6 +1,8 @@
 //! Keeping the ticket snapshot current, off the data path: a thread re-reading the ticket
 //! file when it changes, or a tokio runtime syncing a Firestore collection; the last good
-//! snapshot stays in force when a load fails.
+//! snapshot stays in force when a load fails. A ticket missing from the snapshot gets one
+//! point lookup: in Firestore, or a re-read of the ticket file if it changed since the last
+//! load, so a ticket issued a moment before its first use is accepted at once.
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use crate::config::Config;
 use crate::tickets::file::FileStore;
 use crate::tickets::firestore::{self, Firestore, FirestoreLookup, SyncSettings, Target};
 use crate::tickets::snapshot::TicketCell;
-use crate::tickets::Lookup;
+use crate::tickets::{Found, Lookup, LookupFuture, TicketId};
 
 /// What the workers get from the control plane about tickets: the cell they read and, for
 /// stores that support it, the point-lookup service for tickets missing from the snapshot.
@@ -50,14 +52,52 @@ pub fn start_tickets(config: &Config) -> anyhow::Result<Tickets> {
     let path = t.url.strip_prefix("file://").unwrap_or(&t.url);
     let store = FileStore::new(path.into());
     refresh(&store, &cell);
+    let (asks, asked) = flume::unbounded::<flume::Sender<()>>();
     let (c, interval) = (cell.clone(), t.reload_interval);
     std::thread::Builder::new()
         .name("tickets".into())
         .spawn(move || loop {
-            std::thread::sleep(interval);
+            // Every `interval`, or at once when an upgrade presents a ticket the snapshot
+            // does not have (all such asks waiting are answered by one load).
+            let waiting: Vec<_> = match asked.recv_timeout(interval) {
+                Ok(first) => std::iter::once(first).chain(asked.try_iter()).collect(),
+                Err(flume::RecvTimeoutError::Timeout) => Vec::new(),
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(interval);
+                    Vec::new()
+                }
+            };
             refresh(&store, &c);
+            for done in waiting {
+                let _ = done.send(());
+            }
         })?;
-    Ok((cell, None))
+    Ok((cell.clone(), Some(Arc::new(FileLookup { asks, cell }))))
+}
+
+/// Point lookups in the ticket file: the tickets thread re-reads it now if it changed, and
+/// the upgrade then finds the ticket in the snapshot, or not. The worker only waits for the
+/// answer (within `lookup_timeout`); it never touches the file.
+struct FileLookup {
+    asks: flume::Sender<flume::Sender<()>>,
+    cell: Arc<TicketCell>,
+}
+
+impl Lookup for FileLookup {
+    fn find(&self, id: TicketId) -> LookupFuture {
+        let (done, loaded) = flume::bounded(1);
+        let asked = self.asks.send(done).is_ok();
+        let cell = self.cell.clone();
+        Box::pin(async move {
+            if !asked || loaded.recv_async().await.is_err() {
+                return Found::Unavailable;
+            }
+            match cell.get(&id) {
+                Some(record) => Found::Record(record),
+                None => Found::Missing,
+            }
+        })
+    }
 }
 
 fn refresh(store: &FileStore, cell: &TicketCell) {
