@@ -240,6 +240,13 @@ fn malformed_ticket_file_keeps_the_last_good_snapshot() {
         r.metric("mediarelay_ticket_sync_errors_total", "") >= 1.0
     });
     let _d = r.ws(&t);
+    // A ticket the snapshot does not have cannot be checked against that file: 503, not
+    // 401 (it may be in the file being rewritten).
+    let (s, body) = upgrade(&r, "Authorization: Bearer unknown\r\n", "");
+    assert_eq!(
+        (s, body.as_str()),
+        (503, r#"{"error":"tickets_unavailable"}"#)
+    );
     let log = r.log_text();
     assert!(log.contains("line 2"), "error should say where: {log}");
     let (s, _) = http_get(r.admin, "/readyz").unwrap();

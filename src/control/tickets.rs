@@ -51,8 +51,10 @@ pub fn start_tickets(config: &Config) -> anyhow::Result<Tickets> {
     }
     let path = t.url.strip_prefix("file://").unwrap_or(&t.url);
     let store = FileStore::new(path.into());
-    refresh(&store, &cell);
-    let (asks, asked) = flume::unbounded::<flume::Sender<()>>();
+    // Whether the file as it is now could be read: an unknown ticket is only "invalid"
+    // when it could (else the relay could not check it: 503).
+    let mut readable = refresh(&store, &cell).unwrap_or(true);
+    let (asks, asked) = flume::unbounded::<flume::Sender<bool>>();
     let (c, interval) = (cell.clone(), t.reload_interval);
     std::thread::Builder::new()
         .name("tickets".into())
@@ -67,9 +69,11 @@ pub fn start_tickets(config: &Config) -> anyhow::Result<Tickets> {
                     Vec::new()
                 }
             };
-            refresh(&store, &c);
+            if let Some(ok) = refresh(&store, &c) {
+                readable = ok;
+            }
             for done in waiting {
-                let _ = done.send(());
+                let _ = done.send(readable);
             }
         })?;
     Ok((cell.clone(), Some(Arc::new(FileLookup { asks, cell }))))
@@ -79,7 +83,7 @@ pub fn start_tickets(config: &Config) -> anyhow::Result<Tickets> {
 /// the upgrade then finds the ticket in the snapshot, or not. The worker only waits for the
 /// answer (within `lookup_timeout`); it never touches the file.
 struct FileLookup {
-    asks: flume::Sender<flume::Sender<()>>,
+    asks: flume::Sender<flume::Sender<bool>>,
     cell: Arc<TicketCell>,
 }
 
@@ -89,7 +93,8 @@ impl Lookup for FileLookup {
         let asked = self.asks.send(done).is_ok();
         let cell = self.cell.clone();
         Box::pin(async move {
-            if !asked || loaded.recv_async().await.is_err() {
+            // No answer, or a file that cannot be read: the ticket could not be checked.
+            if !asked || loaded.recv_async().await != Ok(true) {
                 return Found::Unavailable;
             }
             match cell.get(&id) {
@@ -100,19 +105,26 @@ impl Lookup for FileLookup {
     }
 }
 
-fn refresh(store: &FileStore, cell: &TicketCell) {
+/// Load the ticket file into the snapshot if it changed: `Some(true)` loaded, `Some(false)`
+/// unreadable (the last good snapshot stays), `None` unchanged.
+fn refresh(store: &FileStore, cell: &TicketCell) -> Option<bool> {
     use crate::tickets::TicketStore;
     match store.load_if_changed() {
         Ok(Some(records)) => {
             tracing::info!(tickets = records.len(), store = %store.describe(), "ticket snapshot loaded");
             cell.publish(records);
             cell.mark_synced();
+            Some(true)
         }
-        Ok(None) => cell.mark_synced(),
+        Ok(None) => {
+            cell.mark_synced();
+            None
+        }
         Err(e) => {
             cell.sync_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!("ticket store unreadable, keeping the last good snapshot: {e}");
+            Some(false)
         }
     }
 }

@@ -105,6 +105,12 @@ pub fn parse(text: &[u8]) -> Result<Vec<(TicketId, TicketRecord)>, String> {
     }
     let f: FileFormat = serde_json::from_slice(text)
         .map_err(|e| format!("line {} column {}: {e}", e.line(), e.column()))?;
+    let unknown = unknown_fields(text);
+    if !unknown.is_empty() {
+        // Ignored, as the contract's other fields are; named, since a misspelt `revoked`
+        // or `maxConnections` is ignored too.
+        tracing::warn!(fields = ?unknown, "ticket records have fields the relay ignores");
+    }
     f.tickets
         .into_iter()
         .map(|(k, r)| {
@@ -112,6 +118,32 @@ pub fn parse(text: &[u8]) -> Result<Vec<(TicketId, TicketRecord)>, String> {
                 .map(|id| (id, r))
                 .ok_or_else(|| format!("ticket id `{k}` is not a lowercase SHA-256 hex string"))
         })
+        .collect()
+}
+
+/// Field names of the file's ticket records that PROTOCOL.md's ticket table does not list.
+fn unknown_fields(text: &[u8]) -> std::collections::BTreeSet<String> {
+    const KNOWN: [&str; 7] = [
+        "uid",
+        "streams",
+        "expiresAt",
+        "revoked",
+        "maxConnections",
+        "updatedAt",
+        "publish",
+    ];
+    let Ok(serde_json::Value::Object(file)) = serde_json::from_slice(text) else {
+        return Default::default();
+    };
+    let Some(serde_json::Value::Object(tickets)) = file.get("tickets") else {
+        return Default::default();
+    };
+    tickets
+        .values()
+        .filter_map(serde_json::Value::as_object)
+        .flat_map(|record| record.keys())
+        .filter(|k| !KNOWN.contains(&k.as_str()))
+        .cloned()
         .collect()
 }
 
@@ -222,10 +254,17 @@ mod tests {
             "a".repeat(64)
         );
         assert_eq!(parse(good.as_bytes()).unwrap().len(), 1);
-        // A record's fields that the contract does not list are ignored.
+        // A record's fields that the contract does not list are ignored (and named).
         let extra = good.replace("\"uid\":\"u\"", "\"uid\":\"u\",\"note\":\"from the CMS\"");
         assert_ne!(extra, good);
         assert_eq!(parse(extra.as_bytes()).unwrap()[0].1.uid, "u");
+        assert_eq!(
+            unknown_fields(extra.as_bytes())
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["note"]
+        );
+        assert!(unknown_fields(good.as_bytes()).is_empty());
         let upper = good.replace(&"a".repeat(64), &"A".repeat(64));
         assert!(parse(upper.as_bytes()).is_err());
     }
