@@ -508,8 +508,10 @@ impl Config {
         if self.server.ping_interval < Duration::from_millis(100) {
             return bad("server.ping_interval", "must be at least 100ms");
         }
-        if self.server.idle_timeout < Duration::from_millis(200) {
-            return bad("server.idle_timeout", "must be at least 200ms");
+        if self.server.idle_timeout < Duration::from_millis(500) {
+            // The keepalive sweep runs every 250 ms: a shorter timeout could close a
+            // connection that answers every ping.
+            return bad("server.idle_timeout", "must be at least 500ms");
         }
         if self.connection.max_requests_per_sec == 0 {
             return bad("connection.max_requests_per_sec", "must be at least 1");
@@ -749,6 +751,14 @@ mod tests {
             Config::default().server.ping_after(),
             Duration::from_secs(30)
         );
+        // Under two sweeps (250 ms each) a connection answering pings could be closed.
+        let e = Config::load(
+            None,
+            vec![("MEDIARELAY_IDLE_TIMEOUT".into(), "400ms".into())],
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.0.contains("server.idle_timeout"), "{e}");
     }
 
     #[test]

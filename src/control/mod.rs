@@ -55,6 +55,13 @@ pub fn serve(
         config.tickets.auth_failure_window,
     );
     let workers = config.worker_count();
+    if config.server.ping_after() < config.server.ping_interval {
+        tracing::warn!(
+            ping_interval = ?config.server.ping_interval,
+            idle_timeout = ?config.server.idle_timeout,
+            "server.ping_interval is not under half of server.idle_timeout: pinging at half of it, so clients that answer pings stay"
+        );
+    }
     let relay = Relay::start(config, gate, cache, metrics, Mode::Relay)?;
     let plain = relay.listen_plain.map(|a| a.to_string());
     tracing::info!(
