@@ -154,13 +154,39 @@ fn a_late_or_replaced_init_segment_reaches_live_subscribers() {
 /// first segment made with it, and the old one before the older segments.
 #[test]
 fn a_replaced_init_reaches_a_subscriber_catching_up() {
+    let got = init_while_catching_up(Some(b"INIT-A"), b"INIT-B");
+    let n = got.len() as u64 - 3;
+    let mut want = vec!["INIT-A".to_string()];
+    want.extend((1..=n).map(|q| q.to_string()));
+    want.push("INIT-B".to_string());
+    want.push((n + 1).to_string());
+    assert_eq!(got, want);
+}
+
+/// A subscriber catching up on a stream that had no init gets one before its next segment,
+/// as soon as it appears.
+#[test]
+fn an_init_that_appears_reaches_a_subscriber_catching_up_at_once() {
+    let got = init_while_catching_up(None, b"INIT-A");
+    let at = got.iter().position(|g| g == "INIT-A").unwrap();
+    assert_eq!(got.iter().filter(|g| *g == "INIT-A").count(), 1);
+    let seqs: Vec<String> = got.iter().filter(|g| *g != "INIT-A").cloned().collect();
+    let n = seqs.len() as u64 - 1;
+    assert_eq!(seqs, (1..=n + 1).map(|q| q.to_string()).collect::<Vec<_>>());
+    // Before the segments still to be sent when it appeared, not only before the new one.
+    assert!(at > 0 && at < n as usize, "init at {at} of {got:?}");
+}
+
+/// A stream with more segments than both sockets hold and init `first`; a subscriber from
+/// `start` that reads nothing until the init became `then` and one more segment came.
+/// Returns what it then read: init payloads as text, media segments as their seq.
+fn init_while_catching_up(first: Option<&[u8]>, then: &[u8]) -> Vec<String> {
     let r = Relay::start(&[
         ("MEDIARELAY_SEND_QUEUE", "4096"),
         ("MEDIARELAY_POLL_INTERVAL", "20ms"),
     ]);
     let s = "live/restart";
     let t = r.issue("live/*", &[]);
-    // More MiB than both sockets hold, so a reader that reads nothing stays behind.
     let max_buffer = |name: &str| {
         std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
             .ok()
@@ -168,7 +194,9 @@ fn a_replaced_init_reaches_a_subscriber_catching_up() {
             .unwrap_or(8 << 20)
     };
     let n = (max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) / (1 << 20) + 10;
-    r.put(&format!("{s}/init.mp4"), b"INIT-A");
+    if let Some(init) = first {
+        r.put(&format!("{s}/init.mp4"), init);
+    }
     for seq in 1..=n {
         r.put(&seg_key(s, seq), &seg(seq, 1 << 20));
     }
@@ -179,13 +207,14 @@ fn a_replaced_init_reaches_a_subscriber_catching_up() {
     let mut live = r.ws(&t);
     live.send(json!({"op":"subscribe","id":1,"stream":s}));
     assert_eq!(live.json()["op"], "subscribed");
-    assert_eq!(live.media().1, b"INIT-A");
+    if let Some(init) = first {
+        assert_eq!(live.media().1, init);
+    }
     while live.media().0["seq"] != n {}
-    r.put(&format!("{s}/init.mp4"), b"INIT-B");
+    r.put(&format!("{s}/init.mp4"), then);
     r.put(&seg_key(s, n + 1), &seg(n + 1, 1 << 20));
-    assert_eq!(live.media().1, b"INIT-B");
+    assert_eq!(live.media().1, then);
     assert_eq!(live.media().0["seq"], n + 1);
-    // Now the slow one reads: A, 1..=n, B, n + 1.
     let mut got = Vec::new();
     while got.last() != Some(&(n + 1).to_string()) {
         let (m, p) = slow.media();
@@ -194,11 +223,7 @@ fn a_replaced_init_reaches_a_subscriber_catching_up() {
             _ => m["seq"].to_string(),
         });
     }
-    let mut want = vec!["INIT-A".to_string()];
-    want.extend((1..=n).map(|q| q.to_string()));
-    want.push("INIT-B".to_string());
-    want.push((n + 1).to_string());
-    assert_eq!(got, want);
+    got
 }
 
 #[test]

@@ -191,11 +191,11 @@ impl Stream {
         }
     }
 
-    /// The init segment that goes before media segment `seq`: the current one, once `seq`
-    /// has reached the segments published after it appeared.
-    pub fn init_for(&self, seq: u64) -> Option<Seg> {
+    /// The current init segment, and the first seq published after it appeared or was
+    /// replaced.
+    pub fn init(&self) -> Option<(Seg, u64)> {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.init.clone().filter(|_| seq >= st.init_since)
+        st.init.clone().map(|init| (init, st.init_since))
     }
 
     /// First sequence number for a subscription starting `from`.

@@ -41,6 +41,19 @@ pub struct Sub<V> {
 }
 
 impl<V> Sub<V> {
+    /// Whether `init` is the init segment last queued for this subscriber.
+    pub fn has_init(&self, init: &Seg) -> bool {
+        self.init
+            .borrow()
+            .as_ref()
+            .is_some_and(|cur| cur.same(init))
+    }
+
+    /// Whether any init segment has been queued for this subscriber.
+    pub fn has_any_init(&self) -> bool {
+        self.init.borrow().is_some()
+    }
+
     /// Note that `init` is queued for this subscriber; false when it already was.
     pub fn init_queued(&self, init: &Seg) -> bool {
         let mut cur = self.init.borrow_mut();

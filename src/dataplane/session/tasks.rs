@@ -109,7 +109,9 @@ pub async fn catch_up<C: Context>(
             None => {
                 // Caught up: from here on the inbox pushes each new segment (and each new
                 // init; one that came while catching up goes first).
-                init_before(&*ctx, &conn, &sub, sub.next_seq.get());
+                if let Some(init) = init_due(&sub, sub.next_seq.get()) {
+                    queue_init(&*ctx, &conn, &sub, &init);
+                }
                 sub.live.set(true);
                 return;
             }
@@ -123,24 +125,36 @@ pub async fn catch_up<C: Context>(
                 }
             },
         };
-        // Catching up is paced by the client (no drops): wait for room first.
-        if !wait_room(&conn, seg.len()).await || !sub.active.get() {
+        // Catching up is paced by the client (no drops): wait for room first, for an init
+        // that goes before the segment too.
+        let init_len = init_due(&sub, seg.seq).map_or(0, |init| init.len());
+        if !wait_room(&conn, seg.len() + init_len).await || !sub.active.get() {
             return;
         }
         if seg.seq >= sub.next_seq.get() {
-            init_before(&*ctx, &conn, &sub, seg.seq);
+            if let Some(init) = init_due(&sub, seg.seq) {
+                queue_init(&*ctx, &conn, &sub, &init);
+            }
             count_skip(&*ctx, conn.push_segment(&sub, &seg));
             sub.next_seq.set(seg.seq + 1);
         }
     }
 }
 
-/// Queue the stream's init segment before media segment `seq` when it goes with `seq` and
-/// this subscriber does not have it yet (it appeared or was replaced while catching up).
-fn init_before<C: Context>(ctx: &C, conn: &Conn, sub: &Sub, seq: u64) {
-    if let Some(init) = sub.stream.init_for(seq) {
-        if sub.init_queued(&init) {
-            count_skip(ctx, conn.push_segment(sub, &init));
-        }
+/// The init segment to queue before media segment `seq` of a subscriber catching up: the
+/// stream's current one, if the subscriber does not have it, and either has none yet or
+/// reached the segments published after the init was replaced (older ones go with the
+/// init they followed).
+fn init_due(sub: &Sub, seq: u64) -> Option<Seg> {
+    let (init, since) = sub.stream.init()?;
+    if sub.has_init(&init) {
+        return None;
+    }
+    (!sub.has_any_init() || seq >= since).then_some(init)
+}
+
+fn queue_init<C: Context>(ctx: &C, conn: &Conn, sub: &Sub, init: &Seg) {
+    if sub.init_queued(init) {
+        count_skip(ctx, conn.push_segment(sub, init));
     }
 }
