@@ -164,7 +164,8 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
         let allowed = method == "GET" || (method == "HEAD" && route != Route::Ws);
         if framing != Framing::None {
             // Only ingest takes a body: answer what the path and method get anyway (400 for
-            // a body where the request is otherwise good), then close without reading it.
+            // a body where the request is otherwise good), then close; the body is read and
+            // dropped first, so the client reads the answer, not a reset.
             match route {
                 Route::NotFound => error(&stream, 404, "not_found", false).await,
                 _ if !allowed => {

@@ -313,6 +313,14 @@ impl Conn {
         r.gets += 1;
     }
 
+    /// Requests other than `get`s waiting behind them.
+    pub fn held_requests(&self) -> usize {
+        self.requests
+            .borrow()
+            .as_ref()
+            .map_or(0, |r| r.waiting.len() - r.gets)
+    }
+
     /// Queue another request behind the waiting `get`s.
     pub fn push_later(&self, request: Request) {
         self.requests().waiting.push_back(Waiting::Later(request));

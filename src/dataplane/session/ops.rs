@@ -16,7 +16,8 @@ use crate::protocol::{self, CloseCode, ErrorCode, Op, Reply, Request, RequestErr
 pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMut) {
     let request = protocol::parse(&mut payload);
     let (op, id) = op_and_id(&request);
-    let per_sec = ctx.config().connection.max_requests_per_sec;
+    let config = ctx.config();
+    let per_sec = config.connection.max_requests_per_sec;
     if let Err(flooding) = conn.note_request(per_sec, Instant::now()) {
         ctx.stats().request(op, Err(ErrorCode::RateLimited));
         if flooding {
@@ -25,9 +26,17 @@ pub(super) fn message<C: Context>(ctx: &C, conn: &Rc<Conn>, mut payload: BytesMu
         return conn.push_error(id, ErrorCode::RateLimited, "too many requests per second");
     }
     // A `get` waiting for room holds the requests behind it (PROTOCOL.md, slow consumers):
-    // they run in their turn, from the `get` task. (More `get`s join the same queue; a
-    // message that is not a request is answered at once.)
+    // they run in their turn, from the `get` task, as many as `get`s may wait. (More `get`s
+    // join the same queue; a message that is not a request is answered at once.)
     if matches!(op, Op::Subscribe | Op::Unsubscribe | Op::Refresh) && conn.requests_waiting() {
+        if conn.held_requests() >= config.connection.max_pending_gets {
+            ctx.stats().request(op, Err(ErrorCode::RateLimited));
+            return conn.push_error(
+                id,
+                ErrorCode::RateLimited,
+                "too many requests waiting behind a get",
+            );
+        }
         return conn.push_later(request);
     }
     run(ctx, conn, op, id, request);
@@ -533,6 +542,17 @@ mod tests {
         // The queue is empty again: answered at once.
         let r = send(&ctx, &c, r#"{"op":"unsubscribe","id":6,"stream":"s"}"#);
         assert_eq!(r[0]["id"], 6);
+        // As many requests as gets may wait behind a get; the next is refused at once.
+        assert!(send(&ctx, &c, r#"{"op":"get","id":7,"key":"k"}"#).is_empty());
+        for i in 0..ctx.config.connection.max_pending_gets {
+            let msg = format!(r#"{{"op":"unsubscribe","id":{},"stream":"s"}}"#, 100 + i);
+            assert!(send(&ctx, &c, &msg).is_empty());
+        }
+        let r = send(&ctx, &c, r#"{"op":"unsubscribe","id":99,"stream":"s"}"#);
+        assert_eq!(
+            (error_code(&r), r[0]["id"].as_u64()),
+            (Some("rate_limited"), Some(99))
+        );
     }
 
     #[test]
