@@ -494,7 +494,8 @@ fn sigterm_drains_with_1001_and_exits_0() {
         r.metric("mediarelay_requests_total", "op=\"get\",result=\"ok\"") >= 1.0
     });
     r.signal("TERM");
-    // While the drain runs (this client has not answered the close yet), /readyz says so.
+    // While the drain runs (this client has not answered the close yet), /readyz says so on
+    // both listeners (a balancer checks the public one), and a new viewer is sent elsewhere.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let (status, body) = http_get(r.admin, "/readyz").unwrap();
@@ -508,6 +509,19 @@ fn sigterm_drains_with_1001_and_exits_0() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    let (status, body) = http_get(r.addr, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(http_get(r.addr, "/healthz").unwrap().0, 200);
+    let auth = format!("Authorization: Bearer {t}\r\n");
+    assert_eq!(raw_upgrade(r.addr, &auth, "").0, 503);
+    let (status, body) = raw_http(
+        r.addr,
+        format!("PUT /ingest/vod/late HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 1\r\n\r\nx")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!((status, body.as_str()), (503, r#"{"error":"unavailable"}"#));
     let (code, msgs) = c.close_code();
     assert_eq!(code, Some(1001));
     assert!(msgs.iter().any(|m| m["op"] == "closing"), "{msgs:?}");

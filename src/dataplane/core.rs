@@ -13,7 +13,6 @@ use bytes::Bytes;
 
 use slab::Slab;
 
-use super::notify::Notify;
 use super::runtime::contained;
 use super::session::{self, CloseReq, Conn, Context};
 use super::shared::Shared;
@@ -49,8 +48,6 @@ pub struct Core {
     me: Weak<Core>,
     /// Connections coming and going, to give memory back once that settles.
     churn: Settling,
-    /// Raised when the drain starts: the listeners stop accepting.
-    pub stop_accepting: Notify,
 }
 
 /// Changes counted between periodic checks: [`Settling::settled`] is true once, at the
@@ -93,7 +90,6 @@ impl Core {
             next_conn: Cell::new(1),
             me: me.clone(),
             churn: Settling::default(),
-            stop_accepting: Notify::default(),
         })
     }
 
@@ -340,10 +336,10 @@ impl Core {
         }
     }
 
-    /// Stop accepting; stop every live subscription; close each connection with 1001 after
-    /// the frame it is writing, or, when `get`s are in flight, after their replies.
+    /// Stop every live subscription; close each connection with 1001 after the frame it is
+    /// writing, or, when `get`s are in flight, after their replies. (The listeners stay up
+    /// until the worker ends: new upgrades get 503, `/readyz` says "draining".)
     pub fn start_drain(&self) {
-        self.stop_accepting.notify();
         self.subs.clear();
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().map(|(_, c)| c.clone()).collect();
         for conn in conns {

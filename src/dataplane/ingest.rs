@@ -130,6 +130,14 @@ pub async fn serve(
             early_keep
         }
     };
+    // A draining relay stores nothing more: the publisher retries (503, Retry-After).
+    if core
+        .shared
+        .draining
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        return fail("unavailable", 503).await;
+    }
     let key = match req.key.as_deref().map(validate_key) {
         Ok(Ok(())) => req.key.clone().unwrap_or_default(),
         _ => return fail("bad_request", 400).await,

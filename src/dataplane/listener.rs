@@ -3,7 +3,7 @@
 //! its accept loop handing connections to the HTTP front end.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -53,7 +53,8 @@ pub fn listen(addr: SocketAddr, backlog: u32, shared: bool) -> Result<TcpListene
     TcpListener::bind_with_config(addr, &opts).map_err(|e| ListenError::Bind(addr, e))
 }
 
-/// Accept public connections (TLS ones when `tls`) until the drain starts.
+/// Accept public connections (TLS ones when `tls`) for as long as the worker runs, its
+/// drain included (the worker stops the listener with [`stop_listening`] when it ends).
 pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
     let which = if tls {
         Listener::PublicTls
@@ -61,20 +62,12 @@ pub async fn accept_public(core: Rc<Core>, listener: TcpListener, tls: bool) {
         Listener::Public
     };
     loop {
-        let accepted = monoio::select! {
-            r = listener.accept() => Some(r),
-            _ = core.stop_accepting.wait() => None,
-        };
-        match accepted {
-            None => {
-                stop_listening(listener.as_raw_fd());
-                return;
-            }
-            Some(Ok((stream, peer))) => {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
                 core.stats.accepted.inc();
                 monoio::spawn(contained(http::serve(core.clone(), stream, peer, which)));
             }
-            Some(Err(e)) => accept_error(e).await,
+            Err(e) => accept_error(e).await,
         }
     }
 }

@@ -293,8 +293,12 @@ async fn worker(
     shared.listening.fetch_add(1, Ordering::AcqRel);
     let _ = report.send(Ok((public_addr, plain_addr, admin_addr)));
 
+    // Every listener is served for as long as the worker runs, through the drain (whose
+    // `/readyz` says 503 "draining" and whose upgrades get 503), and stopped at its end.
+    let mut listening = vec![public.as_raw_fd()];
     monoio::spawn(accept_public(core.clone(), public, shared.tls.is_some()));
     if let Some(plain) = plain {
+        listening.push(plain.as_raw_fd());
         monoio::spawn(accept_public(core.clone(), plain, false));
     }
     // The admin task owns its listener for as long as the worker runs: the descriptor stays
@@ -326,7 +330,7 @@ async fn worker(
         }
     }
     drain(&core, index).await;
-    if let Some(fd) = admin_fd {
+    for fd in listening.into_iter().chain(admin_fd) {
         stop_listening(fd);
     }
     Ok(())
