@@ -181,8 +181,11 @@ impl Core {
                 conn.park_asked.set(true);
                 conn.wake.notify();
             }
-            if silent >= ping_after && !conn.pinged.get() && !conn.is_closing() {
-                conn.pinged.set(true);
+            // A ping every `ping_after` of silence.
+            let pings = conn.pings.get();
+            let due = ping_after.saturating_mul(u32::from(pings) + 1);
+            if silent >= due && pings < u8::MAX && !conn.is_closing() {
+                conn.pings.set(pings.saturating_add(1));
                 conn.queue
                     .borrow_mut()
                     .push_keep(frame::ping(b""), Bytes::new());

@@ -134,8 +134,8 @@ pub struct Conn {
     next_sub_id: Cell<u32>,
     /// When the client last sent anything (keepalive).
     pub last_rx: Cell<Instant>,
-    /// A keepalive ping went out since then.
-    pub pinged: Cell<bool>,
+    /// Keepalive pings sent since then (one every ping interval of silence).
+    pub pings: Cell<u8>,
     /// The worker asked the connection to park when it has nothing to do (set by the sweep
     /// after [`PARK_AFTER`] without input; input clears it).
     pub park_asked: Cell<bool>,
@@ -187,7 +187,7 @@ impl Conn {
             room: Notify::default(),
             next_sub_id: Cell::new(1),
             last_rx: Cell::new(Instant::now()),
-            pinged: Cell::new(false),
+            pings: Cell::new(0),
             park_asked: Cell::new(false),
             requests: RefCell::new(None),
             worker_slot: Cell::new(usize::MAX),

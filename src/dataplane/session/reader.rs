@@ -44,7 +44,7 @@ impl Reader {
                 Ok(Io::WouldBlock) => return false,
             };
             conn.last_rx.set(std::time::Instant::now());
-            conn.pinged.set(false);
+            conn.pings.set(0);
             conn.park_asked.set(false);
             if discard {
                 // We sent our close frame: the client's close frame ends the connection.
