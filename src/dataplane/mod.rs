@@ -250,8 +250,9 @@ impl Relay {
         }
     }
 
-    /// Drain: stop accepting, close every connection (1001) within the drain timeout, and
-    /// wait for the workers and the hub's thread to end.
+    /// Drain: admit no new connection (503; `/readyz` says "draining"), close every
+    /// connection (1001) within the drain timeout, and wait for the workers and the hub's
+    /// thread to end.
     pub fn stop(self) -> Result<(), DataPlaneError> {
         self.shared.draining.store(true, Ordering::Release);
         self.shared.hub.broadcast(|| WorkerMsg::Drain);
@@ -336,8 +337,9 @@ async fn worker(
     Ok(())
 }
 
-/// Graceful drain: stop accepting, ask every connection to close with 1001 after the
-/// frame it is writing, and give them until the drain timeout.
+/// Graceful drain: ask every connection to close with 1001 after the frame it is writing,
+/// and give them until the drain timeout (the listeners answer, with 503s, until the
+/// worker ends).
 async fn drain(core: &Rc<Core>, index: usize) {
     let shared = &core.shared;
     core.start_drain();

@@ -1,6 +1,5 @@
 //! A one-waiter wake-up cell for tasks on the same worker thread (no atomics, no
-//! allocation): a connection's "something to write" signal, a `get`'s "room in the queue",
-//! a listener's "stop accepting".
+//! allocation): a connection's "something to write" signal, a `get`'s "room in the queue".
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
