@@ -187,13 +187,7 @@ fn init_while_catching_up(first: Option<&[u8]>, then: &[u8]) -> Vec<String> {
     ]);
     let s = "live/restart";
     let t = r.issue("live/*", &[]);
-    let max_buffer = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-            .ok()
-            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
-            .unwrap_or(8 << 20)
-    };
-    let n = (max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) / (1 << 20) + 10;
+    let n = socket_buffers_mib() + 10;
     if let Some(init) = first {
         r.put(&format!("{s}/init.mp4"), init);
     }
@@ -598,13 +592,7 @@ fn a_viewer_that_falls_behind_in_time_skips_to_the_newest() {
     // Over 1.5 s or more, while the viewer reads nothing, more than the two sockets can hold
     // (the kernel's largest send and receive buffers, twice, and 10 MiB), so the relay's
     // own queue holds old segments.
-    let max_buffer = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-            .ok()
-            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
-            .unwrap_or(8 << 20)
-    };
-    let n = ((max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) * 2 / (1 << 20) + 10).max(30);
+    let n = (socket_buffers_mib() * 2 + 10).max(30);
     for seq in 1..=n {
         r.put(&seg_key(s, seq), &seg(seq, 1 << 20));
         std::thread::sleep(Duration::from_millis(50));
@@ -658,13 +646,7 @@ fn a_send_queue_smaller_than_a_segment_sends_whole_frames() {
     c.send(json!({"op":"subscribe","id":1,"stream":s}));
     assert_eq!(c.json()["op"], "subscribed");
     // More than both sockets' buffers can hold while the viewer reads nothing.
-    let max_buffer = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-            .ok()
-            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
-            .unwrap_or(8 << 20)
-    };
-    let n = ((max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) * 2 / (1 << 20) + 10).max(30);
+    let n = (socket_buffers_mib() * 2 + 10).max(30);
     for seq in 1..=n {
         r.put(&seg_key(s, seq), &seg(seq, 1 << 20));
         std::thread::sleep(Duration::from_millis(20));

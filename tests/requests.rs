@@ -74,13 +74,7 @@ fn requests_wait_behind_gets_that_wait_for_room() {
     let mut c = r.ws(&t);
     // More MiB than both sockets hold while the client reads nothing (and under the 64
     // gets that may wait).
-    let max_buffer = |name: &str| {
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
-            .ok()
-            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
-            .unwrap_or(8 << 20)
-    };
-    let n = ((max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) / (1 << 20) + 10).min(60);
+    let n = (socket_buffers_mib() + 10).min(60);
     for id in 1..=n {
         c.send(json!({"op":"get","id":id,"key":"vod/big"}));
     }

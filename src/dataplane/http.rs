@@ -134,15 +134,7 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
         };
         if which == Listener::Public && path.starts_with("/ingest/") && route == Route::NotFound {
             if method != "PUT" && method != "DELETE" {
-                respond(
-                    &stream,
-                    405,
-                    "application/json",
-                    br#"{"error":"method_not_allowed"}"#,
-                    &[("Allow", "PUT, DELETE")],
-                    false,
-                )
-                .await;
+                method_not_allowed(&stream, "PUT, DELETE", false).await;
                 return;
             }
             let rest = &path["/ingest/".len()..];
@@ -168,32 +160,14 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream, peer: SocketAddr, which: L
             // dropped first, so the client reads the answer, not a reset.
             match route {
                 Route::NotFound => error(&stream, 404, "not_found", false).await,
-                _ if !allowed => {
-                    respond(
-                        &stream,
-                        405,
-                        "application/json",
-                        br#"{"error":"method_not_allowed"}"#,
-                        &[("Allow", "GET")],
-                        false,
-                    )
-                    .await;
-                }
+                _ if !allowed => method_not_allowed(&stream, "GET", false).await,
                 _ => error(&stream, 400, "bad_request", false).await,
             }
             linger_close(&stream).await;
             return;
         }
         if route != Route::NotFound && !allowed {
-            respond(
-                &stream,
-                405,
-                "application/json",
-                br#"{"error":"method_not_allowed"}"#,
-                &[("Allow", "GET")],
-                keep_alive,
-            )
-            .await;
+            method_not_allowed(&stream, "GET", keep_alive).await;
             if !keep_alive {
                 return;
             }
@@ -629,6 +603,19 @@ pub(super) async fn error(stream: &Socket, status: u16, code: &str, keep_alive: 
         "application/json",
         body.as_bytes(),
         retry,
+        keep_alive,
+    )
+    .await;
+}
+
+/// 405 with the methods the path takes.
+async fn method_not_allowed(stream: &Socket, allow: &str, keep_alive: bool) {
+    respond(
+        stream,
+        405,
+        "application/json",
+        br#"{"error":"method_not_allowed"}"#,
+        &[("Allow", allow)],
         keep_alive,
     )
     .await;

@@ -131,11 +131,7 @@ pub async fn serve(
         }
     };
     // A draining relay stores nothing more: the publisher retries (503, Retry-After).
-    if core
-        .shared
-        .draining
-        .load(std::sync::atomic::Ordering::Acquire)
-    {
+    if core.shared.is_draining() {
         return fail("unavailable", 503).await;
     }
     let key = match req.key.as_deref().map(validate_key) {

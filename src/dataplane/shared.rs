@@ -106,11 +106,16 @@ impl Shared {
         }
     }
 
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Take a connection slot of the relay; false when it holds its limit or is draining.
     pub fn admit_connection(&self) -> bool {
         // A draining relay takes no new connection: it is about to close them all, and the
         // client should go elsewhere (through the balancer) or come back.
-        if self.draining.load(Ordering::Acquire) {
+        if self.is_draining() {
             return false;
         }
         let max = self.max_connections();
@@ -128,7 +133,7 @@ impl Shared {
 
     /// `/readyz`: storage usable, ticket snapshot loaded, listeners up, not draining.
     pub fn readiness(&self) -> Result<(), NotReady> {
-        if self.draining.load(Ordering::Acquire) {
+        if self.is_draining() {
             return Err(NotReady::Draining);
         }
         if self.listening.load(Ordering::Acquire) < self.workers {

@@ -551,6 +551,19 @@ pub fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     v
 }
 
+/// MiB that a loopback connection's two sockets can hold at most (the kernel's largest
+/// receive and send buffers, `tcp_rmem` and `tcp_wmem`): a client that reads nothing
+/// leaves anything beyond that in the relay's own queue.
+pub fn socket_buffers_mib() -> u64 {
+    let max_buffer = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|t| t.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .unwrap_or(8 << 20)
+    };
+    (max_buffer("tcp_rmem") + max_buffer("tcp_wmem")) / (1 << 20)
+}
+
 pub fn seg_key(stream: &str, seq: u64) -> String {
     mediarelay::protocol::keys::segment_key(stream, seq, "m4s")
 }

@@ -98,19 +98,12 @@ struct Requests {
     gets: usize,
 }
 
-/// A request waiting its turn.
-enum Waiting {
-    /// A `get` (request id, key).
+/// A request waiting its turn, and what the `get` task does next
+/// ([`Conn::next_request`]).
+pub enum Waiting {
+    /// A `get` (request id, key): answer it, then call [`Conn::get_answered`].
     Get(u32, String),
-    /// Another request that came while a `get` waited: run when its turn comes.
-    Later(Request),
-}
-
-/// What the `get` task does next (see [`Conn::next_request`]).
-pub enum Next {
-    /// Answer a `get`, then call [`Conn::get_answered`].
-    Get(u32, String),
-    /// Run a request that waited behind `get`s.
+    /// Another request that came while a `get` waited: run it when its turn comes.
     Later(Request),
 }
 
@@ -329,16 +322,13 @@ impl Conn {
     /// What the `get` task does next (call it once per turn). A `get` stays counted in
     /// [`Conn::pending_gets`] until [`Conn::get_answered`]; a later request leaves the
     /// queue now.
-    pub fn next_request(&self) -> Option<Next> {
+    pub fn next_request(&self) -> Option<Waiting> {
         let mut requests = self.requests.borrow_mut();
         let r = requests.as_mut()?;
         match r.waiting.front_mut()? {
             // The key moves out: the entry only counts from here on.
-            Waiting::Get(id, key) => Some(Next::Get(*id, std::mem::take(key))),
-            Waiting::Later(_) => match r.waiting.pop_front() {
-                Some(Waiting::Later(request)) => Some(Next::Later(request)),
-                _ => None,
-            },
+            Waiting::Get(id, key) => Some(Waiting::Get(*id, std::mem::take(key))),
+            Waiting::Later(_) => r.waiting.pop_front(),
         }
     }
 

@@ -357,8 +357,8 @@ mod tests {
         let r = send(&ctx, &c, r#"{"op":"get","id":999,"key":"k"}"#);
         assert_eq!(error_code(&r), Some("rate_limited"));
         // The get being answered (it may wait for room) still counts until it is answered.
-        let get_id = |next: Option<super::super::Next>| match next {
-            Some(super::super::Next::Get(id, _)) => Some(id),
+        let get_id = |next: Option<super::super::Waiting>| match next {
+            Some(super::super::Waiting::Get(id, _)) => Some(id),
             _ => None,
         };
         assert_eq!(get_id(c.next_request()), Some(0));
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn requests_behind_a_waiting_get_wait_their_turn() {
-        use super::super::Next;
+        use super::super::Waiting;
         let ctx = Recorder::default();
         let c = conn(&["*"]);
         // Nothing waits: answered at once.
@@ -520,11 +520,11 @@ mod tests {
         let mut order = Vec::new();
         while let Some(next) = c.next_request() {
             match next {
-                Next::Get(id, _) => {
+                Waiting::Get(id, _) => {
                     order.push(id);
                     c.get_answered();
                 }
-                Next::Later(request) => {
+                Waiting::Later(request) => {
                     let id = op_and_id(&request).1.unwrap();
                     waited(&ctx, &c, request);
                     // Its own reply, if it has one here (`subscribed` comes from the

@@ -6,7 +6,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{ops, CloseReq, Conn, Context, Next, Sub};
+use super::{ops, CloseReq, Conn, Context, Sub, Waiting};
 use crate::fanout::stream::frame_prefix;
 use crate::fanout::{Seg, Viewer};
 use crate::origin::cache::Cache;
@@ -39,8 +39,8 @@ pub async fn serve_gets<C: Context>(ctx: Rc<C>, cache: Arc<Cache>, conn: Rc<Conn
             break;
         }
         let (id, key) = match next {
-            Next::Get(id, key) => (id, key),
-            Next::Later(request) => {
+            Waiting::Get(id, key) => (id, key),
+            Waiting::Later(request) => {
                 ops::waited(&*ctx, &conn, request);
                 continue;
             }
@@ -127,13 +127,15 @@ pub async fn catch_up<C: Context>(
         };
         // Catching up is paced by the client (no drops): wait for room first, for an init
         // that goes before the segment too.
-        let init_len = init_due(&sub, seg.seq).map_or(0, |init| init.len());
+        // (An init replaced again meanwhile goes before the next segment.)
+        let init = init_due(&sub, seg.seq);
+        let init_len = init.as_ref().map_or(0, |init| init.len());
         if !wait_room(&conn, seg.len() + init_len).await || !sub.active.get() {
             return;
         }
         if seg.seq >= sub.next_seq.get() {
-            if let Some(init) = init_due(&sub, seg.seq) {
-                queue_init(&*ctx, &conn, &sub, &init);
+            if let Some(init) = &init {
+                queue_init(&*ctx, &conn, &sub, init);
             }
             count_skip(&*ctx, conn.push_segment(&sub, &seg));
             sub.next_seq.set(seg.seq + 1);
